@@ -1,0 +1,1 @@
+"""Quality filters: one concern per module, plain Python over records."""

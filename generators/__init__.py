@@ -1,0 +1,1 @@
+"""Expansion strategies: one module each, plain Python over records."""

@@ -1,0 +1,331 @@
+"""AIDE (arXiv 2412.06136): multi-hop, attribute-guided synthesis.
+
+For each node (a seed first), the LLM names its topic and key attributes; for
+each attribute x operation (reasoning, concretizing, constraining) it writes a
+new instruction, and a persona branch adds children written from the point of
+view of people relevant to the seed. Children become the next hop's parents.
+From hop 2 on the original seed is in every prompt (the residual connection),
+so deep hops stay on task. Each child is judged for relevance to the seed (and,
+for persona children, for difference from its parent) and rewritten with the
+critique when it falls short (filters/reflection.py).
+
+The budget bounds LLM calls: every child is paid for up front (write + judge +
+its answer in the respond stage) and refunded when it is dropped early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import random
+from dataclasses import dataclass
+from itertools import chain, zip_longest
+
+from typing import Annotated
+
+from pydantic import BaseModel, Field, create_model
+
+from filters.reflection import JUDGE, Rubric, Verdict, reflect
+from germinate.config import AIDEConfig, GenerationConfig
+from germinate.embed import embed
+from germinate.llm import LLM, Request, Result
+from germinate.prompts import Prompt, combine_hashes
+from germinate.records import Record, record_id
+
+STAGE = "expand"
+CHILD_COST = 3  # write + first judgement + the answer in the respond stage
+
+
+TOPIC_CHARS, ATTRIBUTE_CHARS = 40, 32
+
+
+@functools.cache
+def topic_and_attributes(count: int) -> type[BaseModel]:
+    """The extraction schema. Bounded lengths keep a small model's JSON inside its max_tokens."""
+    return create_model(
+        "TopicAndAttributes",
+        topic=(str, Field(max_length=TOPIC_CHARS, description="a few words")),
+        attributes=(list[Annotated[str, Field(max_length=ATTRIBUTE_CHARS)]], Field(min_length=1, max_length=count)),
+    )
+
+
+def parse_instruction(text: str) -> str:
+    """A written task is plain text; drop the label or quotes a model may wrap it in."""
+    text = text.strip().strip('"').strip()
+    label, _, rest = text.partition(":")
+    if label.lower().strip("*# ") in ("new task", "task", "rewritten task", "improved task") and rest.strip():
+        text = rest.strip().strip('"').strip()
+    return text
+
+
+EXTRACT = Prompt(
+    "Read this task and name its topic in a few words. Then list up to $count key attributes "
+    "of the task: short phrases for the skills, entities, constraints or formats it involves.\n\n"
+    "Task:\n$task"
+)
+SYNTHESIZE = Prompt(
+    "Topic: $topic\nAttribute: $attribute\n$residual\nTask:\n$task\n\n"
+    "Write one new task for an AI assistant. $guide The new task must stay on the same topic, "
+    "be self-contained (include any data it needs) and be different from the task above. "
+    "Write only the new task, in at most three sentences."
+)
+PERSONA = Prompt(
+    "Topic: $topic\n$residual\nTask:\n$task\n\n"
+    "Write one new task on this topic that $persona would ask an AI assistant. Make it specific "
+    "to their situation, self-contained, and different from the task above. Write only the new task, "
+    "in at most three sentences."
+)
+REWRITE = Prompt(
+    "Original seed task:\n$seed\n\nDraft of a new task:\n$draft\n\nCritique of the draft: $critique\n\n"
+    "Rewrite the draft so that it answers the critique and stays on the seed task's topic. "
+    "Write only the improved task, in at most three sentences."
+)
+OPERATION_GUIDES = {
+    "reasoning": "Make it require more steps of reasoning about the attribute.",
+    "concretizing": "Make the attribute more specific and concrete: real names, numbers or details.",
+    "constraining": "Add one clear constraint or requirement related to the attribute.",
+}
+RELEVANCE = Rubric(
+    "relevance",
+    {"relevance": "the new task keeps the purpose and topic of the seed task and is clear and answerable"},
+)
+PERSONA_RELEVANCE = Rubric(
+    "persona",
+    {
+        "relevance": "the new task keeps the purpose and topic of the seed task and is clear and answerable",
+        "difference": "the new task is clearly different from its parent task, not a paraphrase of it",
+    },
+)
+PROMPTS_HASH = combine_hashes(EXTRACT.hash, SYNTHESIZE.hash, PERSONA.hash, REWRITE.hash, JUDGE.hash)
+
+
+@dataclass
+class Allowance:
+    """What one seed may still spend: LLM calls and dataset rows."""
+
+    calls: int
+    records: int
+
+    def take(self, calls: int) -> bool:
+        """All or nothing: spend `calls` if that many are left."""
+        if calls > self.calls:
+            return False
+        self.calls -= calls
+        return True
+
+    def refund(self, calls: int) -> None:
+        self.calls += calls
+
+
+@dataclass
+class Job:
+    parent: Record
+    topic: str
+    operation: str  # one of OPERATION_GUIDES, or "persona"
+    attribute: str | None = None
+    persona: str | None = None
+
+
+def _float_or_none(value: int | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def show(record: Record) -> str:
+    return record.instruction + (f"\n\nInput:\n{record.input}" if record.input else "")
+
+
+def relevant_personas(seeds: list[Record], personas: list[str], pool: int) -> dict[str, list[str]]:
+    """For each seed, the `pool` personas whose description is closest to it in embedding space."""
+    similarity = embed([show(s) for s in seeds]) @ embed(personas).T
+    return {
+        seed.id: [personas[i] for i in row.argsort()[::-1][:pool]] for seed, row in zip(seeds, similarity)
+    }
+
+
+class AIDE:
+    def __init__(
+        self,
+        llm: LLM,
+        config: AIDEConfig,
+        generation: GenerationConfig,
+        personas: dict[str, list[str]],
+        random_seed: int = 0,
+    ):
+        self.llm = llm
+        self.config = config
+        self.generation = generation
+        self.personas = personas
+        self.random_seed = random_seed
+
+    def _request(
+        self, prompt: Prompt, hop: int, schema: type[BaseModel] | None = None, max_tokens: int | None = None,
+        **values: object,
+    ) -> Request:
+        return Request(
+            prompt.messages(**values),
+            schema=schema,
+            max_tokens=max_tokens or self.generation.max_tokens,
+            temperature=self.generation.temperature,
+            top_p=self.generation.top_p,
+            seed=self.random_seed + hop,
+        )
+
+    async def expand(self, seeds: list[Record], allowances: list[Allowance], include_seeds: bool):
+        """Grow every seed's tree concurrently. Returns (kept, rejected), seeds' trees in seed order."""
+        trees = await asyncio.gather(
+            *(self._expand_seed(s, a, include_seeds) for s, a in zip(seeds, allowances))
+        )
+        return [r for kept, _ in trees for r in kept], [r for _, rejected in trees for r in rejected]
+
+    async def _expand_seed(self, seed: Record, allowance: Allowance, include_seeds: bool):
+        kept: list[Record] = []
+        rejected: list[Record] = []
+        if include_seeds:
+            answer_cost = 0 if seed.output else 1
+            if allowance.records >= 1 and allowance.take(answer_cost):
+                allowance.records -= 1
+                kept.append(seed)
+            else:
+                rejected.append(seed.dropped(STAGE, "over_budget"))
+        rng = random.Random(f"{self.random_seed}:{seed.id}:{seed.instruction}")
+        frontier = [seed]
+        for hop in range(1, self.config.hops + 1):
+            # An even share of what is left for each remaining hop, but never less than one
+            # node's extraction and one child: a small budget buys a shallow tree, not nothing.
+            hops_left = self.config.hops - hop + 1
+            hop_calls = max(allowance.calls // hops_left, min(allowance.calls, 1 + CHILD_COST))
+            hop_records = max(allowance.records // hops_left, min(allowance.records, 1))
+            rng.shuffle(frontier)
+            frontier = frontier[: hop_calls // (1 + CHILD_COST)]
+            if not frontier or hop_records == 0:
+                break
+            allowance.take(len(frontier))
+            # A token is at least one character: the schema's bounds make the JSON always fit.
+            extraction_tokens = 24 + TOPIC_CHARS + self.config.attributes * (ATTRIBUTE_CHARS + 8)
+            extractions = await self.llm.generate(
+                [self._request(EXTRACT, hop, topic_and_attributes(self.config.attributes), extraction_tokens,
+                               count=self.config.attributes, task=show(n)) for n in frontier]
+            )
+            jobs = self._plan(frontier, extractions, rng)
+            affordable = min(len(jobs), (hop_calls - len(frontier)) // CHILD_COST, hop_records)
+            jobs = jobs[: max(0, affordable)]
+            allowance.take(CHILD_COST * len(jobs))
+            children, dropped = await self._children(seed, hop, jobs, allowance)
+            allowance.records -= len(children)
+            kept += children
+            rejected += dropped
+            frontier = children
+        return kept, rejected
+
+    def _plan(self, nodes: list[Record], extractions: list[Result], rng: random.Random) -> list[Job]:
+        """Every (attribute x operation) and persona child of each node, interleaved across nodes
+        so that a budget cut keeps the tree broad."""
+        per_node = []
+        for node, result in zip(nodes, extractions):
+            if not result.ok:
+                continue  # the node stays in the data; it just gets no children
+            topic = result.parsed.topic.strip()
+            # Unique attributes: a child's id is derived from (parent, operation, attribute).
+            unique = dict.fromkeys(a.strip() for a in result.parsed.attributes if a.strip())
+            attributes = list(unique)[: self.config.attributes]
+            jobs = [Job(node, topic, op, attribute=a) for a in attributes for op in self.config.operations]
+            pool = self.personas.get(node.seed_id or node.id, [])
+            jobs += [Job(node, topic, "persona", persona=p) for p in rng.sample(pool, min(self.config.personas, len(pool)))]
+            rng.shuffle(jobs)
+            per_node.append(jobs)
+        return [job for job in chain.from_iterable(zip_longest(*per_node)) if job is not None]
+
+    def _synthesis_request(self, seed: Record, hop: int, job: Job) -> Request:
+        residual = f"Original seed task (keep its purpose):\n{show(seed)}\n" if hop >= 2 else ""
+        values = dict(topic=job.topic, residual=residual, task=show(job.parent))
+        if job.operation == "persona":
+            return self._request(PERSONA, hop, persona=job.persona, **values)
+        return self._request(SYNTHESIZE, hop, attribute=job.attribute, guide=OPERATION_GUIDES[job.operation], **values)
+
+    async def _children(self, seed: Record, hop: int, jobs: list[Job], allowance: Allowance):
+        written = await self.llm.generate([self._synthesis_request(seed, hop, job) for job in jobs])
+        candidates, dropped = [], []
+        for job, result in zip(jobs, written):
+            child = Record(
+                id=record_id(job.parent.id, job.operation, job.attribute or job.persona),
+                instruction=parse_instruction(result.text) if result.ok else "",
+                strategy="aide",
+                seed_id=seed.id,
+                parent_id=job.parent.id,
+                hop=hop,
+                topic=job.topic,
+                attribute=job.attribute,
+                operation=job.operation,
+                persona=job.persona,
+                model=self.llm.model,
+                prompt_hash=PROMPTS_HASH,
+                finish_reason=result.finish_reason,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+            )
+            if not result.ok:
+                dropped.append(child.dropped(STAGE, "llm_error", result.error))
+            elif result.finish_reason == "length":
+                dropped.append(child.dropped(STAGE, "truncated_instruction", child.instruction))
+            elif not child.instruction:
+                dropped.append(child.dropped(STAGE, "empty_instruction"))
+            else:
+                candidates.append(child)
+                continue
+            allowance.refund(CHILD_COST - 1)  # no judgement, no answer
+        plain = [c for c in candidates if c.operation != "persona"]
+        personas = [c for c in candidates if c.operation == "persona"]
+        parents = {job.parent.id: job.parent for job in jobs}
+        reflections = await asyncio.gather(
+            self._reflect(seed, plain, RELEVANCE, parents, allowance),
+            self._reflect(seed, personas, PERSONA_RELEVANCE, parents, allowance),
+        )
+        kept = []
+        for state in chain.from_iterable(reflections):
+            child = state.item
+            if state.verdict is not None:
+                child = dataclasses.replace(
+                    child,
+                    reflection_score=float(state.verdict.scores["relevance"]),
+                    difference_score=_float_or_none(state.verdict.scores.get("difference")),
+                    reflection_critique=state.verdict.critique,
+                    reflection_tries=state.tries,
+                )
+            if state.error is not None:
+                dropped.append(child.dropped(STAGE, "llm_error", state.error))
+            elif not state.passed and self.config.on_reflection_fail == "drop":
+                detail = f"score {state.verdict.score:.1f} < {self.config.reflection_threshold:g}: {state.verdict.critique}"
+                dropped.append(child.dropped(STAGE, "low_reflection_score", detail))
+            else:
+                kept.append(child)
+                continue
+            allowance.refund(1)  # no answer needed
+        return kept, dropped
+
+    async def _reflect(
+        self, seed: Record, children: list[Record], rubric: Rubric, parents: dict[str, Record], allowance: Allowance
+    ):
+        def context(child: Record) -> str:
+            text = f"Seed task:\n{show(seed)}\n\n"
+            if rubric is PERSONA_RELEVANCE:
+                text += f"Parent task the new task was derived from:\n{show(parents[child.parent_id])}\n\n"
+            return text + f"New task:\n{show(child)}"
+
+        def rewrite(child: Record, verdict: Verdict) -> Request:
+            return self._request(REWRITE, child.hop, seed=show(seed), draft=show(child), critique=verdict.critique)
+
+        def apply(child: Record, result: Result) -> Record:
+            return dataclasses.replace(child, instruction=parse_instruction(result.text) or child.instruction)
+
+        return await reflect(
+            self.llm,
+            children,
+            rubric=rubric,
+            show=context,
+            rewrite=rewrite,
+            apply=apply,
+            threshold=self.config.reflection_threshold,
+            tries=self.config.reflection_tries,
+            take=allowance.take,
+        )

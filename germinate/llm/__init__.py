@@ -1,0 +1,71 @@
+"""The LLM layer: one interface (`LLM.generate`), three backends."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from germinate.config import LLMConfig
+from germinate.errors import UserError
+from germinate.llm.base import LLM, Backend, Completion, Request, Result
+from germinate.llm.cache import ResponseCache
+
+__all__ = ["LLM", "Backend", "Completion", "Request", "Result", "check_llm", "make_llm"]
+
+
+def check_llm(config: LLMConfig) -> LLMConfig:
+    """Fail early, before anything is written: a missing model, an unreachable server.
+
+    Returns the config with what was found filled in (the server's model name),
+    so the run records exactly what it used.
+    """
+    if config.backend == "llamacpp":
+        from germinate.llm.llamacpp import resolve_model_path
+
+        resolve_model_path(config.model)
+        return config
+    if config.backend == "vllm":
+        if not config.model:
+            raise UserError("llm.model: the vllm backend needs a model name or path")
+        return config
+    from germinate.llm.openai_compat import probe_server
+
+    if not config.base_url:
+        raise UserError("llm.base_url: the openai backend needs a server URL (e.g. http://localhost:8000/v1)")
+    models, dialect = probe_server(config.base_url, os.environ.get(config.api_key_env))
+    model = config.model or (models[0] if models else None)
+    if model is None:
+        raise UserError(f"llm.model: {config.base_url} serves no models; name one")
+    structured = dialect if config.structured_output == "auto" else config.structured_output
+    return config.model_copy(update={"model": model, "structured_output": structured})
+
+
+def make_llm(config: LLMConfig, cache_path: Path | None) -> LLM:
+    config = check_llm(config)
+    backend: Backend
+    if config.backend == "llamacpp":
+        from germinate.llm.llamacpp import LlamaCppBackend, resolve_model_path
+
+        backend = LlamaCppBackend(resolve_model_path(config.model), n_ctx=config.n_ctx)
+    elif config.backend == "vllm":
+        from germinate.llm.vllm_offline import VLLMBackend
+
+        backend = VLLMBackend(config.model, max_model_len=config.n_ctx)
+    else:
+        from germinate.llm.openai_compat import OpenAIBackend
+
+        backend = OpenAIBackend(
+            config.base_url,
+            config.model,
+            api_key=os.environ.get(config.api_key_env),
+            dialect=config.structured_output,
+            timeout_s=config.timeout_s,
+        )
+    cache = ResponseCache(cache_path) if (config.cache and cache_path) else None
+    return LLM(
+        backend,
+        cache,
+        concurrency=config.concurrency,
+        max_retries=config.max_retries,
+        backoff_s=config.backoff_s,
+    )

@@ -1,0 +1,217 @@
+"""The one LLM interface: `await llm.generate(requests) -> results`.
+
+Backends only turn a request into a completion. Everything else lives here, once:
+bounded concurrency, retries with backoff and jitter, JSON-schema validation,
+the response cache and token accounting. A request that still fails after the
+last retry comes back as a Result with an error; it never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import functools
+import random
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Coroutine, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from germinate.llm.cache import ResponseCache, cache_key
+from germinate.stats import Usage
+
+T = TypeVar("T")
+
+# The Usage of the stage shard whose coroutine is running; set by LLM.run.
+_usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("germinate_usage", default=None)
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: list[dict[str, str]]
+    schema: type[BaseModel] | None = None
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Result:
+    request: Request
+    text: str | None = None
+    parsed: Any = None  # an instance of request.schema
+    error: str | None = None  # "kind: detail" after the last retry
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class TransientError(Exception):
+    """Worth another try: 429, 5xx, a timeout, a dropped connection."""
+
+
+class PermanentError(Exception):
+    """Another try would fail the same way (400, 401, 404...)."""
+
+
+class Backend(ABC):
+    model: str  # the name that goes into cache keys and provenance
+
+    @abstractmethod
+    async def complete(self, request: Request, schema: dict[str, Any] | None) -> Completion: ...
+
+    async def close(self) -> None:
+        return None
+
+
+@functools.cache
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema()
+
+
+def parse_json(schema: type[BaseModel], text: str) -> BaseModel:
+    """Validate against the schema; tolerate a code fence or chatter around the object."""
+    start, end = text.find("{"), text.rfind("}")
+    return schema.model_validate_json(text[start : end + 1] if 0 <= start < end else text)
+
+
+class LLM:
+    """Owns one event loop thread, so sync callers in several threads share one client and one limit."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        cache: ResponseCache | None = None,
+        *,
+        concurrency: int = 16,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+    ):
+        self.backend = backend
+        self.cache = cache
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self._concurrency = concurrency
+        self._semaphore: asyncio.Semaphore | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="germinate-llm", daemon=True)
+        self._thread.start()
+
+    @property
+    def model(self) -> str:
+        return self.backend.model
+
+    def run(self, coro: Coroutine[Any, Any, T], usage: Usage | None = None) -> T:
+        """Run a coroutine on the LLM's loop from any thread; its requests count into `usage`."""
+
+        async def with_usage() -> T:
+            _usage.set(usage)
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(with_usage(), self._loop).result()
+
+    async def generate(self, requests: list[Request]) -> list[Result]:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self._concurrency)
+        return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
+
+    async def _generate_one(self, request: Request) -> Result:
+        schema = json_schema(request.schema) if request.schema else None
+        params = {
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+        }
+        key = cache_key(self.model, request.messages, params, schema)
+        hit = self.cache.get(key) if self.cache else None
+        if hit is not None:
+            result = self._result(request, Completion(**hit), cached=True)
+        else:
+            result = await self._call_with_retries(request, schema)
+            if result.ok and self.cache:
+                self.cache.put(key, self._completion_fields(result))
+        usage = _usage.get()
+        if usage is not None:
+            usage.add(
+                cached=result.cached,
+                failed=not result.ok,
+                prompt_tokens=0 if result.cached else result.prompt_tokens,
+                completion_tokens=0 if result.cached else result.completion_tokens,
+            )
+        return result
+
+    async def _call_with_retries(self, request: Request, schema: dict[str, Any] | None) -> Result:
+        assert self._semaphore is not None
+        error = "unknown"
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                # Exponential backoff with full jitter, taken outside the concurrency limit.
+                await asyncio.sleep(random.uniform(0, self.backoff_s * 2 ** (attempt - 1)))
+            # A new seed per try: a deterministic sampler would repeat the same broken JSON.
+            tried = dataclasses.replace(request, seed=request.seed + attempt)
+            try:
+                async with self._semaphore:
+                    completion = await self.backend.complete(tried, schema)
+            except TransientError as exc:
+                error = str(exc)
+                continue
+            except PermanentError as exc:
+                return Result(request, error=str(exc))
+            result = self._result(request, completion, cached=False)
+            if result.ok:
+                return result
+            error = result.error or error
+        return Result(request, error=f"{error} (after {self.max_retries + 1} tries)")
+
+    @staticmethod
+    def _result(request: Request, completion: Completion, *, cached: bool) -> Result:
+        result = Result(
+            request,
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            cached=cached,
+        )
+        if request.schema is not None:
+            try:
+                result.parsed = parse_json(request.schema, completion.text)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                result.error = f"invalid_json: {first['msg']} at {'.'.join(map(str, first['loc'])) or 'top'}"
+        return result
+
+    @staticmethod
+    def _completion_fields(result: Result) -> dict[str, Any]:
+        return {
+            "text": result.text,
+            "finish_reason": result.finish_reason,
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+        }
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.backend.close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        if self.cache:
+            self.cache.close()

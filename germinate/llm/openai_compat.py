@@ -1,0 +1,93 @@
+"""Any OpenAI-compatible server (vLLM's `vllm serve`, OpenAI, llama.cpp's server...)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import httpx
+import openai
+
+from germinate.errors import UserError
+from germinate.llm.base import Backend, Completion, PermanentError, Request, TransientError
+
+Dialect = Literal["json_schema", "json_object"]
+
+
+def probe_server(base_url: str, api_key: str | None, timeout_s: float = 10.0) -> tuple[list[str], Dialect]:
+    """List the server's models and guess how it takes a JSON schema. Unreachable is a user error."""
+    url = base_url.rstrip("/") + "/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(url, headers=headers, timeout=timeout_s)
+        response.raise_for_status()
+        models = response.json()["data"]
+    except httpx.HTTPStatusError as exc:
+        raise UserError(f"llm.base_url: {url} answered HTTP {exc.response.status_code}") from None
+    except httpx.HTTPError as exc:
+        raise UserError(f"llm.base_url: cannot reach {url} ({type(exc).__name__}: {exc})") from None
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"llm.base_url: {url} is not an OpenAI-compatible models list") from None
+    # llama-cpp-python's server marks its models owned_by "me" and rejects "json_schema" (HTTP 500);
+    # vLLM and OpenAI take "json_schema".
+    llamacpp = any(m.get("owned_by") in ("me", "llamacpp") for m in models)
+    return [m["id"] for m in models], "json_object" if llamacpp else "json_schema"
+
+
+class OpenAIBackend(Backend):
+    def __init__(self, base_url: str, model: str, api_key: str | None, dialect: Dialect, timeout_s: float):
+        self.model = model
+        self.base_url = base_url
+        self._api_key = api_key or "unused"  # local servers take any key; the client wants one
+        self._dialect = dialect
+        self._timeout_s = timeout_s
+        self._client: openai.AsyncOpenAI | None = None
+
+    def _response_format(self, schema: dict[str, Any]) -> dict[str, Any]:
+        if self._dialect == "json_object":
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_schema", "json_schema": {"name": schema.get("title", "output"), "schema": schema}}
+
+    async def complete(self, request: Request, schema: dict[str, Any] | None) -> Completion:
+        if self._client is None:  # made on the LLM's loop, which its connections belong to
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url, api_key=self._api_key, timeout=self._timeout_s, max_retries=0
+            )
+        extra = {"response_format": self._response_format(schema)} if schema else {}
+        try:
+            response = await self._client.chat.completions.create(
+                model=self.model,
+                messages=request.messages,
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                seed=request.seed,
+                **extra,
+            )
+        except openai.APITimeoutError:
+            raise TransientError(f"timeout: no answer within {self._timeout_s:g}s") from None
+        except openai.APIConnectionError as exc:
+            raise TransientError(f"connection: {exc}") from None
+        except openai.APIStatusError as exc:
+            code = exc.status_code
+            if code == 429:
+                raise TransientError("rate_limited: HTTP 429") from None
+            if code >= 500:
+                raise TransientError(f"server_error: HTTP {code}") from None
+            raise PermanentError(f"http_{code}: {exc.message}") from None
+        except (openai.APIResponseValidationError, json.JSONDecodeError) as exc:
+            raise TransientError(f"bad_response: {exc}") from None
+        if not response.choices:
+            raise TransientError("bad_response: no choices")
+        choice = response.choices[0]
+        usage = response.usage
+        return Completion(
+            text=choice.message.content or "",
+            finish_reason=choice.finish_reason,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()

@@ -1,0 +1,86 @@
+"""The record: one candidate training example, and the one Arrow schema every Parquet file uses.
+
+The schema is derived from the dataclass, so a field is declared in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import types
+import typing
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+
+@dataclass(slots=True)
+class Record:
+    id: str
+    instruction: str
+    input: str | None = None
+    output: str | None = None
+    # provenance
+    strategy: str = "seed"
+    seed_id: str | None = None
+    parent_id: str | None = None
+    hop: int = 0
+    topic: str | None = None
+    attribute: str | None = None
+    operation: str | None = None
+    persona: str | None = None
+    model: str | None = None
+    prompt_hash: str | None = None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    metadata: str | None = None  # JSON of the seed file's other columns
+    # quality
+    reflection_score: float | None = None  # judge's relevance of the instruction to its seed
+    difference_score: float | None = None  # persona children: how far they moved from the parent
+    reflection_critique: str | None = None
+    reflection_tries: int = 0
+    # why a record was dropped (rejected outputs only)
+    drop_stage: str | None = None
+    drop_reason: str | None = None
+    drop_detail: str | None = None
+
+    def dropped(self, stage: str, reason: str, detail: str | None = None) -> Record:
+        return dataclasses.replace(self, drop_stage=stage, drop_reason=reason, drop_detail=detail)
+
+
+def record_id(*parts: object) -> str:
+    """A deterministic id, so a resumed run names records as an uninterrupted one does."""
+    return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+_ARROW_TYPES = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def _arrow_type(hint: object) -> tuple[pa.DataType, bool]:
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType):  # X | None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _arrow_type(inner)[0], True
+    return _ARROW_TYPES[hint], False
+
+
+def _schema() -> pa.Schema:
+    hints = typing.get_type_hints(Record)
+    fields = []
+    for f in dataclasses.fields(Record):
+        arrow_type, nullable = _arrow_type(hints[f.name])
+        fields.append(pa.field(f.name, arrow_type, nullable=nullable))
+    return pa.schema(fields)
+
+
+SCHEMA = _schema()
+
+
+def to_table(records: list[Record]) -> pa.Table:
+    columns = {name: [getattr(r, name) for r in records] for name in SCHEMA.names}
+    return pa.Table.from_pydict(columns, schema=SCHEMA)
+
+
+def from_table(table: pa.Table) -> list[Record]:
+    return [Record(**row) for row in table.select(SCHEMA.names).to_pylist()]

@@ -1,0 +1,70 @@
+"""The run report (report.json) and the dataset card (dataset/README.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from germinate.config import RunConfig
+from germinate.records import SCHEMA, Record
+from germinate.stats import StageStats
+
+
+def build_report(
+    config: RunConfig, stages: list[StageStats], records: list[Record], dataset_dir: str, wall_seconds: float
+) -> dict[str, Any]:
+    return {
+        "run_id": config.run_id,
+        "strategy": config.strategy,
+        "models": sorted({r.model for r in records if r.model}),
+        "dataset": dataset_dir,
+        "rows": len(records),
+        "wall_seconds": round(wall_seconds, 2),
+        "llm_calls": sum(s.llm_calls for s in stages),
+        "budget": config.budget.model_dump(),
+        "stages": [s.to_dict() for s in stages],
+    }
+
+
+def _size_category(rows: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < limit:
+            return name
+    return "n>1M"
+
+
+def dataset_card(config: RunConfig, report: dict[str, Any]) -> str:
+    metadata = {
+        "language": ["en"],
+        "license": "other",
+        "task_categories": ["text-generation"],
+        "size_categories": [_size_category(report["rows"])],
+        "tags": ["synthetic", "germinate", config.strategy],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+        "dataset_info": {
+            "features": [{"name": f.name, "dtype": str(f.type)} for f in SCHEMA],
+            "splits": [{"name": "train", "num_examples": report["rows"]}],
+        },
+    }
+    rows = "\n".join(
+        f"| {s['stage']} | {s['records_in']} | {s['kept']} | "
+        f"{', '.join(f'{k}: {v}' for k, v in s['dropped'].items()) or '-'} | {s['llm_calls']} |"
+        for s in report["stages"]
+    )
+    return f"""---
+{yaml.safe_dump(metadata, sort_keys=False)}---
+
+# Synthetic instruction dataset (germinate run `{config.run_id}`)
+
+Generated with germinate from {config.seeds.name} using the
+**{config.strategy}** strategy and the model(s) {", ".join(report["models"]) or "-"}.
+
+| stage | in | kept | dropped | LLM calls |
+|---|---|---|---|---|
+{rows}
+
+Budget: {report["budget"]["max_llm_calls"]} LLM calls, {report["budget"]["max_records"]} rows.
+Rows: {report["rows"]}. Columns: instruction, input, output, and each row's provenance
+(seed_id, parent_id, hop, topic, attribute, operation, persona, reflection scores, prompt hash, model).
+"""

@@ -1,0 +1,162 @@
+"""The run directory: config, seeds, each stage's shards with completion markers, the cache,
+the dataset and the report. Starting a run with an existing run id resumes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from germinate.config import RunConfig, dump_config
+from germinate.errors import UserError
+from germinate.io import load_seeds, read_records, write_atomic, write_records
+from germinate.llm import check_llm
+from germinate.records import Record
+from germinate.stats import StageStats, Usage
+
+DATASET_SHARD_ROWS = 100_000
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def allocate(total: int, parts: int) -> list[int]:
+    """Split an integer budget as evenly as possible, deterministically."""
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return found
+
+
+class Run:
+    def __init__(self, root: Path):
+        self.root = root
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def seeds_path(self) -> Path:
+        return self.root / "seeds.parquet"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.root / "llm_cache.sqlite"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def report_path(self) -> Path:
+        return self.root / "report.json"
+
+    def seeds(self) -> list[Record]:
+        return read_records(self.seeds_path)
+
+    def _stage_dir(self, stage: str) -> Path:
+        return self.root / "stages" / stage
+
+    def _marker(self, stage: str, index: int) -> Path:
+        return self._stage_dir(stage) / f"{index:05d}.done.json"
+
+    def finished_shard(self, stage: str, index: int) -> StageStats | None:
+        marker = self._marker(stage, index)
+        if not marker.exists():
+            return None
+        return StageStats.from_dict({**json.loads(marker.read_text()), "resumed": True})
+
+    def run_shard(
+        self,
+        stage: str,
+        index: int,
+        records_in: int,
+        produce: Callable[[Usage], tuple[list[Record], list[Record]]],
+        usage: Usage,
+    ) -> StageStats:
+        """Run one shard of a stage unless an earlier invocation finished it.
+
+        Kept and rejected records are written first, the marker last: a shard
+        without its marker is redone, and its LLM calls come from the cache.
+        """
+        finished = self.finished_shard(stage, index)
+        if finished is not None:
+            return finished
+        start = time.perf_counter()
+        kept, rejected = produce(usage)
+        stats = StageStats.of(stage, records_in, kept, rejected, usage, time.perf_counter() - start)
+        folder = self._stage_dir(stage)
+        write_records(folder / f"kept-{index:05d}.parquet", kept)
+        write_records(folder / f"rejected-{index:05d}.parquet", rejected)
+        write_atomic(self._marker(stage, index), json.dumps(stats.to_dict()).encode())
+        return stats
+
+    def _read(self, stage: str, kind: str) -> list[Record]:
+        files = sorted(self._stage_dir(stage).glob(f"{kind}-*.parquet"))
+        return [record for path in files for record in read_records(path)]
+
+    def kept(self, stage: str) -> list[Record]:
+        return self._read(stage, "kept")
+
+    def rejected(self, stage: str) -> list[Record]:
+        return self._read(stage, "rejected")
+
+    def write_dataset(self, records: list[Record], card: str) -> list[Path]:
+        """Hugging Face layout: data/train-XXXXX-of-YYYYY.parquet and a README.md card."""
+        data_dir = self.dataset_dir / "data"
+        if data_dir.exists():
+            shutil.rmtree(data_dir)  # a rerun of the last stage replaces the whole split
+        count = max(1, -(-len(records) // DATASET_SHARD_ROWS))
+        paths = []
+        for i in range(count):
+            path = data_dir / f"train-{i:05d}-of-{count:05d}.parquet"
+            write_records(path, records[i * DATASET_SHARD_ROWS : (i + 1) * DATASET_SHARD_ROWS])
+            paths.append(path)
+        write_atomic(self.dataset_dir / "README.md", card.encode())
+        return paths
+
+
+def prepare_run(config: RunConfig) -> tuple[RunConfig, Run]:
+    """Validate everything a user can get wrong, then create (or reopen) the run directory.
+
+    Nothing is written before the seeds and the LLM settings check out, and a
+    new run directory appears whole (it is built beside and renamed).
+    """
+    check_llm(config.llm)
+    if config.run_id and (config.output_dir / config.run_id / "config.yaml").exists():
+        run = Run(config.output_dir / config.run_id)
+        stored = yaml.safe_load(run.config_path.read_text())
+        changed = _differences(stored, config.model_dump(mode="json"))
+        if changed:
+            raise UserError(
+                f"run '{config.run_id}' was started with other settings ({'; '.join(changed[:3])}); "
+                "pass the same settings to resume it, or a new --run-id"
+            )
+        return config, run
+    seeds = load_seeds(config.seeds)
+    config = config.model_copy(update={"run_id": config.run_id or new_run_id()})
+    root = config.output_dir / config.run_id
+    staging = config.output_dir / f".{config.run_id}.tmp-{os.getpid()}"
+    staging.mkdir(parents=True)
+    write_atomic(staging / "config.yaml", dump_config(config).encode())
+    write_records(staging / "seeds.parquet", seeds)
+    staging.rename(root)
+    return config, Run(root)

@@ -1,0 +1,77 @@
+"""Per-stage statistics: every stage reports the same numbers, merged into one run summary."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class Usage:
+    """LLM requests of one stage shard. `on_call` lets a progress display follow along."""
+
+    calls: int = 0  # requests asked for, whether answered from cache or not
+    cached: int = 0
+    failed: int = 0  # still failing after the last retry
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    on_call: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+
+    def add(self, *, cached: bool, failed: bool, prompt_tokens: int, completion_tokens: int) -> None:
+        self.calls += 1
+        self.cached += cached
+        self.failed += failed
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        if self.on_call:
+            self.on_call()
+
+
+@dataclass
+class StageStats:
+    stage: str
+    records_in: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> count
+    llm_calls: int = 0
+    cached_calls: int = 0
+    failed_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    resumed: bool = False  # every shard was finished by an earlier invocation
+
+    @classmethod
+    def of(cls, stage: str, records_in: int, kept: list, rejected: list, usage: Usage, seconds: float) -> StageStats:
+        return cls(
+            stage=stage,
+            records_in=records_in,
+            kept=len(kept),
+            dropped=Counter(r.drop_reason for r in rejected),
+            llm_calls=usage.calls,
+            cached_calls=usage.cached,
+            failed_calls=usage.failed,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            seconds=seconds,
+        )
+
+    def __add__(self, other: StageStats) -> StageStats:
+        merged = StageStats(self.stage, resumed=self.resumed and other.resumed)
+        for f in dataclasses.fields(self):
+            if f.name not in ("stage", "resumed"):
+                setattr(merged, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return merged
+
+    @property
+    def fresh_calls(self) -> int:
+        return self.llm_calls - self.cached_calls
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "dropped": dict(self.dropped)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageStats:
+        return cls(**{**data, "dropped": Counter(data["dropped"])})

@@ -1,0 +1,57 @@
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before Prefect is imported anywhere: a private Prefect home, offline settings.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="germinate-prefect-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "WARNING"
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from germinate.config import RunConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+
+TINY_SEEDS = [
+    {"id": "s-sum", "instruction": "Write a Python function that returns the sum of a list of numbers."},
+    {"id": "s-apples", "instruction": "Tom has 3 apples and buys 5 more. How many apples does he have now?",
+     "output": "Tom has 3 + 5 = 8 apples."},
+    {"id": "s-haiku", "instruction": "Write a haiku about autumn leaves.", "category": "writing"},
+]
+
+
+@pytest.fixture
+def seeds_file(tmp_path: Path) -> Path:
+    path = tmp_path / "seeds.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in TINY_SEEDS))
+    return path
+
+
+def tiny_config(seeds: Path, output_dir: Path, **changes) -> RunConfig:
+    """3 seeds, 2 hops, one attribute and one operation per node, short outputs.
+    `changes` use "__" for nesting: tiny_config(..., aide__hops=1)."""
+    data = {
+        "seeds": str(seeds),
+        "output_dir": str(output_dir),
+        "aide": {"hops": 2, "attributes": 1, "operations": ["concretizing"], "personas": 1, "reflection_tries": 1},
+        "generation": {"response_max_tokens": 40},
+        "budget": {"max_llm_calls": 36, "max_records": 14},
+        "shard_size": 2,
+    }
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return RunConfig.model_validate(data)
+
+
+@pytest.fixture
+def make_config(seeds_file: Path, tmp_path: Path):
+    return lambda **changes: tiny_config(seeds_file, tmp_path / "runs", **changes)

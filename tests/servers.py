@@ -1,0 +1,159 @@
+"""Real HTTP servers on loopback for the LLM layer's tests.
+
+`FaultyServer` speaks the OpenAI chat-completions protocol and misbehaves on
+purpose: 429s, 500s, answers that arrive after the client's timeout, broken
+JSON. Its successful answers are built from the request's JSON schema, so
+every structured call of the pipeline gets a valid instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAULTS = ("rate_limit", "server_error", "slow", "broken_json")
+
+
+def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
+    """A small valid instance of a (pydantic-made) JSON schema."""
+    defs = defs if defs is not None else schema.get("$defs", {})
+    if "$ref" in schema:
+        return instance(defs[schema["$ref"].split("/")[-1]], defs)
+    if "enum" in schema:
+        return schema["enum"][-1]
+    kind = schema.get("type")
+    if kind == "object":
+        return {key: instance(sub, defs) for key, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        return [instance(schema.get("items", {"type": "string"}), defs) for _ in range(2)]
+    if kind == "integer":
+        return 7
+    return "a concise answer about the task"
+
+
+class FaultyServer:
+    """`fail_share` of distinct requests fail once (one of `kinds` each) and then succeed;
+    `dead_share` fail every time, and so do those whose messages contain `dead_when`.
+    Decided by a hash of the messages, so it is repeatable.
+    `timeout_s` is the client's timeout, which a "slow" answer overruns."""
+
+    def __init__(
+        self,
+        fail_share: float = 0.0,
+        dead_share: float = 0.0,
+        delay_s: float = 0.0,
+        timeout_s: float = 10.0,
+        kinds: tuple[str, ...] = FAULTS,
+        dead_when: str | None = None,
+    ):
+        self.kinds = kinds
+        self.dead_when = dead_when
+        self.fail_share = fail_share
+        self.dead_share = dead_share
+        self.delay_s = delay_s
+        self.timeout_s = timeout_s
+        self.lock = threading.Lock()
+        self.attempts: dict[str, int] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.requests = 0
+        self.faults: dict[str, int] = dict.fromkeys(FAULTS, 0)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> FaultyServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _plan(self, body: dict[str, Any]) -> str | None:
+        key = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
+        bucket = int(key[:8], 16) / 0xFFFFFFFF
+        with self.lock:
+            attempt = self.attempts.get(key, 0)
+            self.attempts[key] = attempt + 1
+        if bucket < self.dead_share or (self.dead_when and self.dead_when in json.dumps(body["messages"])):
+            return "server_error"
+        if bucket < self.dead_share + self.fail_share and attempt == 0:
+            return self.kinds[int(key[8:12], 16) % len(self.kinds)]
+        return None
+
+    def _answer(self, body: dict[str, Any], fault: str | None) -> tuple[int, bytes]:
+        if fault == "rate_limit":
+            return 429, b'{"error": {"message": "slow down"}}'
+        if fault == "server_error":
+            return 500, b'{"error": {"message": "boom"}}'
+        if fault == "slow":
+            time.sleep(self.timeout_s + 0.5)
+        fmt = body.get("response_format") or {}
+        schema = fmt.get("schema") or fmt.get("json_schema", {}).get("schema")
+        content = json.dumps(instance(schema)) if schema else "Here is a careful, complete answer."
+        if fault == "broken_json":
+            content = content[: len(content) // 2]
+        return 200, json.dumps(
+            {
+                "id": "cmpl-1",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body["model"],
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
+            }
+        ).encode()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _send(self, status: int, payload: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                try:
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout): that is the point of "slow"
+
+            def do_GET(self) -> None:
+                self._send(200, b'{"object": "list", "data": [{"id": "faulty-model", "object": "model", "owned_by": "test"}]}')
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with server.lock:
+                    server.requests += 1
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    fault = server._plan(body)
+                    if fault:
+                        with server.lock:
+                            server.faults[fault] += 1
+                    if server.delay_s:
+                        time.sleep(server.delay_s)
+                    status, payload = server._answer(body, fault)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+                self._send(status, payload)
+
+        return Handler

@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+
+from germinate.config import build_config
+from germinate.errors import UserError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = write(tmp_path, "aide:\n  hops: 3\nllm:\n  concurrency: 8\nbudget:\n  max_records: 500\n")
+    config = build_config(path, {"aide.hops": 1, "llm.model": None})
+    assert config.aide.hops == 1  # the command line wins over the file
+    assert config.llm.concurrency == 8
+    assert config.budget.max_records == 500
+    assert config.llm.backend == "llamacpp"  # untouched default
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("aide:\n  hopz: 2\n", "unknown key 'aide.hopz'"),
+        ("colour: red\n", "unknown key 'colour'"),
+        ("llm:\n  concurrency: many\n", "'llm.concurrency'"),
+        ("budget:\n  max_records: 0\n", "'budget.max_records'"),
+        ("llm:\n  backend: gpt\n", "'llm.backend'"),
+        ("- just\n- a list\n", "expected a mapping"),
+        ("aide: [unclosed\n", ":2: invalid YAML"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError) as error:
+        build_config(path)
+    assert str(path) in str(error.value)
+    assert message in str(error.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="no such config file"):
+        build_config(tmp_path / "nope.yaml")

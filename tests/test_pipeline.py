@@ -1,0 +1,103 @@
+"""End to end: seeds -> AIDE expand -> respond -> dataset, under the Prefect flow."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from datasets import load_dataset
+
+from conftest import TINY_SEEDS, tiny_config
+from flows.build import build_dataset
+from germinate.records import SCHEMA
+from germinate.runs import Run
+from servers import FaultyServer
+
+
+def write_seeds(folder: Path) -> Path:
+    path = folder / "seeds.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in TINY_SEEDS))
+    return path
+
+
+@pytest.fixture(scope="module")
+def embedded_run(tmp_path_factory):
+    """One real run on the embedded SmolLM2 model, shared by the assertions below."""
+    folder = tmp_path_factory.mktemp("embedded")
+    config = tiny_config(write_seeds(folder), folder / "runs", aide__on_reflection_fail="keep")
+    report = build_dataset(config)
+    return config, report, Run(Path(report["dataset"]).parent)
+
+
+def test_dataset_loads_with_datasets_and_has_the_schema(embedded_run):
+    config, report, run = embedded_run
+    dataset = load_dataset("parquet", data_dir=str(run.dataset_dir / "data"), split="train")
+    assert dataset.column_names == SCHEMA.names
+    assert len(dataset) == report["rows"] > len(TINY_SEEDS)
+    assert all(row["output"] for row in dataset)  # every instruction was answered
+    card = (run.dataset_dir / "README.md").read_text()
+    assert card.startswith("---\n") and "data/train-*" in card
+
+
+def test_provenance_is_consistent(embedded_run):
+    config, report, run = embedded_run
+    rows = {r["id"]: r for r in pq.read_table(run.dataset_dir / "data").to_pylist()}
+    seeds = {s["id"] for s in TINY_SEEDS}
+    hops = set()
+    for row in rows.values():
+        if row["strategy"] == "seed":
+            assert row["id"] in seeds and row["hop"] == 0 and row["parent_id"] is None
+            continue
+        parent = rows[row["parent_id"]]  # every parent is in the dataset
+        assert row["hop"] == parent["hop"] + 1
+        assert row["seed_id"] == (parent["id"] if parent["hop"] == 0 else parent["seed_id"])
+        assert row["strategy"] == "aide" and row["topic"] and row["prompt_hash"] and row["model"]
+        assert row["operation"] in ("concretizing", "persona")
+        assert (row["persona"] is not None) == (row["operation"] == "persona")
+        assert (row["attribute"] is not None) == (row["operation"] != "persona")
+        assert 1 <= row["reflection_score"] <= 10 and row["reflection_critique"] is not None
+        if row["operation"] == "persona":
+            assert 1 <= row["difference_score"] <= 10
+        hops.add(row["hop"])
+    assert hops == {1, 2}  # the tree grew to the configured depth
+
+
+def test_budget_is_respected(embedded_run):
+    config, report, run = embedded_run
+    assert report["llm_calls"] <= config.budget.max_llm_calls
+    assert report["rows"] <= config.budget.max_records
+    expand, respond = report["stages"]
+    assert respond["llm_calls"] == respond["records_in"] - 1  # one seed came with its answer
+    assert expand["prompt_tokens"] > 0 and respond["completion_tokens"] > 0
+
+
+def test_nothing_is_lost(embedded_run):
+    config, report, run = embedded_run
+    expand, respond = report["stages"]
+    rejected = run.rejected("expand") + run.rejected("respond")
+    assert all(r.drop_reason and r.drop_stage for r in rejected)
+    assert expand["kept"] == respond["records_in"]
+    assert respond["kept"] + sum(respond["dropped"].values()) == respond["records_in"] == report["rows"]
+
+
+def test_failed_requests_become_rejected_records(tmp_path):
+    """The whole pipeline over a flaky OpenAI-compatible server: the run finishes, and every
+    request that still fails after its retries is a rejected record with its reason."""
+    with FaultyServer(fail_share=0.5, timeout_s=0.5, dead_when="haiku") as server:
+        config = tiny_config(
+            write_seeds(tmp_path), tmp_path / "runs",
+            llm={"backend": "openai", "base_url": server.base_url, "max_retries": 2, "backoff_s": 0.01,
+                 "timeout_s": 0.5},
+            aide__personas=0,
+        )
+        report = build_dataset(config)
+    run = Run(Path(report["dataset"]).parent)
+    rejected = run.rejected("expand") + run.rejected("respond")
+    failures = [r for r in rejected if r.drop_reason == "llm_error"]
+    assert [r.id for r in failures] == ["s-haiku"]  # its answer never came; nor did its children
+    assert failures[0].drop_stage == "respond"
+    assert failures[0].drop_detail == "server_error: HTTP 500 (after 3 tries)"
+    assert all(server.faults[kind] for kind in server.faults)
+    rows = pq.read_table(run.dataset_dir / "data").to_pylist()
+    assert len(rows) == report["rows"] > len(TINY_SEEDS)
+    assert {r["model"] for r in rows if r["strategy"] == "aide"} == {"faulty-model"}

@@ -1,0 +1,26 @@
+import pytest
+
+from germinate.errors import UserError
+from germinate.runs import allocate, prepare_run
+
+
+def test_allocate_splits_evenly_and_exactly():
+    assert allocate(10, 3) == [4, 3, 3]
+    assert allocate(2, 4) == [1, 1, 0, 0]
+    assert sum(allocate(1001, 7)) == 1001
+
+
+def test_new_run_directory_appears_whole(make_config):
+    config, run = prepare_run(make_config())
+    assert run.root.name == config.run_id
+    assert {p.name for p in run.root.iterdir()} == {"config.yaml", "seeds.parquet"}
+    assert [s.id for s in run.seeds()] == ["s-sum", "s-apples", "s-haiku"]
+    assert not list(run.root.parent.glob(".*"))  # no staging folder left behind
+
+
+def test_resume_needs_the_same_settings(make_config):
+    config, run = prepare_run(make_config(run_id="r1"))
+    again, same = prepare_run(make_config(run_id="r1"))
+    assert same.root == run.root
+    with pytest.raises(UserError, match=r"run 'r1' was started with other settings \(aide.hops: 2 -> 3\)"):
+        prepare_run(make_config(run_id="r1", aide__hops=3))
