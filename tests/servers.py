@@ -36,7 +36,7 @@ def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
 
 
 class FaultyServer:
-    """`fail_share` of distinct requests fail once (one of `kinds` each) and then succeed;
+    """`fail_share` of distinct requests fail once (with each of `kinds` in turn) and then succeed;
     `dead_share` fail every time, and so do those whose messages contain `dead_when`.
     Decided by a hash of the messages, so it is repeatable.
     `timeout_s` is the client's timeout, which a "slow" answer overruns."""
@@ -58,6 +58,7 @@ class FaultyServer:
         self.timeout_s = timeout_s
         self.lock = threading.Lock()
         self.attempts: dict[str, int] = {}
+        self.failed_once = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.requests = 0
@@ -84,10 +85,11 @@ class FaultyServer:
         with self.lock:
             attempt = self.attempts.get(key, 0)
             self.attempts[key] = attempt + 1
-        if bucket < self.dead_share or (self.dead_when and self.dead_when in json.dumps(body["messages"])):
-            return "server_error"
-        if bucket < self.dead_share + self.fail_share and attempt == 0:
-            return self.kinds[int(key[8:12], 16) % len(self.kinds)]
+            if bucket < self.dead_share or (self.dead_when and self.dead_when in json.dumps(body["messages"])):
+                return "server_error"
+            if bucket < self.dead_share + self.fail_share and attempt == 0:
+                self.failed_once += 1
+                return self.kinds[self.failed_once % len(self.kinds)]  # each kind in turn
         return None
 
     def _answer(self, body: dict[str, Any], fault: str | None) -> tuple[int, bytes]:
