@@ -29,10 +29,10 @@ def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
     if kind == "object":
         return {key: instance(sub, defs) for key, sub in schema.get("properties", {}).items()}
     if kind == "array":
-        return [instance(schema.get("items", {"type": "string"}), defs) for _ in range(2)]
+        return [instance(schema.get("items", {"type": "string"}), defs) for _ in range(min(2, schema.get("maxItems", 2)))]
     if kind == "integer":
         return 7
-    return "a concise answer about the task"
+    return "a concise answer about the task"[: schema.get("maxLength")]
 
 
 class FaultyServer:
