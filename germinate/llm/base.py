@@ -130,7 +130,10 @@ class LLM:
     async def generate(self, requests: list[Request]) -> list[Result]:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self._concurrency)
-        return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
+        results = list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
+        if self.cache:
+            self.cache.flush()
+        return results
 
     async def _generate_one(self, request: Request) -> Result:
         schema = json_schema(request.schema) if request.schema else None
