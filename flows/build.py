@@ -72,12 +72,16 @@ def respond_shard(config: RunConfig, index: int) -> StageStats:
 
 
 def _stage(name: str, total: int, futures) -> StageStats:
+    """Wait for a stage's shard tasks; its time is the stage's wall time (shards overlap)."""
+    start = time.perf_counter()
     progress.listener.start(name, total)
     stats = [f.result() for f in futures]
     progress.listener.finish(name)
     merged = stats[0]
     for s in stats[1:]:
         merged = merged + s
+    if not merged.resumed:
+        merged.seconds = time.perf_counter() - start
     return merged
 
 

@@ -61,7 +61,7 @@ def parse_instruction(text: str) -> str:
 
 EXTRACT = Prompt(
     "Read this task and name its topic in a few words. Then list up to $count key attributes "
-    "of the task: short phrases for the skills, entities, constraints or formats it involves.\n\n"
+    "of the task: the skills, entities, constraints or formats it involves, two or three words each.\n\n"
     "Task:\n$task"
 )
 SYNTHESIZE = Prompt(

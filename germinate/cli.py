@@ -33,7 +33,8 @@ def main() -> None:
 
 class RateColumn(ProgressColumn):
     def render(self, task) -> Text:
-        return Text(f"{task.speed or 0:5.1f}/s", style="progress.data.speed")
+        speed = task.finished_speed or task.speed or 0
+        return Text(f"{speed:5.1f}/s", style="progress.data.speed")
 
 
 class RichProgress:
@@ -58,23 +59,28 @@ class RichProgress:
 def _summary(report: dict[str, Any]) -> None:
     table = Table(title=f"run {report['run_id']}", title_justify="left")
     for column in ("stage", "in", "kept", "dropped", "LLM calls", "cached", "tokens", "time"):
-        table.add_column(column, justify="left" if column in ("stage", "dropped") else "right", no_wrap=True)
+        table.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
     for s in report["stages"]:
-        dropped = "\n".join(f"{reason} {n}" for reason, n in sorted(s["dropped"].items())) or "-"
         table.add_row(
             s["stage"] + (" (resumed)" if s["resumed"] else ""),
             str(s["records_in"]),
             str(s["kept"]),
-            dropped,
+            str(sum(s["dropped"].values())),
             str(s["llm_calls"]),
             str(s["cached_calls"]),
             f"{s['prompt_tokens'] + s['completion_tokens']:,}",
-            f"{s['seconds']:.1f}s",
+            f"{s['seconds']:.0f}s",
         )
     console.print(table)
+    for s in report["stages"]:
+        if s["dropped"]:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(s["dropped"].items()))
+            console.print(f"  {s['stage']} dropped: {reasons}", soft_wrap=True)
     console.print(
         f"[bold]{report['rows']} rows[/] in [bold]{report['dataset']}[/] "
-        f"({report['llm_calls']}/{report['budget']['max_llm_calls']} LLM calls, {report['wall_seconds']:.0f}s wall)"
+        f"({report['llm_calls']}/{report['budget']['max_llm_calls']} LLM calls, {report['wall_seconds']:.0f}s wall); "
+        f"rejected records with reasons: {Path(report['dataset']).parent / 'stages'}",
+        soft_wrap=True,
     )
     console.print(f"Load it:  datasets.load_dataset('parquet', data_dir='{report['dataset']}/data')", soft_wrap=True)
     console.print(

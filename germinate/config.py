@@ -63,8 +63,8 @@ class AIDEConfig(Section):
 
 
 class BudgetConfig(Section):
-    max_llm_calls: int = Field(144, ge=1, description="all LLM requests of the run, responses included")
-    max_records: int = Field(48, ge=1, description="rows of the dataset, seeds included")
+    max_llm_calls: int = Field(128, ge=1, description="all LLM requests of the run, responses included")
+    max_records: int = Field(44, ge=1, description="rows of the dataset, seeds included")
 
 
 class RunConfig(Section):
