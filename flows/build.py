@@ -48,10 +48,7 @@ def expand_shard(config: RunConfig, index: int, calls: list[int], rows: list[int
 
     def produce(usage: Usage):
         llm = _llm(config, run)
-        personas = {}
-        if config.aide.personas:
-            pool = (Path(__file__).parent.parent / "data" / "personas.txt").read_text().splitlines()
-            personas = aide.relevant_personas(seeds, [p for p in pool if p.strip()], 2 * config.aide.personas + 2)
+        personas = aide.relevant_personas(seeds, config.aide.personas)
         generator = aide.AIDE(llm, config.aide, config.generation, personas, config.random_seed)
         allowances = [aide.Allowance(c, r) for c, r in zip(calls, rows)]
         return llm.run(generator.expand(seeds, allowances, config.include_seeds), usage)

@@ -27,13 +27,14 @@ from typing import Annotated
 from pydantic import BaseModel, Field, create_model
 
 from filters.reflection import JUDGE, Rubric, Verdict, reflect
-from germinate.config import AIDEConfig, GenerationConfig
+from germinate.config import DATA_DIR, AIDEConfig, GenerationConfig
 from germinate.embed import embed
 from germinate.llm import LLM, Request, Result
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id
 
 STAGE = "expand"
+PERSONAS_FILE = DATA_DIR / "personas.txt"
 CHILD_COST = 3  # write + first judgement + the answer in the respond stage
 
 
@@ -135,12 +136,15 @@ def show(record: Record) -> str:
     return record.instruction + (f"\n\nInput:\n{record.input}" if record.input else "")
 
 
-def relevant_personas(seeds: list[Record], personas: list[str], pool: int) -> dict[str, list[str]]:
-    """For each seed, the `pool` personas whose description is closest to it in embedding space."""
+def relevant_personas(seeds: list[Record], count: int) -> dict[str, list[str]]:
+    """For each seed, the personas of data/personas.txt closest to it in embedding space:
+    a pool a little larger than `count`, from which each node samples its persona children."""
+    if count == 0:
+        return {}
+    personas = [line.strip() for line in PERSONAS_FILE.read_text().splitlines() if line.strip()]
     similarity = embed([show(s) for s in seeds]) @ embed(personas).T
-    return {
-        seed.id: [personas[i] for i in row.argsort()[::-1][:pool]] for seed, row in zip(seeds, similarity)
-    }
+    pool = 2 * count + 2
+    return {seed.id: [personas[i] for i in row.argsort()[::-1][:pool]] for seed, row in zip(seeds, similarity)}
 
 
 class AIDE:
