@@ -7,7 +7,9 @@ from typing import Any
 import yaml
 
 from germinate.config import RunConfig
-from germinate.records import SCHEMA, Record
+import pyarrow as pa
+
+from germinate.records import SCHEMA, Record, to_table
 from germinate.stats import StageStats
 
 
@@ -20,11 +22,15 @@ def build_report(
         "models": sorted({r.model for r in records if r.model}),
         "dataset": dataset_dir,
         "rows": len(records),
+        "dataset_bytes": to_table(records).nbytes,
         "wall_seconds": round(wall_seconds, 2),
         "llm_calls": sum(s.llm_calls for s in stages),
         "budget": config.budget.model_dump(),
         "stages": [s.to_dict() for s in stages],
     }
+
+
+_HF_DTYPES = {pa.float64(): "float64"}  # Arrow calls it "double"; the Hub's card format wants float64
 
 
 def _size_category(rows: int) -> str:
@@ -43,8 +49,8 @@ def dataset_card(config: RunConfig, report: dict[str, Any]) -> str:
         "tags": ["synthetic", "germinate", config.strategy],
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
         "dataset_info": {
-            "features": [{"name": f.name, "dtype": str(f.type)} for f in SCHEMA],
-            "splits": [{"name": "train", "num_examples": report["rows"]}],
+            "features": [{"name": f.name, "dtype": _HF_DTYPES.get(f.type, str(f.type))} for f in SCHEMA],
+            "splits": [{"name": "train", "num_bytes": report["dataset_bytes"], "num_examples": report["rows"]}],
         },
     }
     rows = "\n".join(

@@ -154,6 +154,8 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, Run]:
     seeds = load_seeds(config.seeds)
     config = config.model_copy(update={"run_id": config.run_id or new_run_id()})
     root = config.output_dir / config.run_id
+    if root.exists():
+        raise UserError(f"{root}: exists but is not a germinate run (no config.yaml); pick another --run-id")
     staging = config.output_dir / f".{config.run_id}.tmp-{os.getpid()}"
     staging.mkdir(parents=True)
     write_atomic(staging / "config.yaml", dump_config(config).encode())

@@ -37,6 +37,8 @@ def test_dataset_loads_with_datasets_and_has_the_schema(embedded_run):
     assert all(row["output"] for row in dataset)  # every instruction was answered
     card = (run.dataset_dir / "README.md").read_text()
     assert card.startswith("---\n") and "data/train-*" in card
+    # The folder loads by its card too, as it will from the Hub.
+    assert load_dataset(str(run.dataset_dir), split="train").num_rows == report["rows"]
 
 
 def test_provenance_is_consistent(embedded_run):

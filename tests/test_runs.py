@@ -24,3 +24,12 @@ def test_resume_needs_the_same_settings(make_config):
     assert same.root == run.root
     with pytest.raises(UserError, match=r"run 'r1' was started with other settings \(aide.hops: 2 -> 3\)"):
         prepare_run(make_config(run_id="r1", aide__hops=3))
+
+
+def test_a_folder_that_is_not_a_run_is_never_overwritten(make_config, tmp_path):
+    folder = tmp_path / "runs" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="exists but is not a germinate run"):
+        prepare_run(make_config(run_id="mine"))
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
