@@ -281,10 +281,11 @@ class AIDE:
         plain = [c for c in candidates if c.operation != "persona"]
         personas = [c for c in candidates if c.operation == "persona"]
         parents = {job.parent.id: job.parent for job in jobs}
-        reflections = await asyncio.gather(
-            self._reflect(seed, plain, RELEVANCE, parents, allowance),
-            self._reflect(seed, personas, PERSONA_RELEVANCE, parents, allowance),
-        )
+        # One after the other: both draw on one allowance, which a rerun must spend in the same order.
+        reflections = [
+            await self._reflect(seed, plain, RELEVANCE, parents, allowance),
+            await self._reflect(seed, personas, PERSONA_RELEVANCE, parents, allowance),
+        ]
         kept = []
         for state in chain.from_iterable(reflections):
             child = state.item

@@ -52,8 +52,10 @@ async def respond(llm: LLM, records: list[Record], generation: GenerationConfig,
             prompt_tokens=record.prompt_tokens + result.prompt_tokens,
             completion_tokens=record.completion_tokens + result.completion_tokens,
         )
-        if result.ok:
-            kept.append(answered)
-        else:
+        if not result.ok:
             rejected.append(answered.dropped(STAGE, "llm_error", result.error))
+        elif not answered.output:
+            rejected.append(answered.dropped(STAGE, "empty_response"))
+        else:
+            kept.append(answered)
     return kept, rejected

@@ -143,7 +143,7 @@ def run(
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         if resolved is not None:
-            errors.print(f"interrupted; resume with: germinate run --run-id {resolved.run_id}")
+            errors.print(f"interrupted; resume: run the same command with --run-id {resolved.run_id}")
         raise typer.Exit(130) from None
     _summary(report)
 

@@ -63,8 +63,8 @@ class AIDEConfig(Section):
 
 
 class BudgetConfig(Section):
-    max_llm_calls: int = Field(128, ge=1, description="all LLM requests of the run, responses included")
-    max_records: int = Field(44, ge=1, description="rows of the dataset, seeds included")
+    max_llm_calls: int = Field(144, ge=1, description="all LLM requests of the run, responses included")
+    max_records: int = Field(48, ge=1, description="rows of the dataset, seeds included")
 
 
 class RunConfig(Section):
@@ -113,7 +113,11 @@ def build_config(path: Path | None = None, overrides: dict[str, Any] | None = No
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                raise UserError(f"{where}: '{part}' must be a mapping of settings")
+            node = node[part]
         node[leaf] = value
     try:
         return RunConfig.model_validate(data)

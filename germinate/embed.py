@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,11 @@ def _model_path(name: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
+_loading = threading.Lock()
+
+
 @functools.cache
-def load_encoder(name: str = DEFAULT_MODEL):
+def _load(name: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from sentence_transformers import SentenceTransformer
@@ -39,6 +43,11 @@ def load_encoder(name: str = DEFAULT_MODEL):
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return SentenceTransformer(_model_path(name), device=device)
+
+
+def load_encoder(name: str = DEFAULT_MODEL):
+    with _loading:  # functools.cache alone would let two shard threads load it twice
+        return _load(name)
 
 
 def embed(texts: list[str], model: str = DEFAULT_MODEL, batch_size: int = 64) -> np.ndarray:

@@ -69,10 +69,14 @@ def _json_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:
 
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:
     reader = csv.DictReader(io.StringIO(text))
-    for row in reader:
-        if None in row:
-            raise UserError(f"{path}:{reader.line_num}: more fields than the header has")
-        yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if v not in (None, "")}
+    try:
+        for row in reader:
+            if None in row:
+                raise UserError(f"{path}:{reader.line_num}: more fields than the header has")
+            yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if v not in (None, "")}
+    except csv.Error as exc:
+        # line_num counts the lines read before the one that failed
+        raise UserError(f"{path}:{reader.line_num + 1}: invalid CSV ({exc})") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:

@@ -157,8 +157,12 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, Run]:
     if root.exists():
         raise UserError(f"{root}: exists but is not a germinate run (no config.yaml); pick another --run-id")
     staging = config.output_dir / f".{config.run_id}.tmp-{os.getpid()}"
-    staging.mkdir(parents=True)
-    write_atomic(staging / "config.yaml", dump_config(config).encode())
-    write_records(staging / "seeds.parquet", seeds)
-    staging.rename(root)
+    try:
+        staging.mkdir(parents=True)
+        write_atomic(staging / "config.yaml", dump_config(config).encode())
+        write_records(staging / "seeds.parquet", seeds)
+        staging.rename(root)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UserError(f"output_dir: cannot write {root} ({exc.strerror or exc})") from None
     return config, Run(root)

@@ -44,3 +44,9 @@ def test_bad_config_names_the_key(tmp_path, text, message):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="no such config file"):
         build_config(tmp_path / "nope.yaml")
+
+
+def test_empty_section_takes_overrides_and_a_scalar_section_is_an_error(tmp_path):
+    assert build_config(write(tmp_path, "aide:\n"), {"aide.hops": 3}).aide.hops == 3
+    with pytest.raises(UserError, match="'aide' must be a mapping"):
+        build_config(write(tmp_path, "aide: 3\n"), {"aide.hops": 3})

@@ -87,6 +87,13 @@ def test_bad_seed_files_name_the_place(tmp_path, name, content, message):
     assert message in str(error.value)
 
 
+def test_unparsable_csv_names_the_line(tmp_path):
+    path = tmp_path / "huge.csv"
+    path.write_text("instruction\nfine\n" + "x" * 200_000 + "\n")
+    with pytest.raises(UserError, match="huge.csv:3: invalid CSV"):
+        load_seeds(path)
+
+
 def test_missing_seed_file(tmp_path):
     with pytest.raises(UserError, match="no such seed file"):
         load_seeds(tmp_path / "nope.jsonl")

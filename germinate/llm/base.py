@@ -178,6 +178,9 @@ class LLM:
                 continue
             except PermanentError as exc:
                 return Result(request, error=str(exc))
+            except Exception as exc:  # an unforeseen backend failure: one request's problem, not the run's
+                error = f"backend_error: {type(exc).__name__}: {exc}"
+                continue
             result = self._result(request, completion, cached=False)
             if result.ok:
                 return result
@@ -212,7 +215,16 @@ class LLM:
         }
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.backend.close(), self._loop).result()
+        """Cancel what is still in flight (a failed or interrupted run), then release the backend."""
+
+        async def shutdown() -> None:
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await self.backend.close()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()

@@ -6,6 +6,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,12 @@ def cache_key(model: str, messages: list[dict], params: dict[str, Any], schema: 
 
 
 class ResponseCache:
-    """SQLite, written in batches: one transaction per FLUSH_EVERY answers (and at the end of
-    every generate call) instead of one per answer, which cost a tenth of the throughput."""
+    """SQLite, written in batches: one transaction per FLUSH_EVERY answers or FLUSH_SECONDS
+    (and at the end of every generate call) instead of one per answer, which cost a tenth
+    of the throughput. A killed run loses at most the last second of answers."""
 
     FLUSH_EVERY = 256
+    FLUSH_SECONDS = 1.0
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +34,7 @@ class ResponseCache:
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._lock = threading.Lock()
         self._pending: dict[str, str] = {}
+        self._flushed_at = time.monotonic()
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -43,7 +47,7 @@ class ResponseCache:
     def put(self, key: str, value: dict[str, Any]) -> None:
         with self._lock:
             self._pending[key] = json.dumps(value)
-            if len(self._pending) >= self.FLUSH_EVERY:
+            if len(self._pending) >= self.FLUSH_EVERY or time.monotonic() - self._flushed_at > self.FLUSH_SECONDS:
                 self._flush()
 
     def flush(self) -> None:
@@ -56,6 +60,7 @@ class ResponseCache:
                 self._db.executemany("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
                                      self._pending.items())
             self._pending.clear()
+        self._flushed_at = time.monotonic()
 
     def close(self) -> None:
         with self._lock:

@@ -54,7 +54,7 @@ class LlamaCppBackend(Backend):
         return await asyncio.get_running_loop().run_in_executor(self._worker, self._complete, request, schema)
 
     async def close(self) -> None:
-        self._worker.shutdown()
+        self._worker.shutdown(wait=False, cancel_futures=True)
 
     def _complete(self, request: Request, schema: dict[str, Any] | None) -> Completion:
         response_format = {"type": "json_object", "schema": schema} if schema else None

@@ -20,6 +20,7 @@ class VLLMBackend(Backend):
         self.model = model
         self._llm = LLM(model=model, max_model_len=max_model_len)
         self._pending: list[tuple[Request, dict[str, Any] | None, asyncio.Future]] = []
+        self._busy = asyncio.Lock()  # vllm.LLM is not thread-safe: one batch at a time
 
     async def complete(self, request: Request, schema: dict[str, Any] | None) -> Completion:
         future = asyncio.get_running_loop().create_future()
@@ -32,13 +33,14 @@ class VLLMBackend(Backend):
         await asyncio.sleep(0.005)  # let the rest of a gather() join this batch
         batch, self._pending = self._pending, []
         try:
-            outputs = await asyncio.to_thread(
-                self._llm.chat,
-                [request.messages for request, _, _ in batch],
-                [self._sampling_params(request, schema) for request, schema, _ in batch],
-                use_tqdm=False,
-            )
-        except Exception as exc:  # fail the whole batch; LLM retries each request
+            async with self._busy:
+                outputs = await asyncio.to_thread(
+                    self._llm.chat,
+                    [request.messages for request, _, _ in batch],
+                    [self._sampling_params(request, schema) for request, schema, _ in batch],
+                    use_tqdm=False,
+                )
+        except Exception as exc:  # fail the whole batch; the LLM layer retries each request
             for _, _, future in batch:
                 future.set_exception(exc)
             return
