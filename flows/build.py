@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import threading
 import time
 from pathlib import Path
+from typing import TypeVar
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -16,10 +19,11 @@ from germinate import progress
 from germinate.config import RunConfig
 from germinate.io import write_atomic
 from germinate.llm import LLM, make_llm
-from germinate.records import Record
 from germinate.report import build_report, dataset_card
 from germinate.runs import Run, allocate, prepare_run
 from germinate.stats import StageStats, Usage
+
+T = TypeVar("T")
 
 _llms: dict[Path, LLM] = {}
 _llms_lock = threading.Lock()
@@ -37,8 +41,8 @@ def _usage(stage: str) -> Usage:
     return Usage(on_call=lambda: progress.listener.advance(stage))
 
 
-def _shards(records: list[Record], size: int) -> list[list[Record]]:
-    return [records[i : i + size] for i in range(0, len(records), size)] or [[]]
+def _shards(items: list[T], size: int) -> list[list[T]]:
+    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
 
 @task(name="expand", task_run_name="expand-shard-{index}", cache_policy=NO_CACHE, persist_result=False)
@@ -72,11 +76,8 @@ def _stage(name: str, total: int, futures) -> StageStats:
     """Wait for a stage's shard tasks; its time is the stage's wall time (shards overlap)."""
     start = time.perf_counter()
     progress.listener.start(name, total)
-    stats = [f.result() for f in futures]
+    merged = functools.reduce(operator.add, [f.result() for f in futures])
     progress.listener.finish(name)
-    merged = stats[0]
-    for s in stats[1:]:
-        merged = merged + s
     if not merged.resumed:
         merged.seconds = time.perf_counter() - start
     return merged
@@ -89,14 +90,13 @@ def build_dataset(config: RunConfig) -> dict:
     config, run = prepare_run(config)
     try:
         seeds = run.seeds()
-        seed_shards = _shards(seeds, config.shard_size)
-        calls = allocate(config.budget.max_llm_calls, len(seeds))
-        rows = allocate(config.budget.max_records, len(seeds))
-        bounds = [(i * config.shard_size, i * config.shard_size + len(s)) for i, s in enumerate(seed_shards)]
+        # The budget is split per seed, so a shard's share does not depend on how seeds are sharded.
+        calls = _shards(allocate(config.budget.max_llm_calls, len(seeds)), config.shard_size)
+        rows = _shards(allocate(config.budget.max_records, len(seeds)), config.shard_size)
         expand_stats = _stage(
             aide.STAGE,
             config.budget.max_llm_calls,
-            [expand_shard.submit(config, i, calls[a:b], rows[a:b]) for i, (a, b) in enumerate(bounds)],
+            [expand_shard.submit(config, i, c, r) for i, (c, r) in enumerate(zip(calls, rows))],
         )
         expanded = run.kept(aide.STAGE)
         respond_stats = _stage(

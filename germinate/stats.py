@@ -65,10 +65,6 @@ class StageStats:
                 setattr(merged, f.name, getattr(self, f.name) + getattr(other, f.name))
         return merged
 
-    @property
-    def fresh_calls(self) -> int:
-        return self.llm_calls - self.cached_calls
-
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "dropped": dict(self.dropped)}
 

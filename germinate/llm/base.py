@@ -108,8 +108,8 @@ class LLM:
         self.cache = cache
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        self._concurrency = concurrency
-        self._semaphore: asyncio.Semaphore | None = None
+        # Binds to the loop on first use (Python >= 3.10), which is the LLM's own loop.
+        self._semaphore = asyncio.Semaphore(concurrency)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="germinate-llm", daemon=True)
         self._thread.start()
@@ -128,8 +128,6 @@ class LLM:
         return asyncio.run_coroutine_threadsafe(with_usage(), self._loop).result()
 
     async def generate(self, requests: list[Request]) -> list[Result]:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self._concurrency)
         results = list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
         if self.cache:
             self.cache.flush()
@@ -162,7 +160,6 @@ class LLM:
         return result
 
     async def _call_with_retries(self, request: Request, schema: dict[str, Any] | None) -> Result:
-        assert self._semaphore is not None
         error = "unknown"
         for attempt in range(self.max_retries + 1):
             if attempt:
