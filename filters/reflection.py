@@ -8,6 +8,7 @@ the judge and how a rewrite is asked for and applied.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from itertools import takewhile
 from statistics import mean
@@ -15,8 +16,10 @@ from typing import Callable, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field, create_model
 
+from germinate.config import GenerationConfig, ResponseReflectionConfig
 from germinate.llm import LLM, Request, Result
-from germinate.prompts import Prompt
+from germinate.prompts import Prompt, combine_hashes
+from germinate.records import Record, show
 
 Item = TypeVar("Item")
 
@@ -98,11 +101,13 @@ async def reflect(
     The caller has paid for the first judgement of each item. A rewrite round
     costs two calls per item (rewrite + judge), paid with `take(2)`, which says
     whether the budget allows them. Items the budget cannot cover keep their
-    last verdict. An item passes when its mean score reaches the threshold.
+    last verdict; a rewrite that scores no better than what it replaced is undone.
+    An item passes when its mean score reaches the threshold.
     """
     states = [Reflection(item) for item in items]
     pending = states
     for round_ in range(tries + 1):
+        before = {id(s): s.item for s in pending}
         if round_:
             pending = list(takewhile(lambda _: take(2), pending))
             rewrites = await llm.generate([rewrite(s.item, s.verdict) for s in pending])
@@ -116,13 +121,99 @@ async def reflect(
         judged = await llm.generate(
             [rubric.request(show(s.item), seed=round_) for s in pending]
         )
+        unimproved = set()
         for state, result in zip(pending, judged):
             if not result.ok:
                 state.error = result.error
                 continue
-            state.verdict = Verdict.of(result)
-            state.passed = state.verdict.score >= threshold
-        pending = [s for s in pending if s.error is None and not s.passed]
+            verdict = Verdict.of(result)
+            if round_ and verdict.score <= state.verdict.score:
+                # A rewrite the judge does not like better is undone, and the item is not tried again.
+                state.item = before[id(state)]
+                unimproved.add(id(state))
+                continue
+            state.verdict = verdict
+            state.passed = verdict.score >= threshold
+        pending = [s for s in pending if s.error is None and not s.passed and id(s) not in unimproved]
         if not pending:
             break
     return states
+
+
+# The quality gate: each (instruction, response) pair judged, failing responses revised.
+STAGE = "reflect"
+RESPONSE = Rubric(
+    "response",
+    {
+        "correctness": "the answer is factually and logically correct",
+        "helpfulness": "the answer fully solves the task and is clear",
+        "instruction_following": "the answer does what the task asks, in the form it asks for",
+    },
+)
+REVISE = Prompt(
+    "Task:\n$task\n\nDraft answer:\n$answer\n\nCritique of the draft: $critique\n\n"
+    "Write an improved answer to the task that fixes what the critique names. Write only the answer."
+)
+
+
+async def judge_responses(
+    llm: LLM,
+    records: list[Record],
+    config: ResponseReflectionConfig,
+    generation: GenerationConfig,
+    take: Callable[[int], bool],
+) -> tuple[list[Record], list[Record]]:
+    """Score every answer; revise the failing ones with the critique, up to `config.tries` times.
+    The score is stored on the record (`quality_score`): it is what selection weighs."""
+
+    def context(record: Record) -> str:
+        return f"Task:\n{show(record)}\n\nAnswer:\n{record.output}"
+
+    def revise(record: Record, verdict: Verdict) -> Request:
+        return Request(
+            REVISE.messages(task=show(record), answer=record.output, critique=verdict.critique),
+            max_tokens=generation.response_max_tokens,
+            temperature=generation.temperature,
+            top_p=generation.top_p,
+        )
+
+    def apply(record: Record, result: Result) -> Record:
+        if result.finish_reason == "length" or not (result.text or "").strip():
+            return record  # a cut-off or empty revision is no answer
+        return dataclasses.replace(
+            record,
+            output=result.text.strip(),
+            finish_reason=result.finish_reason,
+            prompt_tokens=record.prompt_tokens + result.prompt_tokens,
+            completion_tokens=record.completion_tokens + result.completion_tokens,
+        )
+
+    def judged(items: list[Record], tries: int):
+        return reflect(
+            llm, items, rubric=RESPONSE, show=context, rewrite=revise, apply=apply,
+            threshold=config.threshold, tries=tries, take=take,
+        )
+
+    # An answer that came with the seed (no model wrote it) is judged but never rewritten.
+    states = await judged([r for r in records if r.model is not None], config.tries)
+    states += await judged([r for r in records if r.model is None], 0)
+    position = {r.id: i for i, r in enumerate(records)}
+    kept, rejected = [], []
+    for state in sorted(states, key=lambda s: position[s.item.id]):
+        record = state.item
+        if state.verdict is not None:
+            record = dataclasses.replace(
+                record,
+                quality_score=state.verdict.score,
+                quality_critique=state.verdict.critique,
+                quality_revisions=state.tries,
+                prompt_hash=combine_hashes(record.prompt_hash, JUDGE.hash, REVISE.hash),
+            )
+        if state.error is not None:
+            rejected.append(record.dropped(STAGE, "llm_error", state.error))
+        elif not state.passed and config.on_fail == "drop":
+            detail = f"score {state.verdict.score:.1f} < {config.threshold:g}: {state.verdict.critique}"
+            rejected.append(record.dropped(STAGE, "low_quality_score", detail))
+        else:
+            kept.append(record)
+    return kept, rejected

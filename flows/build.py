@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import operator
 import threading
 import time
 from pathlib import Path
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from filters import dedup, heuristics, reflection, select
 from generators import aide, respond
 from germinate import progress
+from germinate.budget import Allowance, allocate
 from germinate.config import RunConfig
+from germinate.embed import embed
 from germinate.io import write_atomic
 from germinate.llm import LLM, make_llm
+from germinate.records import Record, show
 from germinate.report import build_report, dataset_card
-from germinate.runs import Run, allocate, prepare_run
+from germinate.runs import Run, prepare_run
 from germinate.stats import StageStats, Usage
+
+# The quality gate, in order; each name is also its switch in config.quality.
+GATE = (heuristics.STAGE, dedup.EXACT, dedup.NEAR, dedup.SEMANTIC, reflection.STAGE, select.STAGE)
 
 T = TypeVar("T")
 
@@ -53,8 +61,8 @@ def expand_shard(config: RunConfig, index: int, calls: list[int], rows: list[int
     def produce(usage: Usage):
         llm = _llm(config, run)
         personas = aide.relevant_personas(seeds, config.aide.personas)
-        generator = aide.AIDE(llm, config.aide, config.generation, personas, config.random_seed)
-        allowances = [aide.Allowance(c, r) for c, r in zip(calls, rows)]
+        generator = aide.AIDE(llm, config.aide, config.generation, personas, config.random_seed, _record_cost(config))
+        allowances = [Allowance(c, r) for c, r in zip(calls, rows)]
         return llm.run(generator.expand(seeds, allowances, config.include_seeds), usage)
 
     return run.run_shard(aide.STAGE, index, len(seeds), produce, _usage(aide.STAGE))
@@ -72,6 +80,57 @@ def respond_shard(config: RunConfig, index: int) -> StageStats:
     return run.run_shard(respond.STAGE, index, len(records), produce, _usage(respond.STAGE))
 
 
+@task(name="reflect", task_run_name="reflect-shard-{index}", cache_policy=NO_CACHE, persist_result=False)
+def reflect_shard(config: RunConfig, index: int, source: str, calls: int) -> StageStats:
+    """Judge the answers of one shard; `calls` is the shard's share of the budget left for revisions."""
+    run = Run(config.output_dir / config.run_id)
+    records = _shards(run.kept(source), config.shard_size)[index]
+
+    def produce(usage: Usage):
+        llm = _llm(config, run)
+        revisions = Allowance(calls, 0)
+        judged = reflection.judge_responses(llm, records, config.quality.reflect, config.generation, revisions.take)
+        return llm.run(judged, usage)
+
+    return run.run_shard(reflection.STAGE, index, len(records), produce, _usage(reflection.STAGE))
+
+
+def _filters(config: RunConfig, run: Run) -> dict[str, Callable[[list[Record]], tuple[list[Record], list[Record]]]]:
+    quality = config.quality
+
+    def vectors(records: list[Record]):
+        return embed([show(r) for r in records], config.embedding.model, config.embedding.batch_size, run.embeddings_path)
+
+    return {
+        heuristics.STAGE: heuristics.Heuristics(quality.heuristics),
+        dedup.EXACT: dedup.exact_dedup,
+        dedup.NEAR: lambda rs: dedup.near_dedup(rs, quality.near_dedup),
+        dedup.SEMANTIC: lambda rs: dedup.semantic_dedup(rs, vectors(rs), quality.semantic_dedup, config.random_seed),
+        select.STAGE: lambda rs: select.select_diverse(
+            rs, vectors(rs), config.budget.max_records, quality.select, config.random_seed
+        ),
+    }
+
+
+@task(name="filter", task_run_name="{stage}", cache_policy=NO_CACHE, persist_result=False)
+def filter_stage(config: RunConfig, stage: str, source: str) -> StageStats:
+    """A stage that needs every record at once (dedup compares all of them): one shard."""
+    run = Run(config.output_dir / config.run_id)
+    records = run.kept(source)
+
+    def produce(usage: Usage):
+        result = _filters(config, run)[stage](records)
+        progress.listener.advance(stage, len(records))
+        return result
+
+    return run.run_shard(stage, 0, len(records), produce, Usage())
+
+
+def _record_cost(config: RunConfig) -> int:
+    """LLM calls a record needs after expansion: its answer, and the judge's first look."""
+    return 1 + config.quality.reflect.enabled
+
+
 def _stage(name: str, total: int, futures) -> StageStats:
     """Wait for a stage's shard tasks; its time is the stage's wall time (shards overlap)."""
     start = time.perf_counter()
@@ -85,14 +144,17 @@ def _stage(name: str, total: int, futures) -> StageStats:
 
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False, log_prints=True)
 def build_dataset(config: RunConfig) -> dict:
-    """Seeds -> expand (AIDE) -> respond -> Hugging Face dataset folder. Resumes finished shards."""
+    """Seeds -> expand (AIDE) -> respond -> quality gate -> Hugging Face dataset folder.
+    Resumes finished shards."""
     start = time.perf_counter()
     config, run = prepare_run(config)
     try:
         seeds = run.seeds()
+        # With selection on, expansion grows a pool larger than the dataset to choose from.
+        pool = config.quality.select.pool if config.quality.select.enabled else 1.0
         # The budget is split per seed, so a shard's share does not depend on how seeds are sharded.
         calls = _shards(allocate(config.budget.max_llm_calls, len(seeds)), config.shard_size)
-        rows = _shards(allocate(config.budget.max_records, len(seeds)), config.shard_size)
+        rows = _shards(allocate(math.ceil(config.budget.max_records * pool), len(seeds)), config.shard_size)
         expand_stats = _stage(
             aide.STAGE,
             config.budget.max_llm_calls,
@@ -104,8 +166,23 @@ def build_dataset(config: RunConfig) -> dict:
             sum(1 for r in expanded if not r.output),
             [respond_shard.submit(config, i) for i in range(len(_shards(expanded, config.shard_size)))],
         )
-        final = run.kept(respond.STAGE)
         stages = [expand_stats, respond_stats]
+        source = respond.STAGE
+        for stage in GATE:
+            if not getattr(config.quality, stage).enabled:
+                continue
+            records = len(run.kept(source))
+            if stage == reflection.STAGE:
+                # First judgements were paid for at expansion; revisions get what is left.
+                spent = sum(s.llm_calls for s in stages) + records
+                count = len(_shards(range(records), config.shard_size))
+                shares = allocate(max(0, config.budget.max_llm_calls - spent), count)
+                futures = [reflect_shard.submit(config, i, source, c) for i, c in enumerate(shares)]
+            else:
+                futures = [filter_stage.submit(config, stage, source)]
+            stages.append(_stage(stage, records, futures))
+            source = stage
+        final = run.kept(source)
         report = build_report(config, stages, final, str(run.dataset_dir), time.perf_counter() - start)
         run.write_dataset(final, dataset_card(config, report))
         write_atomic(run.report_path, json.dumps(report, indent=2).encode())

@@ -10,7 +10,8 @@ for persona children, for difference from its parent) and rewritten with the
 critique when it falls short (filters/reflection.py).
 
 The budget bounds LLM calls: every child is paid for up front (write + judge +
-its answer in the respond stage) and refunded when it is dropped early.
+what a record costs downstream: its answer, and the quality gate's judgement when
+that is on) and refunded when it is dropped early.
 """
 
 from __future__ import annotations
@@ -27,15 +28,15 @@ from typing import Annotated
 from pydantic import BaseModel, Field, create_model
 
 from filters.reflection import JUDGE, Rubric, Verdict, reflect
+from germinate.budget import Allowance
 from germinate.config import DATA_DIR, AIDEConfig, GenerationConfig
 from germinate.embed import embed
 from germinate.llm import LLM, Request, Result
 from germinate.prompts import Prompt, combine_hashes
-from germinate.records import Record, record_id
+from germinate.records import Record, record_id, show
 
 STAGE = "expand"
 PERSONAS_FILE = DATA_DIR / "personas.txt"
-CHILD_COST = 3  # write + first judgement + the answer in the respond stage
 
 
 TOPIC_CHARS, ATTRIBUTE_CHARS = 40, 32
@@ -102,24 +103,6 @@ PROMPTS_HASH = combine_hashes(EXTRACT.hash, SYNTHESIZE.hash, PERSONA.hash, REWRI
 
 
 @dataclass
-class Allowance:
-    """What one seed may still spend: LLM calls and dataset rows."""
-
-    calls: int
-    records: int
-
-    def take(self, calls: int) -> bool:
-        """All or nothing: spend `calls` if that many are left."""
-        if calls > self.calls:
-            return False
-        self.calls -= calls
-        return True
-
-    def refund(self, calls: int) -> None:
-        self.calls += calls
-
-
-@dataclass
 class Job:
     parent: Record
     topic: str
@@ -130,10 +113,6 @@ class Job:
 
 def _float_or_none(value: int | None) -> float | None:
     return None if value is None else float(value)
-
-
-def show(record: Record) -> str:
-    return record.instruction + (f"\n\nInput:\n{record.input}" if record.input else "")
 
 
 def relevant_personas(seeds: list[Record], count: int) -> dict[str, list[str]]:
@@ -155,7 +134,11 @@ class AIDE:
         generation: GenerationConfig,
         personas: dict[str, list[str]],
         random_seed: int = 0,
+        record_cost: int = 1,
     ):
+        """`record_cost`: LLM calls a kept record without an answer needs after this stage."""
+        self.record_cost = record_cost
+        self.child_cost = 2 + record_cost  # write + first judgement + downstream
         self.llm = llm
         self.config = config
         self.generation = generation
@@ -186,8 +169,8 @@ class AIDE:
         kept: list[Record] = []
         rejected: list[Record] = []
         if include_seeds:
-            answer_cost = 0 if seed.output else 1
-            if allowance.records >= 1 and allowance.take(answer_cost):
+            seed_cost = self.record_cost - (1 if seed.output else 0)
+            if allowance.records >= 1 and allowance.take(seed_cost):
                 allowance.records -= 1
                 kept.append(seed)
             else:
@@ -198,10 +181,10 @@ class AIDE:
             # An even share of what is left for each remaining hop, but never less than one
             # node's extraction and one child: a small budget buys a shallow tree, not nothing.
             hops_left = self.config.hops - hop + 1
-            hop_calls = max(allowance.calls // hops_left, min(allowance.calls, 1 + CHILD_COST))
+            hop_calls = max(allowance.calls // hops_left, min(allowance.calls, 1 + self.child_cost))
             hop_records = max(allowance.records // hops_left, min(allowance.records, 1))
             rng.shuffle(frontier)
-            frontier = frontier[: hop_calls // (1 + CHILD_COST)]
+            frontier = frontier[: hop_calls // (1 + self.child_cost)]
             if not frontier or hop_records == 0:
                 break
             allowance.take(len(frontier))
@@ -212,9 +195,9 @@ class AIDE:
                                count=self.config.attributes, task=show(n)) for n in frontier]
             )
             jobs = self._plan(frontier, extractions, rng)
-            affordable = min(len(jobs), (hop_calls - len(frontier)) // CHILD_COST, hop_records)
+            affordable = min(len(jobs), (hop_calls - len(frontier)) // self.child_cost, hop_records)
             jobs = jobs[: max(0, affordable)]
-            allowance.take(CHILD_COST * len(jobs))
+            allowance.take(self.child_cost * len(jobs))
             children, dropped = await self._children(seed, hop, jobs, allowance)
             allowance.records -= len(children)
             kept += children
@@ -277,7 +260,7 @@ class AIDE:
             else:
                 candidates.append(child)
                 continue
-            allowance.refund(CHILD_COST - 1)  # no judgement, no answer
+            allowance.refund(self.child_cost - 1)  # no judgement, nothing downstream
         plain = [c for c in candidates if c.operation != "persona"]
         personas = [c for c in candidates if c.operation == "persona"]
         parents = {job.parent.id: job.parent for job in jobs}
@@ -305,7 +288,7 @@ class AIDE:
             else:
                 kept.append(child)
                 continue
-            allowance.refund(1)  # no answer needed
+            allowance.refund(self.record_cost)  # nothing downstream
         return kept, dropped
 
     async def _reflect(

@@ -7,7 +7,7 @@ import dataclasses
 from germinate.config import GenerationConfig
 from germinate.llm import LLM, Request
 from germinate.prompts import Prompt, combine_hashes
-from germinate.records import Record, record_id
+from germinate.records import Record, record_id, show
 
 STAGE = "respond"
 
@@ -17,17 +17,13 @@ RESPOND = Prompt(
 )
 
 
-def _task(record: Record) -> str:
-    return record.instruction + (f"\n\n{record.input}" if record.input else "")
-
-
 async def respond(llm: LLM, records: list[Record], generation: GenerationConfig, random_seed: int = 0):
     """Returns (kept, rejected): answered records, and those whose request failed after its retries."""
     todo = [r for r in records if not r.output]
     results = await llm.generate(
         [
             Request(
-                RESPOND.messages(task=_task(r)),
+                RESPOND.messages(task=show(r)),
                 max_tokens=generation.response_max_tokens,
                 temperature=generation.temperature,
                 top_p=generation.top_p,

@@ -105,7 +105,7 @@ def run(
     output_dir: Optional[Path] = typer.Option(None, help="Where runs are written (default data/runs)."),
     run_id: Optional[str] = typer.Option(None, help="Name the run; an existing id resumes that run."),
 ) -> None:
-    """Run the pipeline: seeds -> expand -> respond -> dataset/ (Parquet + dataset card)."""
+    """Run the pipeline: seeds -> expand -> respond -> quality gate -> dataset/ (Parquet + dataset card)."""
     overrides = {
         "seeds": seeds,
         "strategy": strategy,
@@ -129,7 +129,7 @@ def run(
         from flows.build import build_dataset
 
         with Progress(
-            TextColumn("{task.description:>8}"),
+            TextColumn("{task.description:>14}"),
             BarColumn(),
             MofNCompleteColumn(),
             RateColumn(),

@@ -40,6 +40,11 @@ class Record:
     difference_score: float | None = None  # persona children: how far they moved from the parent
     reflection_critique: str | None = None
     reflection_tries: int = 0
+    quality_score: float | None = None  # judge's mean of correctness, helpfulness, instruction following
+    quality_critique: str | None = None
+    quality_revisions: int = 0  # revisions of the response tried with the critique
+    cluster: int | None = None  # diversity selection's k-means cluster
+    duplicate_of: str | None = None  # the kept record this one duplicates (dedup stages)
     # why a record was dropped (rejected outputs only)
     drop_stage: str | None = None
     drop_reason: str | None = None
@@ -47,6 +52,11 @@ class Record:
 
     def dropped(self, stage: str, reason: str, detail: str | None = None) -> Record:
         return dataclasses.replace(self, drop_stage=stage, drop_reason=reason, drop_detail=detail)
+
+
+def show(record: Record) -> str:
+    """The task as a model sees it: the instruction and its input."""
+    return record.instruction + (f"\n\nInput:\n{record.input}" if record.input else "")
 
 
 def record_id(*parts: object) -> str:

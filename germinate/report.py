@@ -6,9 +6,9 @@ from typing import Any
 
 import yaml
 
-from germinate.config import RunConfig
 import pyarrow as pa
 
+from germinate.config import RunConfig
 from germinate.records import SCHEMA, Record, to_table
 from germinate.stats import StageStats
 
@@ -71,6 +71,8 @@ Generated with germinate from {config.seeds.name} using the
 {rows}
 
 Budget: {report["budget"]["max_llm_calls"]} LLM calls, {report["budget"]["max_records"]} rows.
-Rows: {report["rows"]}. Columns: instruction, input, output, and each row's provenance
-(seed_id, parent_id, hop, topic, attribute, operation, persona, reflection scores, prompt hash, model).
+Rows: {report["rows"]}. Columns: instruction, input, output, each row's provenance
+(seed_id, parent_id, hop, topic, attribute, operation, persona, prompt hash, model) and quality
+(reflection_score: the instruction's relevance to its seed; quality_score and quality_critique: the
+judge's view of the answer; cluster: its k-means cluster in diversity selection).
 """

@@ -28,12 +28,6 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def allocate(total: int, parts: int) -> list[int]:
-    """Split an integer budget as evenly as possible, deterministically."""
-    base, extra = divmod(total, parts)
-    return [base + (i < extra) for i in range(parts)]
-
-
 def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     found = []
     for key in sorted(set(old) | set(new)):
@@ -60,6 +54,10 @@ class Run:
     @property
     def cache_path(self) -> Path:
         return self.root / "llm_cache.sqlite"
+
+    @property
+    def embeddings_path(self) -> Path:
+        return self.root / "embeddings.sqlite"
 
     @property
     def dataset_dir(self) -> Path:

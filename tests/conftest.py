@@ -32,6 +32,10 @@ def seeds_file(tmp_path: Path) -> Path:
     return path
 
 
+GATE_OFF = {stage: {"enabled": False} for stage in
+            ("heuristics", "exact_dedup", "near_dedup", "semantic_dedup", "reflect", "select")}
+
+
 def tiny_config(seeds: Path, output_dir: Path, **changes) -> RunConfig:
     """3 seeds, 2 hops, one attribute and one operation per node, short outputs.
     `changes` use "__" for nesting: tiny_config(..., aide__hops=1)."""

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel
 
-from conftest import TINY_SEEDS, tiny_config
+from conftest import GATE_OFF, TINY_SEEDS, tiny_config
 from flows.build import build_dataset
 from germinate.config import LLMConfig
 from germinate.llm import Request, check_llm, make_llm
@@ -73,7 +73,7 @@ def test_pipeline_runs_against_the_server(llama_server, tmp_path):
     seeds.write_text("".join(json.dumps(s) + "\n" for s in TINY_SEEDS[:2]))
     config = tiny_config(seeds, tmp_path / "runs", llm={"backend": "openai", "base_url": llama_server},
                          aide__hops=1, aide__personas=0, aide__on_reflection_fail="keep",
-                         budget__max_llm_calls=12, budget__max_records=6)
+                         budget__max_llm_calls=12, budget__max_records=6, quality=GATE_OFF)
     report = build_dataset(config)
     expand, respond = report["stages"]
     assert expand["llm_calls"] >= 4 and expand["failed_calls"] == 0  # every JSON answer parsed

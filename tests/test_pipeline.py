@@ -1,4 +1,4 @@
-"""End to end: seeds -> AIDE expand -> respond -> dataset, under the Prefect flow."""
+"""End to end: seeds -> AIDE expand -> respond -> quality gate -> dataset, under the Prefect flow."""
 
 import json
 from pathlib import Path
@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
-from conftest import TINY_SEEDS, tiny_config
-from flows.build import build_dataset
+from conftest import GATE_OFF, TINY_SEEDS, tiny_config
+from flows.build import GATE, build_dataset
 from germinate.records import SCHEMA
 from germinate.runs import Run
 from servers import FaultyServer
@@ -22,9 +22,11 @@ def write_seeds(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def embedded_run(tmp_path_factory):
-    """One real run on the embedded SmolLM2 model, shared by the assertions below."""
+    """One real run on the embedded SmolLM2 model with the whole quality gate, shared by the
+    assertions below. A row budget of 6 from a pool of up to 12 makes selection choose."""
     folder = tmp_path_factory.mktemp("embedded")
-    config = tiny_config(write_seeds(folder), folder / "runs", aide__on_reflection_fail="keep")
+    config = tiny_config(write_seeds(folder), folder / "runs", aide__on_reflection_fail="keep", budget__max_records=6,
+                         generation__response_max_tokens=160)  # room to finish: cut-off answers are dropped
     report = build_dataset(config)
     return config, report, Run(Path(report["dataset"]).parent)
 
@@ -68,18 +70,35 @@ def test_budget_is_respected(embedded_run):
     config, report, run = embedded_run
     assert report["llm_calls"] <= config.budget.max_llm_calls
     assert report["rows"] <= config.budget.max_records
-    expand, respond = report["stages"]
+    stages = {s["stage"]: s for s in report["stages"]}
+    respond = stages["respond"]
     assert respond["llm_calls"] == respond["records_in"] - 1  # one seed came with its answer
-    assert expand["prompt_tokens"] > 0 and respond["completion_tokens"] > 0
+    assert stages["expand"]["prompt_tokens"] > 0 and respond["completion_tokens"] > 0
+    assert stages["reflect"]["llm_calls"] >= stages["reflect"]["records_in"]  # every answer judged
 
 
-def test_nothing_is_lost(embedded_run):
+def test_whole_gate_runs_and_no_record_disappears(embedded_run):
+    """kept + rejected = generated at every stage, each rejected record has its stage and
+    reason on disk, and the dataset is what the last stage kept."""
     config, report, run = embedded_run
-    expand, respond = report["stages"]
-    rejected = run.rejected("expand") + run.rejected("respond")
-    assert all(r.drop_reason and r.drop_stage for r in rejected)
-    assert expand["kept"] == respond["records_in"]
-    assert respond["kept"] + sum(respond["dropped"].values()) == respond["records_in"] == report["rows"]
+    stages = report["stages"]
+    assert [s["stage"] for s in stages] == ["expand", "respond", *GATE]
+    for before, after in zip(stages, stages[1:]):
+        assert before["kept"] == after["records_in"]
+    for stage in stages:
+        rejected = run.rejected(stage["stage"])
+        if stage["stage"] != "expand":  # expansion grows trees from seeds; every later stage keeps or drops
+            assert stage["kept"] + len(rejected) == stage["records_in"]
+        assert len(run.kept(stage["stage"])) == stage["kept"]
+        assert all(r.drop_stage == stage["stage"] and r.drop_reason for r in rejected)
+        assert sum(stage["dropped"].values()) == len(rejected)
+    select = stages[-1]
+    assert select["kept"] == report["rows"] == min(config.budget.max_records, select["records_in"])
+    assert select["dropped"].get("not_selected", 0) == select["records_in"] - select["kept"]
+    rows = pq.read_table(run.dataset_dir / "data").to_pylist()
+    assert all(r["quality_score"] is not None and r["cluster"] is not None for r in rows)
+    for dropped in run.rejected("exact_dedup") + run.rejected("near_dedup") + run.rejected("semantic_dedup"):
+        assert dropped.duplicate_of is not None
 
 
 def test_failed_requests_become_rejected_records(tmp_path):
@@ -91,6 +110,7 @@ def test_failed_requests_become_rejected_records(tmp_path):
             llm={"backend": "openai", "base_url": server.base_url, "max_retries": 2, "backoff_s": 0.01,
                  "timeout_s": 0.5},
             aide__personas=0,
+            quality=GATE_OFF,  # the server's answers are all alike: this test is about failures
         )
         report = build_dataset(config)
     run = Run(Path(report["dataset"]).parent)

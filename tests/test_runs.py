@@ -1,7 +1,8 @@
 import pytest
 
 from germinate.errors import UserError
-from germinate.runs import allocate, prepare_run
+from germinate.budget import allocate
+from germinate.runs import prepare_run
 
 
 def test_allocate_splits_evenly_and_exactly():

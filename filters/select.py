@@ -1,0 +1,103 @@
+"""Diversity selection, kMQ ("Diversify and Conquer", arXiv 2409.08239): k-means on the
+embeddings, the row budget split across clusters, and inside each cluster a sample
+weighted by quality. Records not chosen are rejected as `not_selected`, with their cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from germinate.config import SelectConfig
+from germinate.kmeans import Clusters, spherical_kmeans
+from germinate.records import Record
+
+STAGE = "select"
+
+
+def choose_k(vectors: np.ndarray, budget: int, sample: int, seed: int = 0) -> int:
+    """The k of best silhouette (cosine) over powers of two, on a sample of the points."""
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(seed)
+    points = vectors[rng.choice(len(vectors), min(sample, len(vectors)), replace=False)]
+    grid = [k for k in (2**i for i in range(1, 12)) if k <= min(budget, len(points) - 1)]
+    if not grid:
+        return 1
+    scores = {}
+    for k in grid:
+        labels = spherical_kmeans(points, k, seed=seed).assignments
+        if len(set(labels.tolist())) > 1:
+            scores[k] = silhouette_score(points, labels, metric="cosine")
+    return max(scores, key=scores.get) if scores else 1
+
+
+def split_budget(sizes: list[int], budget: int, how: str) -> list[int]:
+    """Rows per cluster, never more than a cluster has. Proportional: largest remainders;
+    equal: the same share each, what small clusters cannot use going to the others."""
+    budget = min(budget, sum(sizes))
+    if how == "proportional":
+        exact = [budget * s / sum(sizes) for s in sizes]
+        shares = [int(x) for x in exact]
+        by_remainder = sorted(range(len(sizes)), key=lambda c: shares[c] - exact[c])
+        for c in by_remainder[: budget - sum(shares)]:
+            shares[c] += 1
+        return shares
+    shares = [0] * len(sizes)
+    open_ = [c for c in range(len(sizes)) if sizes[c]]
+    left = budget
+    while left and open_:
+        each = max(1, left // len(open_))
+        for c in list(open_):
+            give = min(each, sizes[c] - shares[c], left)
+            shares[c] += give
+            left -= give
+            if shares[c] == sizes[c]:
+                open_.remove(c)
+            if not left:
+                break
+    return shares
+
+
+def weighted_sample(weights: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` indices without replacement, each drawn with probability proportional to its
+    weight (Efraimidis-Spirakis keys: u ** (1 / w), keep the largest)."""
+    keys = rng.random(len(weights)) ** (1.0 / weights)
+    return np.argsort(-keys, kind="stable")[:count]
+
+
+def select_indices(
+    vectors: np.ndarray, weights: np.ndarray, size: int, k: int, split: str, seed: int = 0
+) -> tuple[np.ndarray, Clusters]:
+    """kMQ on vectors: a boolean mask of the `size` chosen, and the clusters it drew from."""
+    found = spherical_kmeans(vectors, k, seed=seed)
+    members = found.members()
+    shares = split_budget([len(m) for m in members], size, split)
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros(len(vectors), dtype=bool)
+    for cluster, share in zip(members, shares):
+        chosen[cluster[weighted_sample(weights[cluster], share, rng)]] = True
+    return chosen, found
+
+
+def select_diverse(
+    records: list[Record], vectors: np.ndarray, size: int, config: SelectConfig, seed: int = 0
+) -> tuple[list[Record], list[Record]]:
+    """Choose `size` records spread over the clusters of their embeddings; deterministic per seed."""
+    if not records:
+        return [], []
+    k = config.clusters or choose_k(vectors, size, config.silhouette_sample, seed)
+    scores = np.array([np.nan if r.quality_score is None else r.quality_score for r in records], dtype=np.float64)
+    # Quality weighs when there is any; a record without a score weighs as the average one.
+    weights = np.ones(len(records)) if np.isnan(scores).all() else np.nan_to_num(scores, nan=np.nanmean(scores))
+    chosen, found = select_indices(vectors, weights, size, k, config.split, seed)
+    kept, rejected = [], []
+    for i, record in enumerate(records):
+        cluster = int(found.assignments[i])
+        record = dataclasses.replace(record, cluster=cluster)
+        if chosen[i]:
+            kept.append(record)
+        else:
+            rejected.append(record.dropped(STAGE, "not_selected", f"cluster {cluster} of {len(found.centroids)}"))
+    return kept, rejected

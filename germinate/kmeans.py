@@ -1,0 +1,62 @@
+"""Spherical k-means with FAISS, on the GPU when there is one.
+
+Shared by semantic dedup and diversity selection. With a GPU build of FAISS and
+a visible GPU, training and the assignment search run there (FAISS's `gpu=True`
+k-means puts its index on every GPU); otherwise on the CPU. Same results either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# FAISS trains on at most this many points per centroid (a random sample, its default):
+# the centroids barely move past it, and it is what keeps a million vectors fast.
+MAX_POINTS_PER_CENTROID = 256
+
+
+def gpus() -> int:
+    import faiss
+
+    return faiss.get_num_gpus()
+
+
+@dataclass
+class Clusters:
+    centroids: np.ndarray  # (k, d), unit vectors
+    assignments: np.ndarray  # (n,) cluster of each vector
+    similarities: np.ndarray  # (n,) cosine of each vector to its centroid
+
+    @property
+    def objective(self) -> float:
+        """Spherical k-means objective: mean (1 - cosine to the assigned centroid); lower is better."""
+        return float(np.mean(1.0 - self.similarities))
+
+    def members(self) -> list[np.ndarray]:
+        """Indices of each cluster's vectors, in input order."""
+        order = np.argsort(self.assignments, kind="stable")
+        bounds = np.searchsorted(self.assignments[order], np.arange(len(self.centroids) + 1))
+        return [order[bounds[c] : bounds[c + 1]] for c in range(len(self.centroids))]
+
+
+def spherical_kmeans(vectors: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> Clusters:
+    """Cluster unit vectors by cosine. k is capped at the number of vectors."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    k = max(1, min(k, len(vectors)))
+    kmeans = faiss.Kmeans(
+        vectors.shape[1],
+        k,
+        niter=niter,
+        seed=seed,
+        spherical=True,
+        gpu=gpus() > 0,
+        max_points_per_centroid=MAX_POINTS_PER_CENTROID,
+        min_points_per_centroid=1,  # only sets when FAISS prints a "too few points" warning; small runs are fine
+        verbose=False,
+    )
+    kmeans.train(vectors)
+    similarities, assignments = kmeans.index.search(vectors, 1)  # inner product index: cosine
+    return Clusters(kmeans.centroids, assignments[:, 0].astype(np.int64), similarities[:, 0])
