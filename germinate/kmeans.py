@@ -14,6 +14,9 @@ import numpy as np
 # FAISS trains on at most this many points per centroid (a random sample, its default):
 # the centroids barely move past it, and it is what keeps a million vectors fast.
 MAX_POINTS_PER_CENTROID = 256
+# Seeds come from k-means++ on a sample: FAISS's random seeding left well-separated clusters
+# merged (100 planted clusters, k=100: objective 0.195 against 0.160 with k-means++).
+SEED_POINTS_PER_CENTROID, SEED_MAX_POINTS = 30, 20_000
 
 
 def gpus() -> int:
@@ -40,6 +43,32 @@ class Clusters:
         return [order[bounds[c] : bounds[c + 1]] for c in range(len(self.centroids))]
 
 
+def _squared_distances(sample: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return np.maximum(2.0 - 2.0 * (sample @ centres.T), 0.0)  # unit vectors: |a - b|^2 = 2 - 2 a.b
+
+
+def _kmeans_plus_plus(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Greedy k-means++ seeding on a sample: each next centre is the best of a few candidates
+    drawn with probability proportional to their squared distance from the centres so far."""
+    rng = np.random.default_rng(seed)
+    count = min(len(vectors), max(k, min(SEED_MAX_POINTS, SEED_POINTS_PER_CENTROID * k)))
+    sample = vectors[np.sort(rng.choice(len(vectors), count, replace=False))]
+    trials = 2 + int(np.log(k))
+    chosen = [int(rng.integers(count))]
+    distance = _squared_distances(sample, sample[chosen])[:, 0]
+    for _ in range(1, k):
+        total = distance.sum()
+        if total <= 0:  # fewer distinct points than centres
+            chosen.append(int(rng.integers(count)))
+            continue
+        candidates = rng.choice(count, trials, p=distance / total)
+        options = np.minimum(distance[:, None], _squared_distances(sample, sample[candidates]))
+        best = int(options.sum(axis=0).argmin())
+        chosen.append(int(candidates[best]))
+        distance = options[:, best]
+    return np.ascontiguousarray(sample[chosen], dtype=np.float32)
+
+
 def spherical_kmeans(vectors: np.ndarray, k: int, seed: int = 0, niter: int = 20) -> Clusters:
     """Cluster unit vectors by cosine. k is capped at the number of vectors."""
     import faiss
@@ -57,6 +86,6 @@ def spherical_kmeans(vectors: np.ndarray, k: int, seed: int = 0, niter: int = 20
         min_points_per_centroid=1,  # only sets when FAISS prints a "too few points" warning; small runs are fine
         verbose=False,
     )
-    kmeans.train(vectors)
+    kmeans.train(vectors, init_centroids=_kmeans_plus_plus(vectors, k, seed))
     similarities, assignments = kmeans.index.search(vectors, 1)  # inner product index: cosine
     return Clusters(kmeans.centroids, assignments[:, 0].astype(np.int64), similarities[:, 0])
