@@ -82,7 +82,7 @@ class AIDEConfig(Section):
 
 class BudgetConfig(Section):
     max_llm_calls: int = Field(192, ge=1, description="all LLM requests of the run, answers and judgements included")
-    max_records: int = Field(24, ge=1, description="rows of the dataset, seeds included")
+    max_records: int = Field(16, ge=1, description="rows of the dataset, seeds included")
 
 
 class EmbeddingConfig(Section):
@@ -138,7 +138,7 @@ class ResponseReflectionConfig(Stage):
 
 class SelectConfig(Stage):
     pool: float = Field(
-        2.0, ge=1, description="candidates generated per dataset row, from which the diverse subset is chosen"
+        3.0, ge=1, description="candidates generated per dataset row, from which the diverse subset is chosen"
     )
     clusters: int | None = Field(None, ge=1, description="k; default: best silhouette over a small grid")
     split: Literal["proportional", "equal"] = Field("proportional", description="how the rows are split across clusters")

@@ -1,8 +1,10 @@
 """The LLM layer against a real HTTP server on loopback that misbehaves on purpose."""
 
-from pydantic import BaseModel
+import pytest
+from pydantic import BaseModel, ValidationError
 
 from germinate.llm import LLM, Request
+from germinate.llm.base import parse_json
 from germinate.llm.cache import ResponseCache
 from germinate.llm.openai_compat import OpenAIBackend
 from germinate.stats import Usage
@@ -89,3 +91,17 @@ def test_without_retries_a_fault_is_final():
             llm.close()
     errors = {r.error.split(":")[0] for r in results if not r.ok}
     assert errors <= {"rate_limited", "server_error", "timeout", "invalid_json"} and len(errors) >= 3
+
+
+def test_parse_json_takes_a_raw_newline_in_a_string_and_names_real_faults():
+    """llama.cpp's JSON grammar let a judge write a newline inside its critique: that is
+    still the answer the schema asked for. A truncated or incomplete object is not."""
+
+    class Judgement(BaseModel):
+        critique: str
+        score: int
+
+    assert parse_json(Judgement, 'Sure: {"critique": "too short\nand vague", "score": 3}').critique == "too short\nand vague"
+    for broken, fault in (('{"critique": "a", "score": ', "Invalid JSON"), ('{"critique": "a"}', "Field required")):
+        with pytest.raises(ValidationError, match=fault):
+            parse_json(Judgement, broken)

@@ -8,10 +8,12 @@ last retry comes back as a Result with an error; it never raises.
 
 from __future__ import annotations
 
+
 import asyncio
 import contextvars
 import dataclasses
 import functools
+import json
 import random
 import threading
 from abc import ABC, abstractmethod
@@ -87,9 +89,14 @@ def json_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def parse_json(schema: type[BaseModel], text: str) -> BaseModel:
-    """Validate against the schema; tolerate a code fence or chatter around the object."""
+    """Validate against the schema; tolerate a code fence or chatter around the object, and a raw
+    newline inside a string (llama.cpp's JSON grammar lets one through)."""
     start, end = text.find("{"), text.rfind("}")
-    return schema.model_validate_json(text[start : end + 1] if 0 <= start < end else text)
+    body = text[start : end + 1] if 0 <= start < end else text
+    try:
+        return schema.model_validate(json.loads(body, strict=False))
+    except json.JSONDecodeError:
+        return schema.model_validate_json(body)  # raises the ValidationError that names the fault
 
 
 class LLM:
