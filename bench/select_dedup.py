@@ -7,7 +7,7 @@ on scikit-learn (MiniBatchKMeans, dense cosine per cluster), on clustered unit v
 Prints the wall time of each, the ratio (baseline / germinate: above 1 means germinate is
 faster), the spherical k-means objective of each (mean 1 - cosine to the assigned centroid;
 lower is better) so quality is shown equal, the duplicates each found, and peak memory.
-With a GPU build of FAISS and a GPU, germinate's times are GPU times.
+With a GPU build of FAISS and a GPU, germinate also runs with FAISS on the GPU.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from filters.dedup import semantic_duplicates  # noqa: E402
 from filters.select import select_indices, split_budget, weighted_sample  # noqa: E402
+import germinate.kmeans  # noqa: E402
 from germinate.kmeans import gpus  # noqa: E402
 
 
@@ -58,6 +59,16 @@ def germinate_run(vectors, eps, dedup_k, select_k, size, seed):
     chosen, found = select_indices(vectors[keep], np.ones(len(keep)), size, select_k, "proportional", seed)
     seconds = time.perf_counter() - start
     return seconds, len(duplicates), int(chosen.sum()), objective(vectors[keep], found.centroids, found.assignments)
+
+
+def germinate_cpu_run(*args):
+    """germinate with FAISS kept on the CPU, for the CPU-to-CPU ratio on a GPU machine too."""
+    on_gpu = germinate.kmeans.gpus
+    germinate.kmeans.gpus = lambda: 0
+    try:
+        return germinate_run(*args)
+    finally:
+        germinate.kmeans.gpus = on_gpu
 
 
 def sklearn_run(vectors, eps, dedup_k, select_k, size, seed):
@@ -101,17 +112,19 @@ def main() -> None:
     size = int(args.n * args.select_share)
     print(f"N={args.n:,} d={args.d} topics={centres:,} dedup clusters={dedup_k} select k={args.select_k} rows={size:,} "
           f"FAISS GPUs={gpus()}")
-    runs = {"germinate (FAISS)": germinate_run}
+    runs = {"germinate CPU": germinate_cpu_run}
+    if gpus():
+        runs["germinate GPU"] = germinate_run
     if not args.skip_baseline:
         runs["scikit-learn"] = sklearn_run
     results = {}
     for name, run in runs.items():
         seconds, duplicates, chosen, obj = run(vectors, args.eps, dedup_k, args.select_k, size, args.seed)
         results[name] = seconds
-        print(f"{name:>18}: {seconds:7.1f} s  duplicates {duplicates:,}  selected {chosen:,}  objective {obj:.4f}")
-    if len(results) == 2:
-        ours, baseline = results.values()
-        print(f"ratio (scikit-learn / germinate): {baseline / ours:.2f}x")
+        print(f"{name:>14}: {seconds:7.1f} s  duplicates {duplicates:,}  selected {chosen:,}  objective {obj:.4f}")
+    for name in ("germinate CPU", "germinate GPU"):
+        if name in results and "scikit-learn" in results:
+            print(f"ratio (scikit-learn / {name}): {results['scikit-learn'] / results[name]:.2f}x")
     print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
