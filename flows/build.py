@@ -23,6 +23,7 @@ from germinate.config import RunConfig
 from germinate.embed import embed
 from germinate.io import write_atomic
 from germinate.llm import LLM, make_llm
+from germinate.metrics import run_metrics
 from germinate.records import Record, show
 from germinate.report import build_report, dataset_card
 from germinate.runs import Run, prepare_run
@@ -183,7 +184,8 @@ def build_dataset(config: RunConfig) -> dict:
             stages.append(_stage(stage, records, futures))
             source = stage
         final = run.kept(source)
-        report = build_report(config, stages, final, str(run.dataset_dir), time.perf_counter() - start)
+        metrics = run_metrics(run, final, config.embedding.model)
+        report = build_report(config, stages, final, metrics, str(run.dataset_dir), time.perf_counter() - start)
         run.write_dataset(final, dataset_card(config, report))
         write_atomic(run.report_path, json.dumps(report, indent=2).encode())
         return report

@@ -34,8 +34,9 @@ from germinate.embed import embed
 from germinate.llm import LLM, Request, Result
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
+from germinate.runs import EXPAND_STAGE
 
-STAGE = "expand"
+STAGE = EXPAND_STAGE
 PERSONAS_FILE = DATA_DIR / "personas.txt"
 
 

@@ -16,6 +16,7 @@ from rich.table import Table
 from germinate import progress
 from germinate.config import build_config
 from germinate.errors import UserError
+from germinate.report import describe_metrics
 
 app = typer.Typer(
     add_completion=False,
@@ -76,6 +77,7 @@ def _summary(report: dict[str, Any]) -> None:
         if s["dropped"]:
             reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(s["dropped"].items()))
             console.print(f"  {s['stage']} dropped: {reasons}", soft_wrap=True)
+    console.print(f"  diversity: {describe_metrics(report['metrics'])}", soft_wrap=True)
     console.print(
         f"[bold]{report['rows']} rows[/] in [bold]{report['dataset']}[/] "
         f"({report['llm_calls']}/{report['budget']['max_llm_calls']} LLM calls, {report['wall_seconds']:.0f}s wall); "
@@ -146,6 +148,46 @@ def run(
             errors.print(f"interrupted; resume: run the same command with --run-id {resolved.run_id}")
         raise typer.Exit(130) from None
     _summary(report)
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (data/runs/<run-id>) to compare."),
+    embedding_model: str = typer.Option(
+        "all-MiniLM-L6-v2", help="sentence-transformers model for every run (name or path)."
+    ),
+) -> None:
+    """Diversity and relevance of finished runs' datasets, measured alike: pick a strategy by them."""
+    from germinate.metrics import compare_runs
+    from germinate.runs import Run
+
+    try:
+        for path in run_dirs:
+            if not (path / "config.yaml").exists():
+                raise UserError(f"{path}: not a germinate run directory (no config.yaml)")
+        results = compare_runs([Run(path) for path in run_dirs], embedding_model)
+    except UserError as exc:
+        errors.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    table = Table()
+    for column in ("run", "kept/generated", "pairwise distance", "clusters", "distinct-2", "seed cosine"):
+        table.add_column(column, justify="left" if column == "run" else "right", no_wrap=column == "run")
+    for name, m in results.items():
+        table.add_row(
+            Path(name).name,
+            f"{m.rows}/{m.generated}",
+            f"{m.mean_distance:.3f}",
+            f"{m.clusters_covered}/{m.clusters}",
+            f"{m.distinct_bigrams:.2f}",
+            f"{m.seed_similarity:.3f}",
+        )
+    console.print(table)
+    console.print(
+        "pairwise distance: mean cosine distance between instructions; clusters: k-means clusters of all the "
+        "runs' rows together that each run reaches; distinct-2: distinct word bigrams / all; seed cosine: mean "
+        f"cosine of generated rows to their nearest seed (relevance). Embeddings: {embedding_model}.",
+        soft_wrap=True,
+    )
 
 
 if __name__ == "__main__":

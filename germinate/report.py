@@ -9,12 +9,18 @@ import yaml
 import pyarrow as pa
 
 from germinate.config import RunConfig
+from germinate.metrics import Metrics
 from germinate.records import SCHEMA, Record, to_table
 from germinate.stats import StageStats
 
 
 def build_report(
-    config: RunConfig, stages: list[StageStats], records: list[Record], dataset_dir: str, wall_seconds: float
+    config: RunConfig,
+    stages: list[StageStats],
+    records: list[Record],
+    metrics: Metrics,
+    dataset_dir: str,
+    wall_seconds: float,
 ) -> dict[str, Any]:
     return {
         "run_id": config.run_id,
@@ -27,6 +33,7 @@ def build_report(
         "llm_calls": sum(s.llm_calls for s in stages),
         "budget": config.budget.model_dump(),
         "stages": [s.to_dict() for s in stages],
+        "metrics": metrics.to_dict(),
     }
 
 
@@ -38,6 +45,14 @@ def _size_category(rows: int) -> str:
         if rows < limit:
             return name
     return "n>1M"
+
+
+def describe_metrics(m: dict[str, Any]) -> str:
+    return (
+        f"mean pairwise cosine distance {m['mean_distance']:.3f}, {m['clusters_covered']}/{m['clusters']} "
+        f"k-means clusters of the candidates covered, distinct bigrams {m['distinct_bigrams']:.2f}, "
+        f"mean cosine to the nearest seed {m['seed_similarity']:.3f}, kept {m['rows']}/{m['generated']}"
+    )
 
 
 def dataset_card(config: RunConfig, report: dict[str, Any]) -> str:
@@ -71,6 +86,7 @@ Generated with germinate from {config.seeds.name} using the
 {rows}
 
 Budget: {report["budget"]["max_llm_calls"]} LLM calls, {report["budget"]["max_records"]} rows.
+Diversity: {describe_metrics(report["metrics"])}.
 Rows: {report["rows"]}. Columns: instruction, input, output, each row's provenance
 (seed_id, parent_id, hop, topic, attribute, operation, persona, prompt hash, model) and quality
 (reflection_score: the instruction's relevance to its seed; quality_score and quality_critique: the

@@ -22,6 +22,7 @@ from germinate.records import Record
 from germinate.stats import StageStats, Usage
 
 DATASET_SHARD_ROWS = 100_000
+EXPAND_STAGE = "expand"  # the first stage of every run, whatever the strategy
 
 
 def new_run_id() -> str:
@@ -116,6 +117,12 @@ class Run:
 
     def rejected(self, stage: str) -> list[Record]:
         return self._read(stage, "rejected")
+
+    def dataset(self) -> list[Record]:
+        files = sorted((self.dataset_dir / "data").glob("train-*.parquet"))
+        if not files:
+            raise UserError(f"{self.root}: no dataset (not a germinate run, or it has not finished)")
+        return [record for path in files for record in read_records(path)]
 
     def write_dataset(self, records: list[Record], card: str) -> list[Path]:
         """Hugging Face layout: data/train-XXXXX-of-YYYYY.parquet and a README.md card."""

@@ -101,6 +101,17 @@ def test_whole_gate_runs_and_no_record_disappears(embedded_run):
         assert dropped.duplicate_of is not None
 
 
+def test_report_measures_diversity_and_relevance(embedded_run):
+    config, report, run = embedded_run
+    metrics = report["metrics"]
+    expand = report["stages"][0]
+    assert metrics["rows"] == report["rows"]
+    assert metrics["generated"] == expand["kept"] + sum(expand["dropped"].values())
+    assert 0 < metrics["mean_distance"] < 1.5 and 0 < metrics["seed_similarity"] <= 1
+    assert 1 <= metrics["clusters_covered"] <= metrics["clusters"] and 0 < metrics["distinct_bigrams"] <= 1
+    assert "Diversity: mean pairwise cosine distance" in (run.dataset_dir / "README.md").read_text()
+
+
 def test_failed_requests_become_rejected_records(tmp_path):
     """The whole pipeline over a flaky OpenAI-compatible server: the run finishes, and every
     request that still fails after its retries is a rejected record with its reason."""

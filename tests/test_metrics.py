@@ -1,0 +1,81 @@
+"""Diversity and relevance metrics, and `germinate compare` over run directories."""
+
+import numpy as np
+
+from germinate.io import write_records
+from germinate.metrics import distinct_bigrams, mean_pairwise_distance
+from germinate.records import Record
+from germinate.runs import Run
+from test_cli import germinate
+
+SEEDS = [Record(id="s1", instruction="Write a Python function that reverses a string.")]
+DIVERSE = [
+    "Give me a recipe for lentil soup with spinach.",
+    "Plan a three-day trip to Kyoto on a small budget.",
+    "Explain the causes of the French Revolution to a high school student.",
+    "Write a sonnet about a lost key.",
+    "How should a nurse invest $200 a month for retirement?",
+    "What are the early symptoms of anemia in a runner?",
+    "Write a Python function that sorts a list of dates.",
+    "A shop sells mugs for $12 each. How much do 7 cost with a 15% discount?",
+]
+ALIKE = [
+    "Write a Python function that reverses a string.",
+    "Write a Python function to reverse a string.",
+    "Create a Python function that reverses a given string.",
+    "Write a function in Python that returns a string reversed.",
+    "Implement a Python function which reverses a string.",
+    "Write Python code for a function that reverses a string.",
+    "Write a short Python function that reverses the input string.",
+    "Code a Python function that reverses a text string.",
+]
+
+
+def fake_run(root, instructions: list[str]) -> Run:
+    """A finished run's files as the flow writes them (no LLM needed to measure a dataset)."""
+    run = Run(root)
+    rows = SEEDS + [Record(id=f"r{i}", instruction=t, strategy="aide", hop=1) for i, t in enumerate(instructions)]
+    (root / "config.yaml").parent.mkdir(parents=True)
+    (root / "config.yaml").write_text("strategy: aide\n")
+    write_records(run.seeds_path, SEEDS)
+    write_records(root / "stages" / "expand" / "kept-00000.parquet", rows)
+    write_records(root / "stages" / "expand" / "rejected-00000.parquet", [])
+    write_records(run.dataset_dir / "data" / "train-00000-of-00001.parquet", rows)
+    return run
+
+
+def test_mean_pairwise_distance_equals_the_pairwise_mean():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 16))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cosines = vectors @ vectors.T
+    brute = 1 - (cosines.sum() - 50) / (50 * 49)
+    assert abs(mean_pairwise_distance(vectors) - brute) < 1e-9
+
+
+def test_distinct_bigrams():
+    assert distinct_bigrams(["a b c", "a b d"]) == 3 / 4  # (a b) twice, (b c), (b d)
+    assert distinct_bigrams(["one"]) == 0.0
+
+
+def test_compare_ranks_a_diverse_run_above_a_run_of_paraphrases(tmp_path):
+    fake_run(tmp_path / "diverse", DIVERSE)
+    fake_run(tmp_path / "alike", ALIKE)
+    result = germinate("compare", str(tmp_path / "diverse"), str(tmp_path / "alike"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+             for line in result.stdout.splitlines() if line.startswith("│")}
+    diverse, alike = lines["diverse"], lines["alike"]
+    assert diverse[0] == alike[0] == "9/9"  # kept/generated
+    assert float(diverse[1]) > float(alike[1]) + 0.3  # pairwise distance
+    covered = [int(cell.split("/")[0]) for cell in (diverse[2], alike[2])]
+    assert covered[0] > covered[1]
+    assert float(diverse[3]) > float(alike[3])  # distinct bigrams
+    assert float(alike[4]) > float(diverse[4])  # paraphrases of the seed are closer to it
+
+
+def test_compare_names_a_folder_that_is_not_a_run(tmp_path):
+    fake_run(tmp_path / "ok", DIVERSE)
+    result = germinate("compare", str(tmp_path / "ok"), str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path}: not a germinate run directory (no config.yaml)"]
