@@ -55,7 +55,8 @@ def _kmeans_plus_plus(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
     sample = vectors[np.sort(rng.choice(len(vectors), count, replace=False))]
     trials = 2 + int(np.log(k))
     chosen = [int(rng.integers(count))]
-    distance = _squared_distances(sample, sample[chosen])[:, 0]
+    # float64: the draw's probabilities must sum to 1 within 1e-8
+    distance = _squared_distances(sample, sample[chosen])[:, 0].astype(np.float64)
     for _ in range(1, k):
         total = distance.sum()
         if total <= 0:  # fewer distinct points than centres
