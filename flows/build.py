@@ -172,7 +172,7 @@ def build_dataset(config: RunConfig) -> dict:
         for stage in GATE:
             if not getattr(config.quality, stage).enabled:
                 continue
-            records = len(run.kept(source))
+            records = stages[-1].kept  # the records this stage reads: no need to read them here too
             if stage == reflection.STAGE:
                 # First judgements were paid for at expansion; revisions get what is left.
                 spent = sum(s.llm_calls for s in stages) + records

@@ -108,9 +108,12 @@ class Run:
         write_atomic(self._marker(stage, index), json.dumps(stats.to_dict()).encode())
         return stats
 
+    @staticmethod
+    def _read_all(folder: Path, pattern: str) -> list[Record]:
+        return [record for path in sorted(folder.glob(pattern)) for record in read_records(path)]
+
     def _read(self, stage: str, kind: str) -> list[Record]:
-        files = sorted(self._stage_dir(stage).glob(f"{kind}-*.parquet"))
-        return [record for path in files for record in read_records(path)]
+        return self._read_all(self._stage_dir(stage), f"{kind}-*.parquet")
 
     def kept(self, stage: str) -> list[Record]:
         return self._read(stage, "kept")
@@ -119,10 +122,10 @@ class Run:
         return self._read(stage, "rejected")
 
     def dataset(self) -> list[Record]:
-        files = sorted((self.dataset_dir / "data").glob("train-*.parquet"))
-        if not files:
+        folder = self.dataset_dir / "data"
+        if not any(folder.glob("train-*.parquet")):
             raise UserError(f"{self.root}: no dataset (not a germinate run, or it has not finished)")
-        return [record for path in files for record in read_records(path)]
+        return self._read_all(folder, "train-*.parquet")
 
     def write_dataset(self, records: list[Record], card: str) -> list[Path]:
         """Hugging Face layout: data/train-XXXXX-of-YYYYY.parquet and a README.md card."""
