@@ -16,9 +16,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from filters import dedup, heuristics, reflection, select
-from generators import aide, respond
+from generators import STAGE as EXPAND, check_strategies, make_strategy, respond
 from germinate import progress
-from germinate.budget import Allowance, allocate
+from germinate.budget import Allowance, admit_seeds, allocate, apportion, record_cost
 from germinate.config import RunConfig
 from germinate.embed import embed
 from germinate.io import write_atomic
@@ -54,25 +54,27 @@ def _shards(items: list[T], size: int) -> list[list[T]]:
     return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
 
-@task(name="expand", task_run_name="expand-shard-{index}", cache_policy=NO_CACHE, persist_result=False)
-def expand_shard(config: RunConfig, index: int, calls: list[int], rows: list[int]) -> StageStats:
+@task(name="expand", task_run_name="expand-{strategy}-{shard}", cache_policy=NO_CACHE, persist_result=False)
+def expand_shard(
+    config: RunConfig, strategy: str, index: int, shard: int, strategy_calls: int, calls: list[int], rows: list[int]
+) -> StageStats:
+    """One shard of a strategy's units; `index` numbers the expand stage's shards across strategies."""
     run = Run(config.output_dir / config.run_id)
-    seeds = _shards(run.seeds(), config.shard_size)[index]
 
     def produce(usage: Usage):
         llm = _llm(config, run)
-        personas = aide.relevant_personas(seeds, config.aide.personas)
-        generator = aide.AIDE(llm, config.aide, config.generation, personas, config.random_seed, _record_cost(config))
+        generator = make_strategy(strategy, llm, config, record_cost(config))
+        units = _shards(list(generator.units(run.seeds(), strategy_calls)), config.shard_size)[shard]
         allowances = [Allowance(c, r) for c, r in zip(calls, rows)]
-        return llm.run(generator.expand(seeds, allowances, config.include_seeds), usage)
+        return llm.run(generator.expand(units, allowances), usage)
 
-    return run.run_shard(aide.STAGE, index, len(seeds), produce, _usage(aide.STAGE))
+    return run.run_shard(EXPAND, index, len(calls), produce, _usage(EXPAND))
 
 
 @task(name="respond", task_run_name="respond-shard-{index}", cache_policy=NO_CACHE, persist_result=False)
 def respond_shard(config: RunConfig, index: int) -> StageStats:
     run = Run(config.output_dir / config.run_id)
-    records = _shards(run.kept(aide.STAGE), config.shard_size)[index]
+    records = _shards(run.kept(EXPAND), config.shard_size)[index]
 
     def produce(usage: Usage):
         llm = _llm(config, run)
@@ -127,16 +129,44 @@ def filter_stage(config: RunConfig, stage: str, source: str) -> StageStats:
     return run.run_shard(stage, 0, len(records), produce, Usage())
 
 
-def _record_cost(config: RunConfig) -> int:
-    """LLM calls a record needs after expansion: its answer, and the judge's first look."""
-    return 1 + config.quality.reflect.enabled
+def _expand(config: RunConfig, run: Run) -> tuple[StageStats, dict[str, dict]]:
+    """Seeds are paid for first; what is left is split by the strategies' shares, then over each
+    strategy's units (seeds, disciplines) so a shard's share does not depend on the sharding."""
+    seeds = run.seeds()
+    # With selection on, expansion grows a pool larger than the dataset to choose from.
+    pool = config.quality.select.pool if config.quality.select.enabled else 1.0
+    budget = Allowance(config.budget.max_llm_calls, math.ceil(config.budget.max_records * pool))
+    admitted = admit_seeds(seeds, budget, record_cost(config)) if config.include_seeds else ([], [])
+    seed_stats = run.run_shard(EXPAND, 0, len(seeds), lambda usage: admitted, Usage())
+    calls, rows = apportion(budget.calls, config.shares), apportion(budget.records, config.shares)
+    submitted: dict[str, list] = {}
+    index = 1
+    for name in config.strategies:
+        units = make_strategy(name, None, config, record_cost(config)).units(seeds, calls[name])
+        if not units:
+            continue
+        unit_calls = _shards(allocate(calls[name], len(units)), config.shard_size)
+        unit_rows = _shards(allocate(rows[name], len(units)), config.shard_size)
+        submitted[name] = []
+        for shard, (c, r) in enumerate(zip(unit_calls, unit_rows)):
+            submitted[name].append(expand_shard.submit(config, name, index, shard, calls[name], c, r))
+            index += 1
+    merged = _stage(EXPAND, config.budget.max_llm_calls, [f for fs in submitted.values() for f in fs], seed_stats)
+    strategies = {}
+    for name, share in config.shares.items():
+        stats = functools.reduce(operator.add, [f.result() for f in submitted.get(name, [])], StageStats(EXPAND))
+        strategies[name] = {
+            "share": round(share, 4), "max_llm_calls": calls[name], "max_records": rows[name],
+            "expand_calls": stats.llm_calls, "records": stats.kept,
+        }
+    return merged, strategies
 
 
-def _stage(name: str, total: int, futures) -> StageStats:
+def _stage(name: str, total: int, futures, *done: StageStats) -> StageStats:
     """Wait for a stage's shard tasks; its time is the stage's wall time (shards overlap)."""
     start = time.perf_counter()
     progress.listener.start(name, total)
-    merged = functools.reduce(operator.add, [f.result() for f in futures])
+    merged = functools.reduce(operator.add, [*done, *(f.result() for f in futures)])
     progress.listener.finish(name)
     if not merged.resumed:
         merged.seconds = time.perf_counter() - start
@@ -145,23 +175,14 @@ def _stage(name: str, total: int, futures) -> StageStats:
 
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False, log_prints=True)
 def build_dataset(config: RunConfig) -> dict:
-    """Seeds -> expand (AIDE) -> respond -> quality gate -> Hugging Face dataset folder.
+    """Seeds -> expand (the configured strategies) -> respond -> quality gate -> Hugging Face dataset folder.
     Resumes finished shards."""
     start = time.perf_counter()
+    check_strategies(config)
     config, run = prepare_run(config)
     try:
-        seeds = run.seeds()
-        # With selection on, expansion grows a pool larger than the dataset to choose from.
-        pool = config.quality.select.pool if config.quality.select.enabled else 1.0
-        # The budget is split per seed, so a shard's share does not depend on how seeds are sharded.
-        calls = _shards(allocate(config.budget.max_llm_calls, len(seeds)), config.shard_size)
-        rows = _shards(allocate(math.ceil(config.budget.max_records * pool), len(seeds)), config.shard_size)
-        expand_stats = _stage(
-            aide.STAGE,
-            config.budget.max_llm_calls,
-            [expand_shard.submit(config, i, c, r) for i, (c, r) in enumerate(zip(calls, rows))],
-        )
-        expanded = run.kept(aide.STAGE)
+        expand_stats, strategies = _expand(config, run)
+        expanded = run.kept(EXPAND)
         respond_stats = _stage(
             respond.STAGE,
             sum(1 for r in expanded if not r.output),
@@ -185,7 +206,9 @@ def build_dataset(config: RunConfig) -> dict:
             source = stage
         final = run.kept(source)
         metrics = run_metrics(run, final, config.embedding.model)
-        report = build_report(config, stages, final, metrics, str(run.dataset_dir), time.perf_counter() - start)
+        report = build_report(
+            config, stages, strategies, final, metrics, str(run.dataset_dir), time.perf_counter() - start
+        )
         run.write_dataset(final, dataset_card(config, report))
         write_atomic(run.report_path, json.dumps(report, indent=2).encode())
         return report

@@ -1,1 +1,89 @@
-"""Expansion strategies: one module each, plain Python over records."""
+"""Expansion strategies: one module each, behind one interface (`Strategy`).
+
+A strategy's share of the budget is split over its units (seeds; GLAN: disciplines),
+and each unit grows records within its own allowance. Every strategy writes the
+same Record schema and fills the provenance fields that apply to it.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+from germinate.budget import Allowance
+from germinate.config import RunConfig
+from germinate.llm import LLM, Request
+from germinate.prompts import Prompt
+from germinate.records import Record
+from germinate.runs import EXPAND_STAGE
+
+STAGE = EXPAND_STAGE
+
+
+class Strategy(ABC):
+    name: str
+
+    def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
+        """`llm` may be None to plan units only; `record_cost`: LLM calls a kept record without an
+        answer still needs after expansion (reserved when the record is made)."""
+        self.llm = llm
+        self.config = config
+        self.record_cost = record_cost
+        self.random_seed = config.random_seed
+
+    def check(self) -> None:
+        """Raise UserError for a fault in the strategy's own inputs (a library, a taxonomy),
+        before the run directory is written."""
+
+    def units(self, seeds: list[Record], calls: int) -> Sequence[Any]:
+        """What the budget is split over, in a fixed order. Most strategies grow from each seed."""
+        return seeds
+
+    @abstractmethod
+    async def expand(self, units: Sequence[Any], allowances: list[Allowance]) -> tuple[list[Record], list[Record]]:
+        """Grow records from each unit within its allowance. Returns (kept, rejected)."""
+
+    def request(self, prompt: Prompt, seed: int, schema=None, max_tokens: int | None = None, **values) -> Request:
+        generation = self.config.generation
+        return Request(
+            prompt.messages(**values),
+            schema=schema,
+            max_tokens=max_tokens or generation.max_tokens,
+            temperature=generation.temperature,
+            top_p=generation.top_p,
+            seed=seed,
+        )
+
+
+LABELS = {
+    "new task", "task", "rewritten task", "improved task", "instruction", "new instruction", "question",
+    "homework question", "rewritten prompt", "created prompt",
+}
+
+
+def parse_instruction(text: str) -> str:
+    """A written task is plain text; drop the label or quotes a model may wrap it in."""
+    text = text.strip().strip('"').strip()
+    label, _, rest = text.partition(":")
+    label = label.lower().strip("*# ")
+    if (label in LABELS or re.fullmatch(r"task \d+", label)) and rest.strip():
+        text = rest.strip().strip('"').strip()
+    return text
+
+
+def strategies() -> dict[str, type[Strategy]]:
+    # Imported here: each module imports this one for the base class.
+    from generators import aide, evol_instruct, glan, self_instruct, tcia
+
+    classes = (aide.AIDE, tcia.TCIA, glan.GLAN, self_instruct.SelfInstruct, evol_instruct.EvolInstruct)
+    return {cls.name: cls for cls in classes}
+
+
+def make_strategy(name: str, llm: LLM | None, config: RunConfig, record_cost: int) -> Strategy:
+    return strategies()[name](llm, config, record_cost)
+
+
+def check_strategies(config: RunConfig) -> None:
+    for name in config.strategies:
+        make_strategy(name, None, config, 0).check()

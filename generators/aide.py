@@ -28,15 +28,14 @@ from typing import Annotated
 from pydantic import BaseModel, Field, create_model
 
 from filters.reflection import JUDGE, Rubric, Verdict, reflect
+from generators import STAGE, Strategy, parse_instruction
 from germinate.budget import Allowance
-from germinate.config import DATA_DIR, AIDEConfig, GenerationConfig
+from germinate.config import DATA_DIR, RunConfig
 from germinate.embed import embed
 from germinate.llm import LLM, Request, Result
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
-from germinate.runs import EXPAND_STAGE
 
-STAGE = EXPAND_STAGE
 PERSONAS_FILE = DATA_DIR / "personas.txt"
 
 
@@ -51,15 +50,6 @@ def topic_and_attributes(count: int) -> type[BaseModel]:
         topic=(str, Field(max_length=TOPIC_CHARS, description="a few words")),
         attributes=(list[Annotated[str, Field(max_length=ATTRIBUTE_CHARS)]], Field(min_length=1, max_length=count)),
     )
-
-
-def parse_instruction(text: str) -> str:
-    """A written task is plain text; drop the label or quotes a model may wrap it in."""
-    text = text.strip().strip('"').strip()
-    label, _, rest = text.partition(":")
-    if label.lower().strip("*# ") in ("new task", "task", "rewritten task", "improved task") and rest.strip():
-        text = rest.strip().strip('"').strip()
-    return text
 
 
 EXTRACT = Prompt(
@@ -127,61 +117,35 @@ def relevant_personas(seeds: list[Record], count: int) -> dict[str, list[str]]:
     return {seed.id: [personas[i] for i in row.argsort()[::-1][:pool]] for seed, row in zip(seeds, similarity)}
 
 
-class AIDE:
-    def __init__(
-        self,
-        llm: LLM,
-        config: AIDEConfig,
-        generation: GenerationConfig,
-        personas: dict[str, list[str]],
-        random_seed: int = 0,
-        record_cost: int = 1,
-    ):
-        """`record_cost`: LLM calls a kept record without an answer needs after this stage."""
-        self.record_cost = record_cost
+class AIDE(Strategy):
+    name = "aide"
+
+    def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
+        super().__init__(llm, config, record_cost)
         self.child_cost = 2 + record_cost  # write + first judgement + downstream
-        self.llm = llm
-        self.config = config
-        self.generation = generation
-        self.personas = personas
-        self.random_seed = random_seed
+        self.aide = config.aide
 
     def _request(
         self, prompt: Prompt, hop: int, schema: type[BaseModel] | None = None, max_tokens: int | None = None,
         **values: object,
     ) -> Request:
-        return Request(
-            prompt.messages(**values),
-            schema=schema,
-            max_tokens=max_tokens or self.generation.max_tokens,
-            temperature=self.generation.temperature,
-            top_p=self.generation.top_p,
-            seed=self.random_seed + hop,
-        )
+        return self.request(prompt, self.random_seed + hop, schema, max_tokens, **values)
 
-    async def expand(self, seeds: list[Record], allowances: list[Allowance], include_seeds: bool):
+    async def expand(self, units: list[Record], allowances: list[Allowance]):
         """Grow every seed's tree concurrently. Returns (kept, rejected), seeds' trees in seed order."""
-        trees = await asyncio.gather(
-            *(self._expand_seed(s, a, include_seeds) for s, a in zip(seeds, allowances))
-        )
+        self.personas = relevant_personas(units, self.aide.personas)
+        trees = await asyncio.gather(*(self._expand_seed(s, a) for s, a in zip(units, allowances)))
         return [r for kept, _ in trees for r in kept], [r for _, rejected in trees for r in rejected]
 
-    async def _expand_seed(self, seed: Record, allowance: Allowance, include_seeds: bool):
+    async def _expand_seed(self, seed: Record, allowance: Allowance):
         kept: list[Record] = []
         rejected: list[Record] = []
-        if include_seeds:
-            seed_cost = self.record_cost - (1 if seed.output else 0)
-            if allowance.records >= 1 and allowance.take(seed_cost):
-                allowance.records -= 1
-                kept.append(seed)
-            else:
-                rejected.append(seed.dropped(STAGE, "over_budget"))
         rng = random.Random(f"{self.random_seed}:{seed.id}:{seed.instruction}")
         frontier = [seed]
-        for hop in range(1, self.config.hops + 1):
+        for hop in range(1, self.aide.hops + 1):
             # An even share of what is left for each remaining hop, but never less than one
             # node's extraction and one child: a small budget buys a shallow tree, not nothing.
-            hops_left = self.config.hops - hop + 1
+            hops_left = self.aide.hops - hop + 1
             hop_calls = max(allowance.calls // hops_left, min(allowance.calls, 1 + self.child_cost))
             hop_records = max(allowance.records // hops_left, min(allowance.records, 1))
             rng.shuffle(frontier)
@@ -190,10 +154,10 @@ class AIDE:
                 break
             allowance.take(len(frontier))
             # A token is at least one character: the schema's bounds make the JSON always fit.
-            extraction_tokens = 24 + TOPIC_CHARS + self.config.attributes * (ATTRIBUTE_CHARS + 8)
+            extraction_tokens = 24 + TOPIC_CHARS + self.aide.attributes * (ATTRIBUTE_CHARS + 8)
             extractions = await self.llm.generate(
-                [self._request(EXTRACT, hop, topic_and_attributes(self.config.attributes), extraction_tokens,
-                               count=self.config.attributes, task=show(n)) for n in frontier]
+                [self._request(EXTRACT, hop, topic_and_attributes(self.aide.attributes), extraction_tokens,
+                               count=self.aide.attributes, task=show(n)) for n in frontier]
             )
             jobs = self._plan(frontier, extractions, rng)
             affordable = min(len(jobs), (hop_calls - len(frontier)) // self.child_cost, hop_records)
@@ -216,10 +180,10 @@ class AIDE:
             topic = result.parsed.topic.strip()
             # Unique attributes: a child's id is derived from (parent, operation, attribute).
             unique = dict.fromkeys(a.strip() for a in result.parsed.attributes if a.strip())
-            attributes = list(unique)[: self.config.attributes]
-            jobs = [Job(node, topic, op, attribute=a) for a in attributes for op in self.config.operations]
+            attributes = list(unique)[: self.aide.attributes]
+            jobs = [Job(node, topic, op, attribute=a) for a in attributes for op in self.aide.operations]
             pool = self.personas.get(node.seed_id or node.id, [])
-            jobs += [Job(node, topic, "persona", persona=p) for p in rng.sample(pool, min(self.config.personas, len(pool)))]
+            jobs += [Job(node, topic, "persona", persona=p) for p in rng.sample(pool, min(self.aide.personas, len(pool)))]
             rng.shuffle(jobs)
             per_node.append(jobs)
         return [job for job in chain.from_iterable(zip_longest(*per_node)) if job is not None]
@@ -283,8 +247,8 @@ class AIDE:
                 )
             if state.error is not None:
                 dropped.append(child.dropped(STAGE, "llm_error", state.error))
-            elif not state.passed and self.config.on_reflection_fail == "drop":
-                detail = f"score {state.verdict.score:.1f} < {self.config.reflection_threshold:g}: {state.verdict.critique}"
+            elif not state.passed and self.aide.on_reflection_fail == "drop":
+                detail = f"score {state.verdict.score:.1f} < {self.aide.reflection_threshold:g}: {state.verdict.critique}"
                 dropped.append(child.dropped(STAGE, "low_reflection_score", detail))
             else:
                 kept.append(child)
@@ -314,7 +278,7 @@ class AIDE:
             show=context,
             rewrite=rewrite,
             apply=apply,
-            threshold=self.config.reflection_threshold,
-            tries=self.config.reflection_tries,
+            threshold=self.aide.reflection_threshold,
+            tries=self.aide.reflection_tries,
             take=allowance.take,
         )

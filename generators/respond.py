@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from germinate.config import GenerationConfig
-from germinate.llm import LLM, Request
+from germinate.llm import LLM, Request, Result
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
 
@@ -17,41 +17,45 @@ RESPOND = Prompt(
 )
 
 
+def answer_request(record: Record, generation: GenerationConfig, random_seed: int) -> Request:
+    return Request(
+        RESPOND.messages(task=show(record)),
+        max_tokens=generation.response_max_tokens,
+        temperature=generation.temperature,
+        top_p=generation.top_p,
+        seed=int(record_id(random_seed, record.id)[:8], 16),
+    )
+
+
+def answered(record: Record, result: Result, model: str) -> Record:
+    """The record with its answer (None when the request failed) and the answer's provenance."""
+    return dataclasses.replace(
+        record,
+        output=(result.text or "").strip() if result.ok else None,
+        model=model,
+        prompt_hash=combine_hashes(record.prompt_hash, RESPOND.hash),
+        finish_reason=result.finish_reason,
+        prompt_tokens=record.prompt_tokens + result.prompt_tokens,
+        completion_tokens=record.completion_tokens + result.completion_tokens,
+    )
+
+
 async def respond(llm: LLM, records: list[Record], generation: GenerationConfig, random_seed: int = 0):
     """Returns (kept, rejected): answered records, and those whose request failed after its retries."""
     todo = [r for r in records if not r.output]
-    results = await llm.generate(
-        [
-            Request(
-                RESPOND.messages(task=show(r)),
-                max_tokens=generation.response_max_tokens,
-                temperature=generation.temperature,
-                top_p=generation.top_p,
-                seed=int(record_id(random_seed, r.id)[:8], 16),
-            )
-            for r in todo
-        ]
-    )
+    results = await llm.generate([answer_request(r, generation, random_seed) for r in todo])
     answers = {r.id: result for r, result in zip(todo, results)}
     kept, rejected = [], []
     for record in records:
         result = answers.get(record.id)
-        if result is None:  # came with an output (a seed with its answer)
+        if result is None:  # came with an output (a seed with its answer, or answered while expanding)
             kept.append(record)
             continue
-        answered = dataclasses.replace(
-            record,
-            output=(result.text or "").strip() if result.ok else None,
-            model=llm.model,
-            prompt_hash=combine_hashes(record.prompt_hash, RESPOND.hash),
-            finish_reason=result.finish_reason,
-            prompt_tokens=record.prompt_tokens + result.prompt_tokens,
-            completion_tokens=record.completion_tokens + result.completion_tokens,
-        )
+        record = answered(record, result, llm.model)
         if not result.ok:
-            rejected.append(answered.dropped(STAGE, "llm_error", result.error))
-        elif not answered.output:
-            rejected.append(answered.dropped(STAGE, "empty_response"))
+            rejected.append(record.dropped(STAGE, "llm_error", result.error))
+        elif not record.output:
+            rejected.append(record.dropped(STAGE, "empty_response"))
         else:
-            kept.append(answered)
+            kept.append(record)
     return kept, rejected

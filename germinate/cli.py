@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
@@ -57,6 +58,11 @@ class RichProgress:
         self.bars.update(self.tasks[stage], total=task.completed)
 
 
+def _fail(exc: UserError) -> typer.Exit:
+    errors.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
 def _summary(report: dict[str, Any]) -> None:
     table = Table(title=f"run {report['run_id']}", title_justify="left")
     for column in ("stage", "in", "kept", "dropped", "LLM calls", "cached", "tokens", "time"):
@@ -96,7 +102,9 @@ def _summary(report: dict[str, Any]) -> None:
 def run(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (see README)."),
     seeds: Optional[Path] = typer.Option(None, help="Seed tasks: .jsonl, .json, .csv or .parquet."),
-    strategy: Optional[str] = typer.Option(None, help="Expansion strategy: aide."),
+    strategy: Optional[str] = typer.Option(
+        None, help="Expansion strategy: aide, tcia, glan, self-instruct or evol-instruct (mix them in the config)."
+    ),
     hops: Optional[int] = typer.Option(None, help="AIDE: depth K of the synthesis tree."),
     max_records: Optional[int] = typer.Option(None, help="Budget: rows in the dataset, seeds included."),
     max_llm_calls: Optional[int] = typer.Option(None, help="Budget: LLM requests in the whole run."),
@@ -110,7 +118,7 @@ def run(
     """Run the pipeline: seeds -> expand -> respond -> quality gate -> dataset/ (Parquet + dataset card)."""
     overrides = {
         "seeds": seeds,
-        "strategy": strategy,
+        "strategies": {strategy: 1.0} if strategy else None,
         "aide.hops": hops,
         "budget.max_records": max_records,
         "budget.max_llm_calls": max_llm_calls,
@@ -123,9 +131,12 @@ def run(
     }
     resolved = None
     try:
+        from generators import check_strategies
         from germinate.runs import prepare_run
 
-        resolved, _ = prepare_run(build_config(config, overrides))
+        resolved = build_config(config, overrides)
+        check_strategies(resolved)
+        resolved, _ = prepare_run(resolved)
         # Our progress bars and summary are the console output; Prefect's run logs still reach its API/UI.
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         from flows.build import build_dataset
@@ -141,8 +152,7 @@ def run(
             progress.set_listener(RichProgress(bars))
             report = build_dataset(resolved)
     except UserError as exc:
-        errors.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise _fail(exc) from None
     except KeyboardInterrupt:
         if resolved is not None:
             errors.print(f"interrupted; resume: run the same command with --run-id {resolved.run_id}")
@@ -167,8 +177,7 @@ def compare(
                 raise UserError(f"{path}: not a germinate run directory (no config.yaml)")
         results = compare_runs([Run(path) for path in run_dirs], embedding_model)
     except UserError as exc:
-        errors.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise _fail(exc) from None
     table = Table()
     for column in ("run", "kept/generated", "pairwise distance", "clusters", "distinct-2", "seed cosine"):
         table.add_column(column, justify="left" if column == "run" else "right", no_wrap=column == "run")
@@ -188,6 +197,99 @@ def compare(
         f"cosine of generated rows to their nearest seed (relevance). Embeddings: {embedding_model}.",
         soft_wrap=True,
     )
+
+
+taxonomy_app = typer.Typer(
+    no_args_is_help=True, help="GLAN taxonomies (fields -> sub-fields -> disciplines): check, build, extend."
+)
+app.add_typer(taxonomy_app, name="taxonomy")
+
+
+def _describe_taxonomy(path: Path, taxonomy) -> None:
+    subs = sum(len(f.sub_fields) for f in taxonomy.fields)
+    count = sum(len(s.disciplines) for f in taxonomy.fields for s in f.sub_fields)
+    console.print(f"{path}: {len(taxonomy.fields)} fields, {subs} sub-fields, {count} disciplines")
+
+
+def _taxonomy_llm(backend: Optional[str], model: Optional[str], base_url: Optional[str]):
+    from germinate.llm import make_llm
+
+    llm_config = build_config(None, {"llm.backend": backend, "llm.model": model, "llm.base_url": base_url}).llm
+    return make_llm(llm_config, None)
+
+
+def _write_taxonomy(out: Path, taxonomy) -> None:
+    from germinate.io import write_atomic
+    from taxonomy import dump_taxonomy, parse_taxonomy
+
+    text = dump_taxonomy(taxonomy)
+    parse_taxonomy(yaml.safe_load(text), str(out))  # what is written must load again
+    try:
+        write_atomic(out, text.encode())
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    _describe_taxonomy(out, taxonomy)
+
+
+@taxonomy_app.command("check")
+def taxonomy_check(path: Path = typer.Argument(..., help="Taxonomy YAML.")) -> None:
+    """Check a taxonomy file against its schema and count its nodes."""
+    from taxonomy import load_taxonomy
+
+    try:
+        _describe_taxonomy(path, load_taxonomy(path))
+    except UserError as exc:
+        raise _fail(exc) from None
+
+
+@taxonomy_app.command("build")
+def taxonomy_build(
+    out: Path = typer.Option(..., help="Where to write the taxonomy YAML."),
+    field: list[str] = typer.Option([], help="A field to build (repeat); default: the LLM names them."),
+    fields: int = typer.Option(8, help="Fields the LLM names when none are given."),
+    sub_fields: int = typer.Option(4, help="Sub-fields per field."),
+    disciplines: int = typer.Option(4, help="Disciplines per sub-field."),
+    backend: Optional[str] = typer.Option(None, help="llamacpp (embedded, default), openai or vllm."),
+    model: Optional[str] = typer.Option(None, help="Model name (openai/vllm) or .gguf path (llamacpp)."),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1."),
+) -> None:
+    """Generate a taxonomy with the LLM; edit the YAML by hand afterwards if you like."""
+    from taxonomy import builder
+
+    try:
+        llm = _taxonomy_llm(backend, model, base_url)
+        try:
+            taxonomy = llm.run(builder.build(llm, field, fields, sub_fields, disciplines), None)
+        finally:
+            llm.close()
+        _write_taxonomy(out, taxonomy)
+    except UserError as exc:
+        raise _fail(exc) from None
+
+
+@taxonomy_app.command("extend")
+def taxonomy_extend(
+    path: Path = typer.Argument(..., help="Taxonomy YAML to extend."),
+    out: Path = typer.Option(..., help="Where to write the extended taxonomy (may be PATH itself)."),
+    disciplines: int = typer.Option(2, help="New disciplines asked for per sub-field."),
+    field: list[str] = typer.Option([], help="Extend only this field (repeat); default: all."),
+    backend: Optional[str] = typer.Option(None, help="llamacpp (embedded, default), openai or vllm."),
+    model: Optional[str] = typer.Option(None, help="Model name (openai/vllm) or .gguf path (llamacpp)."),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1."),
+) -> None:
+    """Ask the LLM for more disciplines under each sub-field; names already present are skipped."""
+    from taxonomy import builder, load_taxonomy
+
+    try:
+        taxonomy = load_taxonomy(path)
+        llm = _taxonomy_llm(backend, model, base_url)
+        try:
+            grown = llm.run(builder.extend(llm, taxonomy, disciplines, field), None)
+        finally:
+            llm.close()
+        _write_taxonomy(out, grown)
+    except UserError as exc:
+        raise _fail(exc) from None
 
 
 if __name__ == "__main__":

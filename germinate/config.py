@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from germinate.errors import UserError
 
@@ -28,10 +28,13 @@ REFUSALS = (
 LEAKAGE = (
     "Topic:", "Attribute:", "Original seed task", "Seed task:", "Draft of a new task", "Critique of the draft",
     "Write one new task", "Write only the", "New task:", "Rewritten task", "Improved task", "the critique",
+    "Basic query:", "Given Prompt", "Rewritten Prompt", "#Created Prompt#", "Key concepts:",
     "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|assistant|>", "<|user|>",
 )
 
 Operation = Literal["reasoning", "concretizing", "constraining"]
+StrategyName = Literal["aide", "tcia", "glan", "self-instruct", "evol-instruct"]
+EvolOperation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"]
 
 
 class Section(BaseModel):
@@ -78,6 +81,42 @@ class AIDEConfig(Section):
     reflection_threshold: float = Field(5.0, ge=1, le=10, description="judge score (1-10) to pass")
     reflection_tries: int = Field(1, ge=0, le=5, description="R: rewrites of a failing instruction")
     on_reflection_fail: Literal["drop", "keep"] = "drop"
+
+
+class TCIAConfig(Section):
+    states: int = Field(16, ge=2, le=10_000, description="K: unique constraint sets at which the search stops")
+    moves: int = Field(2, ge=1, le=20, description="m: times each operation (add, remove, replace) is tried per state")
+    samples: int = Field(4, ge=1, description="k: states sampled per seed and written as instructions")
+    pool: int = Field(40, ge=1, description="constraints retrieved from the pool for a seed, by similarity")
+    max_constraints: int = Field(5, ge=1, le=20, description="an add move never grows a set past this")
+    refine_tries: int = Field(1, ge=0, le=5, description="R: rewrites naming the constraints the check found missing")
+    library: Path = Field(DATA_DIR / "constraints.yaml", description="task type -> category -> constraints")
+
+
+class GLANConfig(Section):
+    taxonomy: Path = Field(PROJECT_ROOT / "taxonomy" / "taxonomy.yaml", description="fields/sub-fields/disciplines")
+    fields: list[str] = Field([], description="taxonomy slice: only these fields (empty: all)")
+    disciplines: list[str] = Field([], description="taxonomy slice: only these disciplines (empty: all)")
+    subjects: int = Field(2, ge=1, le=20, description="subjects listed per discipline")
+    sessions: int = Field(4, ge=2, le=20, description="class sessions per subject's syllabus")
+    questions: int = Field(4, ge=1, description="homework questions per subject")
+
+
+class SelfInstructConfig(Section):
+    demonstrations: int = Field(8, ge=1, le=20, description="tasks shown in each prompt")
+    machine_demonstrations: int = Field(2, ge=0, le=20, description="of which generated ones, once there are some")
+    rouge_threshold: float = Field(0.7, gt=0, le=1, description="drop a task whose ROUGE-L to a pool task reaches it")
+    batch: int = Field(8, ge=1, description="prompts per round; the pool grows between rounds")
+
+
+class EvolInstructConfig(Section):
+    generations: int = Field(2, ge=1, le=10, description="evolutions applied one after another to each seed")
+    operations: list[EvolOperation] = Field(
+        default_factory=lambda: ["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input",
+                                 "breadth"],
+        min_length=1,
+        description="in-depth evolutions and the in-breadth one, drawn at random per step",
+    )
 
 
 class BudgetConfig(Section):
@@ -156,8 +195,14 @@ class QualityConfig(Section):
 
 class RunConfig(Section):
     seeds: Path = Field(DATA_DIR / "seeds" / "default.jsonl", description="JSONL, JSON, CSV or Parquet")
-    strategy: Literal["aide"] = "aide"
+    strategies: dict[StrategyName, float] = Field(
+        {"aide": 1.0}, description="strategies and their shares of the budget, e.g. {aide: 0.5, tcia: 0.3, glan: 0.2}"
+    )
     aide: AIDEConfig = Field(default_factory=AIDEConfig)
+    tcia: TCIAConfig = Field(default_factory=TCIAConfig)
+    glan: GLANConfig = Field(default_factory=GLANConfig)
+    self_instruct: SelfInstructConfig = Field(default_factory=SelfInstructConfig)
+    evol_instruct: EvolInstructConfig = Field(default_factory=EvolInstructConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
@@ -169,12 +214,45 @@ class RunConfig(Section):
     random_seed: int = 0
     shard_size: int = Field(64, ge=1, description="records per shard (one Prefect task each)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_strategy(cls, data: Any) -> Any:
+        """`strategy: tcia` is short for `strategies: {tcia: 1}`."""
+        if isinstance(data, dict) and "strategy" in data:
+            if "strategies" in data:
+                raise ValueError("give 'strategy' or 'strategies', not both")
+            data = {**data}
+            data["strategies"] = {data.pop("strategy"): 1.0}
+        return data
 
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
+    @field_validator("strategies")
+    @classmethod
+    def _positive_shares(cls, shares: dict[str, float]) -> dict[str, float]:
+        if not shares or any(share <= 0 for share in shares.values()):
+            raise ValueError("name at least one strategy, each with a share > 0")
+        # One order whatever the file's: shards are numbered and ties broken in it, so a resume matches.
+        return {name: shares[name] for name in get_args(StrategyName) if name in shares}
+
+    @property
+    def shares(self) -> dict[str, float]:
+        """Each strategy's fraction of the budget (the configured shares, normalised)."""
+        total = sum(self.strategies.values())
+        return {name: share / total for name, share in self.strategies.items()}
+
+    @property
+    def strategy_label(self) -> str:
+        if len(self.strategies) == 1:
+            return next(iter(self.strategies))
+        return " + ".join(f"{name} {share:.0%}" for name, share in self.shares.items())
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"] if part != "[key]")
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
-    return f"'{key}': {error['msg']}"
+    if not key:
+        return error["msg"].removeprefix("Value error, ")
+    return f"'{key}': {error['msg'].removeprefix('Value error, ')}"
 
 
 def build_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -199,6 +277,8 @@ def build_config(path: Path | None = None, overrides: dict[str, Any] | None = No
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
+        if dotted == "strategies":
+            data.pop("strategy", None)  # the command line's --strategy replaces the file's choice
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:
@@ -211,7 +291,7 @@ def build_config(path: Path | None = None, overrides: dict[str, Any] | None = No
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{where}: {_describe(exc.errors()[0])}") from None
+        raise UserError(f"{where}: {describe_error(exc.errors()[0])}") from None
 
 
 def dump_config(config: RunConfig) -> str:

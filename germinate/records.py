@@ -29,6 +29,18 @@ class Record:
     attribute: str | None = None
     operation: str | None = None
     persona: str | None = None
+    # TCIA: the seed's task type and basic query (unchanged in every state), the state's constraints
+    # as "category: text"; `hop` is the breadth-first depth, `operation` the move that made the state
+    # (`parent_id` is the seed: every state is written from the seed's query, not from its parent's text)
+    task_type: str | None = None
+    basic_query: str | None = None
+    constraints: list[str] | None = None
+    # GLAN: where in the taxonomy and syllabus a question comes from
+    field: str | None = None
+    discipline: str | None = None
+    subject: str | None = None
+    sessions: list[str] | None = None
+    concepts: list[str] | None = None
     model: str | None = None
     prompt_hash: str | None = None
     finish_reason: str | None = None
@@ -72,6 +84,8 @@ def _arrow_type(hint: object) -> tuple[pa.DataType, bool]:
     if isinstance(hint, types.UnionType):  # X | None
         (inner,) = [a for a in args if a is not type(None)]
         return _arrow_type(inner)[0], True
+    if typing.get_origin(hint) is list:
+        return pa.list_(_arrow_type(args[0])[0]), False
     return _ARROW_TYPES[hint], False
 
 

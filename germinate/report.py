@@ -17,6 +17,7 @@ from germinate.stats import StageStats
 def build_report(
     config: RunConfig,
     stages: list[StageStats],
+    strategies: dict[str, dict[str, Any]],
     records: list[Record],
     metrics: Metrics,
     dataset_dir: str,
@@ -24,7 +25,8 @@ def build_report(
 ) -> dict[str, Any]:
     return {
         "run_id": config.run_id,
-        "strategy": config.strategy,
+        "strategy": config.strategy_label,
+        "strategies": strategies,
         "models": sorted({r.model for r in records if r.model}),
         "dataset": dataset_dir,
         "rows": len(records),
@@ -38,6 +40,12 @@ def build_report(
 
 
 _HF_DTYPES = {pa.float64(): "float64"}  # Arrow calls it "double"; the Hub's card format wants float64
+
+
+def _feature(field: pa.Field) -> dict[str, str]:
+    if pa.types.is_list(field.type):
+        return {"name": field.name, "list": _HF_DTYPES.get(field.type.value_type, str(field.type.value_type))}
+    return {"name": field.name, "dtype": _HF_DTYPES.get(field.type, str(field.type))}
 
 
 def _size_category(rows: int) -> str:
@@ -61,10 +69,10 @@ def dataset_card(config: RunConfig, report: dict[str, Any]) -> str:
         "license": "other",
         "task_categories": ["text-generation"],
         "size_categories": [_size_category(report["rows"])],
-        "tags": ["synthetic", "germinate", config.strategy],
+        "tags": ["synthetic", "germinate", *config.strategies],
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
         "dataset_info": {
-            "features": [{"name": f.name, "dtype": _HF_DTYPES.get(f.type, str(f.type))} for f in SCHEMA],
+            "features": [_feature(f) for f in SCHEMA],
             "splits": [{"name": "train", "num_bytes": report["dataset_bytes"], "num_examples": report["rows"]}],
         },
     }
@@ -79,7 +87,7 @@ def dataset_card(config: RunConfig, report: dict[str, Any]) -> str:
 # Synthetic instruction dataset (germinate run `{config.run_id}`)
 
 Generated with germinate from {config.seeds.name} using the
-**{config.strategy}** strategy and the model(s) {", ".join(report["models"]) or "-"}.
+**{config.strategy_label}** strategy and the model(s) {", ".join(report["models"]) or "-"}.
 
 | stage | in | kept | dropped | LLM calls |
 |---|---|---|---|---|
@@ -88,7 +96,8 @@ Generated with germinate from {config.seeds.name} using the
 Budget: {report["budget"]["max_llm_calls"]} LLM calls, {report["budget"]["max_records"]} rows.
 Diversity: {describe_metrics(report["metrics"])}.
 Rows: {report["rows"]}. Columns: instruction, input, output, each row's provenance
-(seed_id, parent_id, hop, topic, attribute, operation, persona, prompt hash, model) and quality
+(strategy, seed_id, parent_id, hop, operation; AIDE: topic, attribute, persona; TCIA: task_type,
+basic_query, constraints; GLAN: field, discipline, subject, sessions, concepts; prompt hash, model) and quality
 (reflection_score: the instruction's relevance to its seed; quality_score and quality_critique: the
 judge's view of the answer; cluster: its k-means cluster in diversity selection).
 """

@@ -1,0 +1,148 @@
+"""Evol-Instruct (WizardLM, arXiv 2304.12244), a baseline: each seed is evolved step by step.
+
+Every generation applies one evolution drawn at random: in depth (add constraints,
+deepen, concretize, increase reasoning, complicate the input) or in breadth (a new,
+rarer task of the same domain). The evolved task is answered at once, and the
+elimination rules drop a failed evolution: no change from its parent, prompt-template
+words copied into it, or an answer that is a short "sorry" or only stop words and
+punctuation. A failed step leaves the next one to evolve its parent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+
+from filters.dedup import normalize
+from generators import STAGE, Strategy, parse_instruction
+from generators.respond import answer_request, answered
+from germinate.budget import Allowance
+from germinate.config import RunConfig
+from germinate.llm import LLM, Result
+from germinate.prompts import Prompt, combine_hashes
+from germinate.records import Record, record_id, show
+
+IN_DEPTH = Prompt(
+    "I want you to act as a prompt rewriter. Rewrite the given prompt into a more complex version that is "
+    "harder for AI assistants to handle, but still reasonable and answerable by humans. Keep any table, code "
+    "or data of the given prompt. $method The rewritten prompt may add only 10 to 20 words. Do not use the "
+    "words 'given prompt' or 'rewritten prompt' in it.\n\n#Given Prompt#:\n$task\n\n#Rewritten Prompt#:"
+)
+IN_BREADTH = Prompt(
+    "I want you to act as a prompt creator. Draw inspiration from the given prompt to create a brand new "
+    "prompt of the same domain but rarer. It should be of similar length and difficulty and answerable by "
+    "humans. Do not use the words 'given prompt' or 'created prompt' in it.\n\n#Given Prompt#:\n$task\n\n"
+    "#Created Prompt#:"
+)
+METHODS = {
+    "add_constraints": "Add one more constraint or requirement to it.",
+    "deepen": "If it asks about a specific issue, increase the depth and breadth of the inquiry.",
+    "concretize": "Replace general concepts with more specific ones.",
+    "increase_reasoning": "If it can be solved with a few simple steps of thinking, make it explicitly "
+    "require multiple steps of reasoning.",
+    "complicate_input": "Add a more complex input to it, such as a table, code, a formula or data, written "
+    "out in the prompt.",
+}
+TEMPLATE_WORDS = ("given prompt", "rewritten prompt", "created prompt", "#given", "#rewritten", "#created")
+STOP_WORDS = frozenset(
+    "a an and are as at be but by for from has have he i in is it its of on or she that the their them they "
+    "this to was we were what when which who will with you your".split()
+)
+PROMPTS_HASH = combine_hashes(IN_DEPTH.hash, IN_BREADTH.hash)
+
+
+def elimination(parent: Record, evolved: Record) -> tuple[str, str | None] | None:
+    """WizardLM's rules on an evolved task before it is answered: (reason, detail), or None."""
+    if normalize(evolved.instruction) in (normalize(show(parent)), normalize(parent.instruction)):
+        return "no_change", None
+    lowered = evolved.instruction.lower()
+    copied = [word for word in TEMPLATE_WORDS if word in lowered]
+    if copied:
+        return "template_copy", copied[0]
+    return None
+
+
+def answer_elimination(output: str) -> tuple[str, str | None] | None:
+    """WizardLM's rules on the answer: a short apology means the task was too hard; an answer of
+    only stop words and punctuation is no answer."""
+    words = re.findall(r"[a-z0-9']+", output.lower())
+    if "sorry" in words and len(words) < 80:
+        return "sorry_answer", output[:120]
+    if all(word in STOP_WORDS for word in words):
+        return "stop_words_answer", output[:120]
+    return None
+
+
+class EvolInstruct(Strategy):
+    name = "evol-instruct"
+
+    def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
+        super().__init__(llm, config, record_cost)
+        self.evol = config.evol_instruct
+        self.step_cost = 1 + record_cost  # evolve + answer (+ the judge's first look)
+
+    async def expand(self, units: list[Record], allowances: list[Allowance]):
+        done = await asyncio.gather(*(self._evolve(seed, a) for seed, a in zip(units, allowances)))
+        return [r for kept, _ in done for r in kept], [r for _, rejected in done for r in rejected]
+
+    async def _evolve(self, seed: Record, allowance: Allowance):
+        rng = random.Random(f"{self.random_seed}:{seed.id}")
+        kept, rejected = [], []
+        parent = seed
+        for generation in range(1, self.evol.generations + 1):
+            if allowance.records < 1 or not allowance.take(self.step_cost):
+                break
+            operation = rng.choice(self.evol.operations)
+            if operation == "breadth":
+                request = self.request(IN_BREADTH, self.random_seed + generation, task=show(parent))
+            else:
+                request = self.request(IN_DEPTH, self.random_seed + generation, task=show(parent),
+                                       method=METHODS[operation])
+            [result] = await self.llm.generate([request])
+            child = self._child(seed, parent, generation, operation, result)
+            verdict = self._written(child, result) or elimination(parent, child)
+            if verdict is None:
+                [answer] = await self.llm.generate([answer_request(child, self.config.generation, self.random_seed)])
+                child = answered(child, answer, self.llm.model)
+                if not answer.ok:
+                    verdict = ("llm_error", answer.error)
+                else:
+                    verdict = answer_elimination(child.output or "")
+                allowance.refund(self.record_cost - 1 if verdict else 0)  # the answer was paid; nothing after
+            else:
+                allowance.refund(self.record_cost)  # neither answered nor judged
+            if verdict is not None:
+                rejected.append(child.dropped(STAGE, *verdict))
+                continue
+            allowance.records -= 1
+            kept.append(child)
+            parent = child
+        return kept, rejected
+
+    def _child(self, seed: Record, parent: Record, generation: int, operation: str, result: Result) -> Record:
+        return Record(
+            # The input belongs to the task text in Evol-Instruct: the evolved prompt carries it.
+            id=record_id(parent.id, "evol", generation, operation),
+            instruction=parse_instruction(result.text) if result.ok else "",
+            strategy=self.name,
+            seed_id=seed.id,
+            parent_id=parent.id,
+            hop=parent.hop + 1,  # depth in the chain; a failed step leaves a gap in generations, not in hops
+            operation=operation,
+            model=self.llm.model,
+            prompt_hash=PROMPTS_HASH,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+        )
+
+    @staticmethod
+    def _written(child: Record, result: Result) -> tuple[str, str | None] | None:
+        if not result.ok:
+            return "llm_error", result.error
+        if result.finish_reason == "length":
+            return "truncated_instruction", child.instruction
+        if not child.instruction:
+            return "empty_instruction", None
+        return None

@@ -1,0 +1,210 @@
+"""GLAN (arXiv 2402.13064): instructions from a taxonomy of knowledge, not from seeds.
+
+For each discipline of the taxonomy (taxonomy/), the LLM lists subjects (name,
+level, subtopics); for each subject, a syllabus of class sessions with their key
+concepts. Homework questions are then asked for samples of key concepts: 1-5 from
+one session, or 2-5 spanning two sessions, with the syllabus up to those sessions
+as context. The respond stage answers them like any instruction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import random
+from itertools import combinations
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, create_model
+
+from generators import STAGE, Strategy, parse_instruction
+from germinate.budget import Allowance, allocate
+from germinate.config import RunConfig
+from germinate.llm import LLM
+from germinate.prompts import Prompt, combine_hashes
+from germinate.records import Record, record_id
+from taxonomy import Discipline, load_taxonomy, select
+
+NAME_CHARS, CONCEPT_CHARS, MAX_CONCEPTS, MAX_SUBTOPICS = 60, 40, 4, 4
+SINGLE_SESSION, SPANNING = (1, 5), (2, 5)  # concepts per question, from one session / spanning two
+Short = Annotated[str, Field(max_length=CONCEPT_CHARS)]
+Draw = tuple[tuple[int, ...], tuple[str, ...]]  # (session indices, key concepts)
+
+
+@functools.cache
+def subjects_schema(count: int) -> type[BaseModel]:
+    subject = create_model(
+        "Subject",
+        name=(str, Field(min_length=1, max_length=NAME_CHARS)),
+        level=(Literal["beginner", "intermediate", "advanced"], ...),
+        subtopics=(list[Short], Field(min_length=1, max_length=MAX_SUBTOPICS)),
+    )
+    return create_model("Subjects", subjects=(list[subject], Field(min_length=1, max_length=count)))
+
+
+@functools.cache
+def syllabus_schema(count: int) -> type[BaseModel]:
+    session = create_model(
+        "Session",
+        title=(str, Field(max_length=NAME_CHARS)),
+        key_concepts=(list[Short], Field(min_length=1, max_length=MAX_CONCEPTS)),
+    )
+    return create_model("Syllabus", sessions=(list[session], Field(min_length=2, max_length=count)))
+
+
+SUBJECTS = Prompt(
+    "You are an expert teacher of $discipline ($field, $sub_field). List up to $count subjects a student "
+    "should learn in this discipline, each with its level (beginner, intermediate or advanced) and a few subtopics."
+)
+SYLLABUS = Prompt(
+    "You are an expert teacher of $discipline. Write a syllabus for the $level course \"$subject\" "
+    "(subtopics: $subtopics): up to $count class sessions in teaching order, each with a short title and its "
+    "key concepts, a few words each."
+)
+QUESTION = Prompt(
+    "You are teaching the $level course \"$subject\" in $discipline. The course so far:\n$syllabus\n\n"
+    "Write one homework question for your students that needs these key concepts to solve: $concepts. "
+    "The question must be self-contained (include any data it needs) and answerable in writing. "
+    "Write only the question."
+)
+PROMPTS_HASH = combine_hashes(SUBJECTS.hash, SYLLABUS.hash, QUESTION.hash)
+
+
+def concept_sets(sessions: list[list[str]], chosen: tuple[int, ...]) -> list[tuple[str, ...]]:
+    """Every set of key concepts a question on the chosen session(s) may need: 1-5 from one
+    session, or 2-5 spanning two sessions with at least one concept from each."""
+    if len(chosen) == 1:
+        concepts = list(dict.fromkeys(sessions[chosen[0]]))
+        low, high = SINGLE_SESSION
+        return [c for n in range(low, high + 1) for c in combinations(concepts, n)]
+    first, second = (list(dict.fromkeys(sessions[i])) for i in chosen)
+    second = [c for c in second if c not in first]
+    low, high = SPANNING
+    return [
+        c for n in range(low, high + 1) for c in combinations(first + second, n)
+        if set(c) & set(first) and set(c) & set(second)
+    ]
+
+
+def sample_concepts(sessions: list[list[str]], count: int, rng: random.Random) -> list[Draw]:
+    """`count` draws of (sessions, concepts) with distinct concept sets: each draw picks one session or
+    two (evenly), then a concept set of them not drawn before. Fewer when the syllabus has fewer."""
+    options = [(i,) for i in range(len(sessions))] + list(combinations(range(len(sessions)), 2))
+    remaining = {chosen: concept_sets(sessions, chosen) for chosen in options}
+    draws, drawn = [], set()
+    while len(draws) < count:
+        open_ = [chosen for chosen, sets in remaining.items() if sets]
+        if not open_:
+            break
+        single = [c for c in open_ if len(c) == 1]
+        spanning = [c for c in open_ if len(c) == 2]
+        kind = rng.choice([k for k in (single, spanning) if k])
+        chosen = rng.choice(kind)
+        concepts = remaining[chosen].pop(rng.randrange(len(remaining[chosen])))
+        if frozenset(concepts) not in drawn:  # sessions may share a concept
+            drawn.add(frozenset(concepts))
+            draws.append((chosen, concepts))
+    return draws
+
+
+class GLAN(Strategy):
+    name = "glan"
+
+    def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
+        super().__init__(llm, config, record_cost)
+        self.glan = config.glan
+        self.question_cost = 1 + record_cost  # write + downstream
+        self.subject_cost = 1 + self.question_cost  # a syllabus and at least one question
+
+    def check(self) -> None:
+        self._slice()
+
+    def _slice(self) -> list[Discipline]:
+        taxonomy = load_taxonomy(self.glan.taxonomy)
+        return select(taxonomy, self.glan.fields, self.glan.disciplines, str(self.glan.taxonomy))
+
+    def units(self, seeds: list[Record], calls: int) -> list[Discipline]:
+        """Disciplines of the slice in a fixed random order, as many as the calls can open
+        (a subjects list and one subject's syllabus and question each)."""
+        chosen = self._slice()
+        random.Random(self.random_seed).shuffle(chosen)
+        return chosen[: calls // (1 + self.subject_cost)]
+
+    async def expand(self, units: list[Discipline], allowances: list[Allowance]):
+        done = await asyncio.gather(*(self._discipline(d, a) for d, a in zip(units, allowances)))
+        return [r for kept, _ in done for r in kept], [r for _, rejected in done for r in rejected]
+
+    async def _discipline(self, discipline: Discipline, allowance: Allowance):
+        if allowance.records < 1 or not allowance.take(1):
+            return [], []
+        wanted = min(self.glan.subjects, allowance.calls // self.subject_cost, allowance.records)
+        schema = subjects_schema(self.glan.subjects)
+        tokens = 32 + self.glan.subjects * (NAME_CHARS + 40 + MAX_SUBTOPICS * (CONCEPT_CHARS + 8))
+        [listed] = await self.llm.generate([self.request(
+            SUBJECTS, self.random_seed, schema, tokens, discipline=discipline.name, field=discipline.field,
+            sub_field=discipline.sub_field, count=self.glan.subjects,
+        )])
+        if not listed.ok:
+            return [], []  # a failed call, counted in the stage's stats; nothing was made to drop
+        subjects = list({s.name.strip(): s for s in listed.parsed.subjects if s.name.strip()}.values())[:wanted]
+        if not subjects:
+            return [], []
+        shares = zip(allocate(allowance.calls, len(subjects)), allocate(allowance.records, len(subjects)))
+        done = await asyncio.gather(
+            *(self._subject(discipline, subject, Allowance(c, r)) for subject, (c, r) in zip(subjects, shares))
+        )
+        return [r for kept, _ in done for r in kept], [r for _, rejected in done for r in rejected]
+
+    async def _subject(self, discipline: Discipline, subject, allowance: Allowance):
+        if allowance.records < 1 or not allowance.take(1):
+            return [], []
+        tokens = 32 + self.glan.sessions * (NAME_CHARS + 24 + MAX_CONCEPTS * (CONCEPT_CHARS + 8))
+        [syllabus] = await self.llm.generate([self.request(
+            SYLLABUS, self.random_seed, syllabus_schema(self.glan.sessions), tokens, discipline=discipline.name,
+            level=subject.level, subject=subject.name, subtopics=", ".join(subject.subtopics), count=self.glan.sessions,
+        )])
+        if not syllabus.ok:
+            return [], []
+        sessions = syllabus.parsed.sessions
+        concepts = [[c.strip() for c in s.key_concepts if c.strip()] for s in sessions]
+        rng = random.Random(f"{self.random_seed}:{discipline.name}:{subject.name}")
+        count = min(self.glan.questions, allowance.calls // self.question_cost, allowance.records)
+        draws = sample_concepts(concepts, count, rng)
+        allowance.take(self.question_cost * len(draws))
+        outline = [f"{i + 1}. {s.title}: {', '.join(concepts[i])}" for i, s in enumerate(sessions)]
+        requests = [
+            self.request(
+                QUESTION, self.random_seed, level=subject.level, subject=subject.name, discipline=discipline.name,
+                syllabus="\n".join(outline[: max(chosen) + 1]), concepts=", ".join(picked),  # the course so far
+            )
+            for chosen, picked in draws
+        ]
+        written = await self.llm.generate(requests)
+        kept, rejected = [], []
+        for (chosen, picked), result in zip(draws, written):
+            record = Record(
+                id=record_id("glan", discipline.name, subject.name, *chosen, *picked),
+                instruction=parse_instruction(result.text) if result.ok else "",
+                strategy=self.name,
+                field=discipline.field,
+                discipline=discipline.name,
+                subject=subject.name,
+                sessions=[sessions[i].title for i in chosen],
+                concepts=list(picked),
+                model=self.llm.model,
+                prompt_hash=PROMPTS_HASH,
+                finish_reason=result.finish_reason,
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+            )
+            if not result.ok:
+                rejected.append(record.dropped(STAGE, "llm_error", result.error))
+            elif result.finish_reason == "length":
+                rejected.append(record.dropped(STAGE, "truncated_instruction", record.instruction))
+            elif not record.instruction:
+                rejected.append(record.dropped(STAGE, "empty_instruction"))
+            else:
+                kept.append(record)
+                continue
+            allowance.refund(self.record_cost)
+        return kept, rejected

@@ -1,0 +1,208 @@
+"""The expansion strategies: TCIA's search and GLAN's concept sampling without an LLM, the
+taxonomy's schema, and every strategy end to end on the embedded model (tiny settings)."""
+
+import random
+from math import comb
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from conftest import GATE_OFF
+from flows.build import build_dataset
+from generators.glan import concept_sets, sample_concepts
+from generators.self_instruct import rouge_l, tokens
+from generators.tcia import Constraint, Pool, load_library, search
+from germinate.cli import app
+from germinate.config import DATA_DIR
+from taxonomy import DEFAULT, disciplines, load_taxonomy
+
+runner = CliRunner()
+
+
+def planted_pool(size: int = 12) -> Pool:
+    """Constraints in pairs of near-twins: each one's most similar other is its twin."""
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(size // 2, 16))
+    vectors = np.repeat(base, 2, axis=0) + 0.05 * rng.normal(size=(size, 16))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return Pool([Constraint("format", f"rule {i}") for i in range(size)], vectors @ vectors.T)
+
+
+def test_tcia_search_is_breadth_first_unique_capped_and_each_move_does_what_it_says():
+    pool = planted_pool()
+    start = frozenset({0, 2})
+    states = search(start, pool, states=15, moves=2, max_constraints=4, rng=random.Random(1))
+    sets = [s.constraints for s in states]
+    assert len(sets) == len(set(sets)) == 14 and start not in sets  # K unique sets, the seed's own included
+    assert [s.depth for s in states] == sorted(s.depth for s in states)  # breadth first
+    assert max(len(s) for s in sets) <= 4
+    for state in states:
+        added, removed = state.constraints - state.parent, state.parent - state.constraints
+        if state.move == "add":
+            assert len(added) == 1 and not removed
+        elif state.move == "remove":
+            assert len(removed) == 1 and not added
+        else:
+            (old,), (new,) = removed, added
+            assert new == old ^ 1  # its planted twin: the most similar constraint not in the set
+    assert {s.move for s in states} == {"add", "remove", "replace"}
+
+
+def test_constraint_library_covers_every_task_type_and_category():
+    library = load_library(DATA_DIR / "constraints.yaml")
+    assert sum(len(c) for c in library.values()) >= 300
+    for constraints in library.values():
+        assert {c.category for c in constraints} == {
+            "content", "numerical", "style_tone", "format", "language", "input_placeholder"}
+
+
+def test_glan_concept_sets_match_the_combinations():
+    sessions = [["a", "b", "c", "d"], ["e", "f", "g"], ["h", "i"]]
+    assert len(concept_sets(sessions, (0,))) == sum(comb(4, n) for n in range(1, 5))
+    # 2-5 of the 7 concepts of sessions 0 and 1, at least one from each
+    spanning = concept_sets(sessions, (0, 1))
+    assert len(spanning) == sum(comb(7, n) - comb(4, n) - comb(3, n) for n in range(2, 6))
+    assert all(set(c) & {"a", "b", "c", "d"} and set(c) & {"e", "f", "g"} for c in spanning)
+    every = sample_concepts(sessions, 10_000, random.Random(0))
+    total = sum(len(concept_sets(sessions, chosen)) for chosen in [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)])
+    assert len(every) == len(set(every)) == total
+    draws = sample_concepts(sessions, 40, random.Random(3))
+    for chosen, concepts in draws:
+        assert 1 <= len(concepts) <= 5
+        for index in chosen:  # a draw takes concepts from each session it names
+            assert set(concepts) & set(sessions[index])
+    assert {len(chosen) for chosen, _ in draws} == {1, 2}  # both kinds are drawn
+
+
+def test_shipped_taxonomy_passes_its_schema_check():
+    taxonomy = load_taxonomy(DEFAULT)
+    names = disciplines(taxonomy)
+    assert len(names) >= 100 and len({d.name for d in names}) == len(names)
+    assert len(taxonomy.fields) >= 8
+    result = runner.invoke(app, ["taxonomy", "check", str(DEFAULT)])
+    assert result.exit_code == 0 and f"{len(names)} disciplines" in result.output
+
+
+def test_malformed_taxonomy_is_one_clear_error(tmp_path, seeds_file):
+    bad = tmp_path / "taxonomy.yaml"
+    bad.write_text("fields:\n- name: Sciences\n  sub_fields:\n  - name: Physics\n    disciplines: []\n")
+    result = runner.invoke(app, ["taxonomy", "check", str(bad)])
+    assert result.exit_code == 2
+    assert "taxonomy.yaml: 'fields.0.sub_fields.0.disciplines': List should have at least 1 item" in result.output
+    config = tmp_path / "glan.yaml"
+    config.write_text(f"strategy: glan\nglan:\n  taxonomy: {bad}\noutput_dir: {tmp_path / 'runs'}\n")
+    result = runner.invoke(app, ["run", "--config", str(config), "--seeds", str(seeds_file)])
+    assert result.exit_code == 2 and "taxonomy.yaml" in result.output
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+    config.write_text(f"strategy: glan\nglan:\n  fields: [Astrology]\noutput_dir: {tmp_path / 'runs'}\n")
+    result = runner.invoke(app, ["run", "--config", str(config), "--seeds", str(seeds_file)])
+    assert result.exit_code == 2 and "glan.fields: 'Astrology' is not in" in result.output
+
+
+def test_rouge_l_is_the_lcs_f_measure():
+    assert rouge_l(tokens("the cat sat on the mat"), tokens("The cat sat on the mat!")) == 1.0
+    # LCS "the cat on the mat" = 5 of 6 and 5 of 5 tokens
+    assert rouge_l(tokens("the cat sat on the mat"), tokens("the cat on the mat")) == pytest.approx(2 * 5 / 11)
+    assert rouge_l(tokens("alpha beta"), tokens("gamma delta")) == 0.0
+
+
+TINY = {
+    "tcia": {"tcia__states": 6, "tcia__samples": 2, "tcia__refine_tries": 1},
+    "glan": {"glan__disciplines": ["Classical Mechanics", "Baking"], "glan__subjects": 1,
+             "glan__sessions": 2, "glan__questions": 2},
+    "self-instruct": {"self_instruct__batch": 3},
+    "evol-instruct": {"evol_instruct__generations": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def strategy_runs(tmp_path_factory):
+    """Each strategy once, on the embedded model with the gate off: provenance is what is checked."""
+    from conftest import TINY_SEEDS, tiny_config
+    import json
+
+    folder = tmp_path_factory.mktemp("strategies")
+    seeds = folder / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps(s) + "\n" for s in TINY_SEEDS))
+    cache = {}
+
+    def run(name: str):
+        if name not in cache:
+            config = tiny_config(seeds, folder / "runs", quality=GATE_OFF, strategies={name: 1.0},
+                                 budget__max_llm_calls=30, budget__max_records=10, **TINY[name])
+            report = build_dataset(config)
+            cache[name] = report, pq.read_table(Path(report["dataset"]) / "data").to_pylist()
+        return cache[name]
+
+    return run
+
+
+def generated(rows, strategy):
+    found = [r for r in rows if r["strategy"] == strategy]
+    assert found, f"{strategy} made no rows"
+    return found
+
+
+def test_tcia_rows_carry_their_query_and_constraints(strategy_runs):
+    report, rows = strategy_runs("tcia")
+    assert report["llm_calls"] <= 30 and report["rows"] <= 10
+    queries = {}
+    for row in generated(rows, "tcia"):
+        assert row["task_type"] and row["basic_query"] and row["hop"] >= 1
+        assert row["operation"] in ("add", "remove", "replace") and row["parent_id"] == row["seed_id"]
+        assert isinstance(row["constraints"], list)
+        assert all(c.split(": ", 1)[0] in ("content", "numerical", "style_tone", "format", "language",
+                                           "input_placeholder") for c in row["constraints"])
+        queries.setdefault(row["seed_id"], set()).add(row["basic_query"])
+    assert all(len(q) == 1 for q in queries.values())  # the basic query never changes within a seed
+
+
+def test_glan_rows_carry_their_place_in_the_taxonomy(strategy_runs):
+    report, rows = strategy_runs("glan")
+    for row in generated(rows, "glan"):
+        assert row["discipline"] in ("Classical Mechanics", "Baking")
+        assert row["field"] and row["subject"] and row["seed_id"] is None
+        assert 1 <= len(row["sessions"]) <= 2 and 1 <= len(row["concepts"]) <= 5
+
+
+def test_self_instruct_rows_are_novel_against_the_pool(strategy_runs):
+    report, rows = strategy_runs("self-instruct")
+    new = generated(rows, "self-instruct")
+    for i, row in enumerate(new):
+        for other in new[:i] + [r for r in rows if r["strategy"] == "seed"]:
+            assert rouge_l(tokens(row["instruction"]), tokens(other["instruction"])) < 0.7
+
+
+def test_evol_instruct_rows_form_chains_from_their_seed(strategy_runs):
+    report, rows = strategy_runs("evol-instruct")
+    by_id = {r["id"]: r for r in rows}
+    for row in generated(rows, "evol-instruct"):
+        assert row["operation"] in ("add_constraints", "deepen", "concretize", "increase_reasoning",
+                                    "complicate_input", "breadth")
+        assert row["output"] and row["hop"] >= 1
+        parent = by_id[row["parent_id"]]  # a failed step evolves its parent again: only kept rows are parents
+        assert parent["hop"] == row["hop"] - 1 and row["seed_id"] == (parent["seed_id"] or parent["id"])
+
+
+def test_mixed_run_respects_the_shares_of_the_budget(tmp_path, seeds_file):
+    from conftest import tiny_config
+
+    shares = {"aide": 0.5, "tcia": 0.3, "glan": 0.2}
+    config = tiny_config(seeds_file, tmp_path / "runs", quality=GATE_OFF, strategies=shares,
+                         budget__max_llm_calls=60, budget__max_records=14, **TINY["tcia"], **TINY["glan"])
+    report = build_dataset(config)
+    split = report["strategies"]
+    seed_calls = 2  # three seeds, one with its answer: two answers reserved first
+    assert sum(s["max_llm_calls"] for s in split.values()) == 60 - seed_calls
+    rows = pq.read_table(Path(report["dataset"]) / "data").to_pylist()
+    for name, share in shares.items():
+        part = split[name]
+        assert abs(part["max_llm_calls"] - share * (60 - seed_calls)) < 1
+        # what the strategy spent expanding, and the answers it reserved for its records, fit its share
+        assert part["expand_calls"] + part["records"] <= part["max_llm_calls"]
+        assert 1 <= part["records"] <= part["max_records"]
+        assert len([r for r in rows if r["strategy"] == name]) == part["records"]
+    assert report["llm_calls"] <= 60
