@@ -110,10 +110,10 @@ def test_rouge_l_is_the_lcs_f_measure():
 
 
 TINY = {
-    "tcia": {"tcia__states": 6, "tcia__samples": 2, "tcia__refine_tries": 1},
+    "tcia": {"tcia__states": 6, "tcia__samples": 1, "tcia__refine_tries": 1},
     "glan": {"glan__disciplines": ["Classical Mechanics", "Baking"], "glan__subjects": 1,
              "glan__sessions": 2, "glan__questions": 2},
-    "self-instruct": {"self_instruct__batch": 3},
+    "self-instruct": {"self_instruct__batch": 3, "budget__max_llm_calls": 16},
     "evol-instruct": {"evol_instruct__generations": 2},
 }
 
@@ -131,8 +131,8 @@ def strategy_runs(tmp_path_factory):
 
     def run(name: str):
         if name not in cache:
-            config = tiny_config(seeds, folder / "runs", quality=GATE_OFF, strategies={name: 1.0},
-                                 budget__max_llm_calls=30, budget__max_records=10, **TINY[name])
+            settings = {"budget__max_llm_calls": 30, "budget__max_records": 10, **TINY[name]}
+            config = tiny_config(seeds, folder / "runs", quality=GATE_OFF, strategies={name: 1.0}, **settings)
             report = build_dataset(config)
             cache[name] = report, pq.read_table(Path(report["dataset"]) / "data").to_pylist()
         return cache[name]
