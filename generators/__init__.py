@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from germinate.budget import Allowance
 from germinate.config import RunConfig
-from germinate.llm import LLM, Request
+from germinate.llm import LLM, Request, Result
 from germinate.prompts import Prompt
 from germinate.records import Record
 from germinate.runs import EXPAND_STAGE
@@ -23,6 +23,7 @@ STAGE = EXPAND_STAGE
 
 class Strategy(ABC):
     name: str
+    prompts_hash: str  # of the templates its records went through: their provenance
 
     def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
         """`llm` may be None to plan units only; `record_cost`: LLM calls a kept record without an
@@ -43,6 +44,19 @@ class Strategy(ABC):
     @abstractmethod
     async def expand(self, units: Sequence[Any], allowances: list[Allowance]) -> tuple[list[Record], list[Record]]:
         """Grow records from each unit within its allowance. Returns (kept, rejected)."""
+
+    def written(self, result: Result, parse: Callable[[str], str] | None = None, **provenance: Any) -> Record:
+        """A record of the instruction in `result`, with the call's model, tokens and finish reason."""
+        return Record(
+            instruction=(parse or parse_instruction)(result.text) if result.ok else "",
+            strategy=self.name,
+            model=self.llm.model,
+            prompt_hash=self.prompts_hash,
+            finish_reason=result.finish_reason,
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            **provenance,
+        )
 
     def request(self, prompt: Prompt, seed: int, schema=None, max_tokens: int | None = None, **values) -> Request:
         generation = self.config.generation
@@ -70,6 +84,18 @@ def parse_instruction(text: str) -> str:
     if (label in LABELS or re.fullmatch(r"task \d+", label)) and rest.strip():
         text = rest.strip().strip('"').strip()
     return text
+
+
+def fault(record: Record, result: Result) -> tuple[str, str | None] | None:
+    """Why a written instruction cannot be used (reason, detail): the call failed, the text was cut
+    off, or nothing was left of it; None when it can."""
+    if not result.ok:
+        return "llm_error", result.error
+    if result.finish_reason == "length":
+        return "truncated_instruction", record.instruction
+    if not record.instruction:
+        return "empty_instruction", None
+    return None
 
 
 def strategies() -> dict[str, type[Strategy]]:

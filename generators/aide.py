@@ -28,7 +28,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field, create_model
 
 from filters.reflection import JUDGE, Rubric, Verdict, reflect
-from generators import STAGE, Strategy, parse_instruction
+from generators import STAGE, Strategy, fault, parse_instruction
 from germinate.budget import Allowance
 from germinate.config import DATA_DIR, RunConfig
 from germinate.embed import embed
@@ -90,7 +90,6 @@ PERSONA_RELEVANCE = Rubric(
         "difference": "the new task is clearly different from its parent task, not a paraphrase of it",
     },
 )
-PROMPTS_HASH = combine_hashes(EXTRACT.hash, SYNTHESIZE.hash, PERSONA.hash, REWRITE.hash, JUDGE.hash)
 
 
 @dataclass
@@ -119,6 +118,7 @@ def relevant_personas(seeds: list[Record], count: int) -> dict[str, list[str]]:
 
 class AIDE(Strategy):
     name = "aide"
+    prompts_hash = combine_hashes(EXTRACT.hash, SYNTHESIZE.hash, PERSONA.hash, REWRITE.hash, JUDGE.hash)
 
     def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
         super().__init__(llm, config, record_cost)
@@ -199,10 +199,9 @@ class AIDE(Strategy):
         written = await self.llm.generate([self._synthesis_request(seed, hop, job) for job in jobs])
         candidates, dropped = [], []
         for job, result in zip(jobs, written):
-            child = Record(
+            child = self.written(
+                result,
                 id=record_id(job.parent.id, job.operation, job.attribute or job.persona),
-                instruction=parse_instruction(result.text) if result.ok else "",
-                strategy="aide",
                 seed_id=seed.id,
                 parent_id=job.parent.id,
                 hop=hop,
@@ -210,21 +209,12 @@ class AIDE(Strategy):
                 attribute=job.attribute,
                 operation=job.operation,
                 persona=job.persona,
-                model=self.llm.model,
-                prompt_hash=PROMPTS_HASH,
-                finish_reason=result.finish_reason,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
             )
-            if not result.ok:
-                dropped.append(child.dropped(STAGE, "llm_error", result.error))
-            elif result.finish_reason == "length":
-                dropped.append(child.dropped(STAGE, "truncated_instruction", child.instruction))
-            elif not child.instruction:
-                dropped.append(child.dropped(STAGE, "empty_instruction"))
-            else:
+            problem = fault(child, result)
+            if problem is None:
                 candidates.append(child)
                 continue
+            dropped.append(child.dropped(STAGE, *problem))
             allowance.refund(self.child_cost - 1)  # no judgement, nothing downstream
         plain = [c for c in candidates if c.operation != "persona"]
         personas = [c for c in candidates if c.operation == "persona"]

@@ -15,11 +15,11 @@ import random
 import re
 
 from filters.dedup import normalize
-from generators import STAGE, Strategy, parse_instruction
+from generators import STAGE, Strategy, fault
 from generators.respond import answer_request, answered
 from germinate.budget import Allowance
 from germinate.config import RunConfig
-from germinate.llm import LLM, Result
+from germinate.llm import LLM
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
 
@@ -49,7 +49,6 @@ STOP_WORDS = frozenset(
     "a an and are as at be but by for from has have he i in is it its of on or she that the their them they "
     "this to was we were what when which who will with you your".split()
 )
-PROMPTS_HASH = combine_hashes(IN_DEPTH.hash, IN_BREADTH.hash)
 
 
 def elimination(parent: Record, evolved: Record) -> tuple[str, str | None] | None:
@@ -76,6 +75,7 @@ def answer_elimination(output: str) -> tuple[str, str | None] | None:
 
 class EvolInstruct(Strategy):
     name = "evol-instruct"
+    prompts_hash = combine_hashes(IN_DEPTH.hash, IN_BREADTH.hash)
 
     def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
         super().__init__(llm, config, record_cost)
@@ -100,8 +100,15 @@ class EvolInstruct(Strategy):
                 request = self.request(IN_DEPTH, self.random_seed + generation, task=show(parent),
                                        method=METHODS[operation])
             [result] = await self.llm.generate([request])
-            child = self._child(seed, parent, generation, operation, result)
-            verdict = self._written(child, result) or elimination(parent, child)
+            child = self.written(
+                result,
+                id=record_id(parent.id, "evol", generation, operation),
+                seed_id=seed.id,
+                parent_id=parent.id,
+                hop=parent.hop + 1,  # depth in the chain; a failed step leaves a gap in generations, not in hops
+                operation=operation,
+            )
+            verdict = fault(child, result) or elimination(parent, child)
             if verdict is None:
                 [answer] = await self.llm.generate([answer_request(child, self.config.generation, self.random_seed)])
                 child = answered(child, answer, self.llm.model)
@@ -119,30 +126,3 @@ class EvolInstruct(Strategy):
             kept.append(child)
             parent = child
         return kept, rejected
-
-    def _child(self, seed: Record, parent: Record, generation: int, operation: str, result: Result) -> Record:
-        return Record(
-            # The input belongs to the task text in Evol-Instruct: the evolved prompt carries it.
-            id=record_id(parent.id, "evol", generation, operation),
-            instruction=parse_instruction(result.text) if result.ok else "",
-            strategy=self.name,
-            seed_id=seed.id,
-            parent_id=parent.id,
-            hop=parent.hop + 1,  # depth in the chain; a failed step leaves a gap in generations, not in hops
-            operation=operation,
-            model=self.llm.model,
-            prompt_hash=PROMPTS_HASH,
-            finish_reason=result.finish_reason,
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-        )
-
-    @staticmethod
-    def _written(child: Record, result: Result) -> tuple[str, str | None] | None:
-        if not result.ok:
-            return "llm_error", result.error
-        if result.finish_reason == "length":
-            return "truncated_instruction", child.instruction
-        if not child.instruction:
-            return "empty_instruction", None
-        return None

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from generators import STAGE, Strategy, parse_instruction
+from generators import STAGE, Strategy, fault
 from germinate.budget import Allowance, allocate
 from germinate.config import RunConfig
 from germinate.llm import LLM
@@ -67,7 +67,6 @@ QUESTION = Prompt(
     "The question must be self-contained (include any data it needs) and answerable in writing. "
     "Write only the question."
 )
-PROMPTS_HASH = combine_hashes(SUBJECTS.hash, SYLLABUS.hash, QUESTION.hash)
 
 
 def concept_sets(sessions: list[list[str]], chosen: tuple[int, ...]) -> list[tuple[str, ...]]:
@@ -109,6 +108,7 @@ def sample_concepts(sessions: list[list[str]], count: int, rng: random.Random) -
 
 class GLAN(Strategy):
     name = "glan"
+    prompts_hash = combine_hashes(SUBJECTS.hash, SYLLABUS.hash, QUESTION.hash)
 
     def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
         super().__init__(llm, config, record_cost)
@@ -182,29 +182,19 @@ class GLAN(Strategy):
         written = await self.llm.generate(requests)
         kept, rejected = [], []
         for (chosen, picked), result in zip(draws, written):
-            record = Record(
+            record = self.written(
+                result,
                 id=record_id("glan", discipline.name, subject.name, *chosen, *picked),
-                instruction=parse_instruction(result.text) if result.ok else "",
-                strategy=self.name,
                 field=discipline.field,
                 discipline=discipline.name,
                 subject=subject.name,
                 sessions=[sessions[i].title for i in chosen],
                 concepts=list(picked),
-                model=self.llm.model,
-                prompt_hash=PROMPTS_HASH,
-                finish_reason=result.finish_reason,
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
             )
-            if not result.ok:
-                rejected.append(record.dropped(STAGE, "llm_error", result.error))
-            elif result.finish_reason == "length":
-                rejected.append(record.dropped(STAGE, "truncated_instruction", record.instruction))
-            elif not record.instruction:
-                rejected.append(record.dropped(STAGE, "empty_instruction"))
-            else:
+            problem = fault(record, result)
+            if problem is None:
                 kept.append(record)
                 continue
+            rejected.append(record.dropped(STAGE, *problem))
             allowance.refund(self.record_cost)
         return kept, rejected

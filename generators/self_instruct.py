@@ -12,7 +12,7 @@ import random
 import re
 from typing import Sequence
 
-from generators import STAGE, Strategy, parse_instruction
+from generators import STAGE, Strategy, fault, parse_instruction
 from germinate.budget import Allowance
 from germinate.config import RunConfig
 from germinate.llm import LLM
@@ -24,7 +24,6 @@ GENERATE = Prompt(
     "Write task $number: a new task, different from all of the above, in one to three sentences. "
     "Include any data it needs. Write only the task."
 )
-PROMPTS_HASH = combine_hashes(GENERATE.hash)
 
 
 def first_task(text: str) -> str:
@@ -56,6 +55,7 @@ def rouge_l(candidate: list[str], reference: list[str]) -> float:
 
 class SelfInstruct(Strategy):
     name = "self-instruct"
+    prompts_hash = combine_hashes(GENERATE.hash)
 
     def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
         super().__init__(llm, config, record_cost)
@@ -89,16 +89,8 @@ class SelfInstruct(Strategy):
                  for examples, number in prompts]
             )
             for i, result in enumerate(written):
-                record = Record(
-                    id=record_id("self-instruct", self.random_seed, round_, i),
-                    instruction=first_task(result.text) if result.ok else "",
-                    strategy=self.name,
-                    hop=round_,
-                    model=self.llm.model,
-                    prompt_hash=PROMPTS_HASH,
-                    finish_reason=result.finish_reason,
-                    prompt_tokens=result.prompt_tokens,
-                    completion_tokens=result.completion_tokens,
+                record = self.written(
+                    result, first_task, id=record_id("self-instruct", self.random_seed, round_, i), hop=round_
                 )
                 reason, detail, duplicate = self._novelty(record, result, pool)
                 if reason is None:
@@ -121,12 +113,9 @@ class SelfInstruct(Strategy):
 
     def _novelty(self, record: Record, result, pool: list[tuple[Record, list[str]]]):
         """(reason, detail, duplicate id) for a task that may not join the pool; (None, None, None) if it may."""
-        if not result.ok:
-            return "llm_error", result.error, None
-        if result.finish_reason == "length":
-            return "truncated_instruction", record.instruction, None
-        if not record.instruction:
-            return "empty_instruction", None, None
+        problem = fault(record, result)
+        if problem is not None:
+            return *problem, None
         words = tokens(record.instruction)
         score, closest = max(((rouge_l(words, other), r) for r, other in pool), key=lambda x: x[0])
         if score >= self.settings.rouge_threshold:

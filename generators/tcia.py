@@ -18,13 +18,13 @@ import random
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, Field, create_model
 
-from generators import STAGE, Strategy, parse_instruction
+from generators import STAGE, Strategy, fault, parse_instruction
 from germinate.budget import Allowance
 from germinate.config import RunConfig
 from germinate.embed import embed
@@ -53,12 +53,15 @@ class Constraint:
         return f"{self.category}: {self.text}"
 
 
+class SeedConstraint(BaseModel):
+    category: Category
+    text: str = Field(max_length=CONSTRAINT_CHARS)
+
+
 class Decomposition(BaseModel):
     task_type: TaskType
     basic_query: str = Field(max_length=QUERY_CHARS, description="the core request, without its constraints")
-    constraints: list[
-        create_model("SeedConstraint", category=(Category, ...), text=(str, Field(max_length=CONSTRAINT_CHARS)))
-    ] = Field(max_length=MAX_SEED_CONSTRAINTS)
+    constraints: list[SeedConstraint] = Field(max_length=MAX_SEED_CONSTRAINTS)
 
 
 @functools.cache
@@ -86,7 +89,6 @@ REFINE = Prompt(
     "Rewrite the instruction so that it keeps its request and everything it already asks, and also "
     "states the missing constraints. Write only the instruction."
 )
-PROMPTS_HASH = combine_hashes(DECOMPOSE.hash, COMPOSE.hash, VERIFY.hash, REFINE.hash)
 
 
 def load_library(path: Path) -> dict[str, list[Constraint]]:
@@ -193,6 +195,7 @@ def numbered(constraints: list[Constraint]) -> str:
 
 class TCIA(Strategy):
     name = "tcia"
+    prompts_hash = combine_hashes(DECOMPOSE.hash, COMPOSE.hash, VERIFY.hash, REFINE.hash)
 
     def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
         super().__init__(llm, config, record_cost)
@@ -267,7 +270,7 @@ class TCIA(Strategy):
                 basic_query=query,
                 constraints=[str(c) for c in constraints],
                 model=self.llm.model,
-                prompt_hash=PROMPTS_HASH,
+                prompt_hash=self.prompts_hash,
             )
             states[record.id] = (record, constraints)
         return await self._write(states, allowance)
@@ -315,8 +318,8 @@ class TCIA(Strategy):
             pending = failing
         rejected += [self._missing(r, missing) for r in pending]  # still failing after R refinements
         allowance.refund(self.record_cost * (len(states) - len(kept)))  # nothing downstream for them
-        order = list(states)
-        return sorted(kept, key=lambda r: order.index(r.id)), rejected
+        position = {key: i for i, key in enumerate(states)}
+        return sorted(kept, key=lambda r: position[r.id]), rejected
 
     @staticmethod
     def _missing(record: Record, missing: dict[str, list[str]]) -> Record:
@@ -324,17 +327,16 @@ class TCIA(Strategy):
 
     @staticmethod
     def _written(record: Record, result: Result, keep_on_failure: bool = False) -> Record:
-        text = parse_instruction(result.text) if result.ok else ""
-        if result.ok and result.finish_reason != "length" and text:
-            return dataclasses.replace(
-                record, instruction=text, finish_reason=result.finish_reason,
-                prompt_tokens=record.prompt_tokens + result.prompt_tokens,
-                completion_tokens=record.completion_tokens + result.completion_tokens,
-            )
+        written = dataclasses.replace(
+            record,
+            instruction=parse_instruction(result.text) if result.ok else "",
+            finish_reason=result.finish_reason,
+            prompt_tokens=record.prompt_tokens + result.prompt_tokens,
+            completion_tokens=record.completion_tokens + result.completion_tokens,
+        )
+        problem = fault(written, result)
+        if problem is None:
+            return written
         if keep_on_failure:  # a failed refinement leaves the last instruction to be checked again
             return record
-        if not result.ok:
-            return record.dropped(STAGE, "llm_error", result.error)
-        if result.finish_reason == "length":
-            return record.dropped(STAGE, "truncated_instruction", text)
-        return record.dropped(STAGE, "empty_instruction")
+        return written.dropped(STAGE, *problem)
