@@ -58,7 +58,8 @@ class Strategy(ABC):
             **provenance,
         )
 
-    def request(self, prompt: Prompt, seed: int, schema=None, max_tokens: int | None = None, **values) -> Request:
+    def request(self, prompt: Prompt, seed: int, schema=None, max_tokens: int | None = None, /, **values) -> Request:
+        """`values` fill the template; positional-only above, so a template may have its own $seed."""
         generation = self.config.generation
         return Request(
             prompt.messages(**values),

@@ -126,7 +126,7 @@ class AIDE(Strategy):
         self.aide = config.aide
 
     def _request(
-        self, prompt: Prompt, hop: int, schema: type[BaseModel] | None = None, max_tokens: int | None = None,
+        self, prompt: Prompt, hop: int, schema: type[BaseModel] | None = None, max_tokens: int | None = None, /,
         **values: object,
     ) -> Request:
         return self.request(prompt, self.random_seed + hop, schema, max_tokens, **values)

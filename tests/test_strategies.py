@@ -206,3 +206,12 @@ def test_mixed_run_respects_the_shares_of_the_budget(tmp_path, seeds_file):
         assert 1 <= part["records"] <= part["max_records"]
         assert len([r for r in rows if r["strategy"] == name]) == part["records"]
     assert report["llm_calls"] <= 60
+
+
+def test_a_prompt_template_may_name_its_own_seed():
+    """AIDE's rewrite prompt fills $seed with the seed task; the request's random seed stays apart from it."""
+    from generators.aide import AIDE, REWRITE
+    from germinate.config import RunConfig
+
+    request = AIDE(None, RunConfig(), 1)._request(REWRITE, 2, seed="Sum a list of numbers.", draft="d", critique="c")
+    assert "Sum a list of numbers." in request.messages[-1]["content"] and request.seed == 2
