@@ -56,7 +56,8 @@ def _shards(items: list[T], size: int) -> list[list[T]]:
 
 @task(name="expand", task_run_name="expand-{strategy}-{shard}", cache_policy=NO_CACHE, persist_result=False)
 def expand_shard(
-    config: RunConfig, strategy: str, index: int, shard: int, strategy_calls: int, calls: list[int], rows: list[int]
+    config: RunConfig, strategy: str, index: int, shard: int, strategy_calls: int, strategy_rows: int,
+    calls: list[int], rows: list[int],
 ) -> StageStats:
     """One shard of a strategy's units; `index` numbers the expand stage's shards across strategies."""
     run = Run(config.output_dir / config.run_id)
@@ -64,7 +65,7 @@ def expand_shard(
     def produce(usage: Usage):
         llm = _llm(config, run)
         generator = make_strategy(strategy, llm, config, record_cost(config))
-        units = _shards(list(generator.units(run.seeds(), strategy_calls)), config.shard_size)[shard]
+        units = _shards(list(generator.units(run.seeds(), strategy_calls, strategy_rows)), config.shard_size)[shard]
         allowances = [Allowance(c, r) for c, r in zip(calls, rows)]
         return llm.run(generator.expand(units, allowances), usage)
 
@@ -142,14 +143,14 @@ def _expand(config: RunConfig, run: Run) -> tuple[StageStats, dict[str, dict]]:
     submitted: dict[str, list] = {}
     index = 1
     for name in config.strategies:
-        units = make_strategy(name, None, config, record_cost(config)).units(seeds, calls[name])
+        units = make_strategy(name, None, config, record_cost(config)).units(seeds, calls[name], rows[name])
         if not units:
             continue
         unit_calls = _shards(allocate(calls[name], len(units)), config.shard_size)
         unit_rows = _shards(allocate(rows[name], len(units)), config.shard_size)
         submitted[name] = []
         for shard, (c, r) in enumerate(zip(unit_calls, unit_rows)):
-            submitted[name].append(expand_shard.submit(config, name, index, shard, calls[name], c, r))
+            submitted[name].append(expand_shard.submit(config, name, index, shard, calls[name], rows[name], c, r))
             index += 1
     merged = _stage(EXPAND, config.budget.max_llm_calls, [f for fs in submitted.values() for f in fs], seed_stats)
     strategies = {}

@@ -7,6 +7,7 @@ same Record schema and fills the provenance fields that apply to it.
 
 from __future__ import annotations
 
+import random
 import re
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Sequence
@@ -24,6 +25,7 @@ STAGE = EXPAND_STAGE
 class Strategy(ABC):
     name: str
     prompts_hash: str  # of the templates its records went through: their provenance
+    unit_cost: int  # the fewest LLM calls that grow one record from a unit (set by each strategy)
 
     def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
         """`llm` may be None to plan units only; `record_cost`: LLM calls a kept record without an
@@ -37,9 +39,16 @@ class Strategy(ABC):
         """Raise UserError for a fault in the strategy's own inputs (a library, a taxonomy),
         before the run directory is written."""
 
-    def units(self, seeds: list[Record], calls: int) -> Sequence[Any]:
+    def units(self, seeds: list[Record], calls: int, rows: int) -> Sequence[Any]:
         """What the budget is split over, in a fixed order. Most strategies grow from each seed."""
-        return seeds
+        return self.affordable(seeds, calls, rows)
+
+    def affordable(self, units: Sequence[Any], calls: int, rows: int) -> list[Any]:
+        """As many units as the budget can grow a record from each, drawn at random (fixed per run
+        and strategy) and kept in their order: a small share goes to fewer units, not to nothing."""
+        count = min(len(units), calls // self.unit_cost, rows)
+        chosen = random.Random(f"{self.random_seed}:{self.name}").sample(range(len(units)), count)
+        return [units[i] for i in sorted(chosen)]
 
     @abstractmethod
     async def expand(self, units: Sequence[Any], allowances: list[Allowance]) -> tuple[list[Record], list[Record]]:

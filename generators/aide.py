@@ -123,6 +123,7 @@ class AIDE(Strategy):
     def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
         super().__init__(llm, config, record_cost)
         self.child_cost = 2 + record_cost  # write + first judgement + downstream
+        self.unit_cost = 1 + self.child_cost  # a node's extraction and one child
         self.aide = config.aide
 
     def _request(

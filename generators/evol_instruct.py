@@ -80,7 +80,7 @@ class EvolInstruct(Strategy):
     def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
         super().__init__(llm, config, record_cost)
         self.evol = config.evol_instruct
-        self.step_cost = 1 + record_cost  # evolve + answer (+ the judge's first look)
+        self.step_cost = self.unit_cost = 1 + record_cost  # evolve + answer (+ the judge's first look)
 
     async def expand(self, units: list[Record], allowances: list[Allowance]):
         done = await asyncio.gather(*(self._evolve(seed, a) for seed, a in zip(units, allowances)))

@@ -115,6 +115,7 @@ class GLAN(Strategy):
         self.glan = config.glan
         self.question_cost = 1 + record_cost  # write + downstream
         self.subject_cost = 1 + self.question_cost  # a syllabus and at least one question
+        self.unit_cost = 1 + self.subject_cost  # a subjects list, then one subject
 
     def check(self) -> None:
         self._slice()
@@ -123,12 +124,8 @@ class GLAN(Strategy):
         taxonomy = load_taxonomy(self.glan.taxonomy)
         return select(taxonomy, self.glan.fields, self.glan.disciplines, str(self.glan.taxonomy))
 
-    def units(self, seeds: list[Record], calls: int) -> list[Discipline]:
-        """Disciplines of the slice in a fixed random order, as many as the calls can open
-        (a subjects list and one subject's syllabus and question each)."""
-        chosen = self._slice()
-        random.Random(self.random_seed).shuffle(chosen)
-        return chosen[: calls // (1 + self.subject_cost)]
+    def units(self, seeds: list[Record], calls: int, rows: int) -> list[Discipline]:
+        return self.affordable(self._slice(), calls, rows)
 
     async def expand(self, units: list[Discipline], allowances: list[Allowance]):
         done = await asyncio.gather(*(self._discipline(d, a) for d, a in zip(units, allowances)))

@@ -60,11 +60,11 @@ class SelfInstruct(Strategy):
     def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
         super().__init__(llm, config, record_cost)
         self.settings = config.self_instruct
-        self.task_cost = 1 + record_cost  # write + downstream
+        self.task_cost = self.unit_cost = 1 + record_cost  # write + downstream
 
-    def units(self, seeds: list[Record], calls: int) -> Sequence[tuple[Record, ...]]:
+    def units(self, seeds: list[Record], calls: int, rows: int) -> Sequence[tuple[Record, ...]]:
         """One unit: the whole seed pool (the pool grows as one, so it is not split)."""
-        return [tuple(seeds)] if seeds else []
+        return self.affordable([tuple(seeds)] if seeds else [], calls, rows)
 
     async def expand(self, units: Sequence[tuple[Record, ...]], allowances: list[Allowance]):
         kept, rejected = [], []

@@ -201,6 +201,7 @@ class TCIA(Strategy):
         super().__init__(llm, config, record_cost)
         self.tcia = config.tcia
         self.state_cost = 2 + record_cost  # compose + verify + downstream
+        self.unit_cost = 1 + self.state_cost  # the decomposition and one state
 
     def check(self) -> None:
         load_library(self.tcia.library)
