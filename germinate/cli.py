@@ -24,8 +24,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Grow a diverse instruction-tuning dataset (Parquet, Hugging Face layout) from a few seed tasks.",
 )
-console = Console()
-errors = Console(stderr=True)
+# Lines name paths a user copies: never hard-wrap them at the terminal's width.
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()
@@ -59,7 +60,7 @@ class RichProgress:
 
 
 def _fail(exc: UserError) -> typer.Exit:
-    errors.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    errors.print(f"[red]error:[/] {exc}", highlight=False)
     return typer.Exit(2)
 
 
@@ -82,19 +83,17 @@ def _summary(report: dict[str, Any]) -> None:
     for s in report["stages"]:
         if s["dropped"]:
             reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(s["dropped"].items()))
-            console.print(f"  {s['stage']} dropped: {reasons}", soft_wrap=True)
-    console.print(f"  diversity: {describe_metrics(report['metrics'])}", soft_wrap=True)
+            console.print(f"  {s['stage']} dropped: {reasons}")
+    console.print(f"  diversity: {describe_metrics(report['metrics'])}")
     console.print(
         f"[bold]{report['rows']} rows[/] in [bold]{report['dataset']}[/] "
         f"({report['llm_calls']}/{report['budget']['max_llm_calls']} LLM calls, {report['wall_seconds']:.0f}s wall); "
         f"rejected records with reasons: {Path(report['dataset']).parent / 'stages'}",
-        soft_wrap=True,
     )
-    console.print(f"Load it:  datasets.load_dataset('parquet', data_dir='{report['dataset']}/data')", soft_wrap=True)
+    console.print(f"Load it:  datasets.load_dataset('parquet', data_dir='{report['dataset']}/data')")
     console.print(
         "Scale up: germinate run --max-records 5000 --max-llm-calls 20000 --hops 3 "
         "--backend openai --base-url http://localhost:8000/v1  (see README)",
-        soft_wrap=True,
     )
 
 
@@ -195,7 +194,6 @@ def compare(
         "pairwise distance: mean cosine distance between instructions; clusters: k-means clusters of all the "
         "runs' rows together that each run reaches; distinct-2: distinct word bigrams / all; seed cosine: mean "
         f"cosine of generated rows to their nearest seed (relevance). Embeddings: {embedding_model}.",
-        soft_wrap=True,
     )
 
 
