@@ -8,7 +8,7 @@ export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DG
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: run test clean
+.PHONY: install run test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,11 +20,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-run: $(VENV)/.installed
+install: $(VENV)/.installed
+
+run: install
 	$(BIN)/germinate run
 
 # pytest exits 5 when it collects no tests; that is not a failure.
-test: $(VENV)/.installed
+test: install
 	$(BIN)/python -m pytest || [ $$? -eq 5 ]
 
 clean:

@@ -1,6 +1,7 @@
-"""The Prefect flow `build_dataset`: stages as tasks over shards. Wiring only."""
+"""The Prefect flow `build_dataset`: stages as tasks over shards. Wiring only.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: Prefect builds the flow's parameter model (the UI's
+form, a deployment's validation) from the annotations, and needs them as types, not strings."""
 
 import functools
 import json
@@ -13,24 +14,31 @@ from typing import Callable, TypeVar
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from filters import dedup, heuristics, reflection, select
+from flows.artifacts import StageProgress, report_artifacts
 from generators import STAGE as EXPAND, check_strategies, make_strategy, respond
 from germinate import progress
 from germinate.budget import Allowance, admit_seeds, allocate, apportion, record_cost
+from germinate.card import dataset_card, plots
 from germinate.config import RunConfig
 from germinate.embed import embed
+from germinate.errors import UserError
+from germinate.hub import publish
 from germinate.io import write_atomic
 from germinate.llm import LLM, make_llm
 from germinate.metrics import run_metrics
 from germinate.records import Record, show
-from germinate.report import build_report, dataset_card
+from germinate.report import build_report
 from germinate.runs import Run, prepare_run
 from germinate.stats import StageStats, Usage
 
 # The quality gate, in order; each name is also its switch in config.quality.
 GATE = (heuristics.STAGE, dedup.EXACT, dedup.NEAR, dedup.SEMANTIC, reflection.STAGE, select.STAGE)
+LLM_STAGES = (EXPAND, respond.STAGE, reflection.STAGE)
+PROGRESS_INTERVAL_S = 2.0  # how often a stage's progress artifact is updated
 
 T = TypeVar("T")
 
@@ -47,7 +55,23 @@ def _llm(config: RunConfig, run: Run) -> LLM:
 
 
 def _usage(stage: str) -> Usage:
-    return Usage(on_call=lambda: progress.listener.advance(stage))
+    return Usage(on_call=lambda: progress.advance(stage))
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry a shard task unless the user must fix something first (a bad file, a bad setting)."""
+    return not isinstance(state.result(raise_on_failure=False), UserError)
+
+
+def _retrying(shard_task, config: RunConfig):
+    """An LLM stage's shard task with the run's retries: exponential backoff with jitter."""
+    retries = config.orchestration
+    return shard_task.with_options(
+        retries=retries.task_retries,
+        retry_delay_seconds=[retries.retry_delay_s * 2**i for i in range(retries.task_retries)],
+        retry_jitter_factor=0.5,
+        retry_condition_fn=_transient,
+    )
 
 
 def _shards(items: list[T], size: int) -> list[list[T]]:
@@ -124,7 +148,7 @@ def filter_stage(config: RunConfig, stage: str, source: str) -> StageStats:
 
     def produce(usage: Usage):
         result = _filters(config, run)[stage](records)
-        progress.listener.advance(stage, len(records))
+        progress.advance(stage, len(records))
         return result
 
     return run.run_shard(stage, 0, len(records), produce, Usage())
@@ -141,6 +165,7 @@ def _expand(config: RunConfig, run: Run) -> tuple[StageStats, dict[str, dict]]:
     seed_stats = run.run_shard(EXPAND, 0, len(seeds), lambda usage: admitted, Usage())
     calls, rows = apportion(budget.calls, config.shares), apportion(budget.records, config.shares)
     submitted: dict[str, list] = {}
+    expand = _retrying(expand_shard, config)
     index = 1
     for name in config.strategies:
         units = make_strategy(name, None, config, record_cost(config)).units(seeds, calls[name], rows[name])
@@ -150,7 +175,7 @@ def _expand(config: RunConfig, run: Run) -> tuple[StageStats, dict[str, dict]]:
         unit_rows = _shards(allocate(rows[name], len(units)), config.shard_size)
         submitted[name] = []
         for shard, (c, r) in enumerate(zip(unit_calls, unit_rows)):
-            submitted[name].append(expand_shard.submit(config, name, index, shard, calls[name], rows[name], c, r))
+            submitted[name].append(expand.submit(config, name, index, shard, calls[name], rows[name], c, r))
             index += 1
     merged = _stage(EXPAND, config.budget.max_llm_calls, [f for fs in submitted.values() for f in fs], seed_stats)
     strategies = {}
@@ -164,11 +189,20 @@ def _expand(config: RunConfig, run: Run) -> tuple[StageStats, dict[str, dict]]:
 
 
 def _stage(name: str, total: int, futures, *done: StageStats) -> StageStats:
-    """Wait for a stage's shard tasks; its time is the stage's wall time (shards overlap)."""
+    """Wait for a stage's shard tasks; its time is the stage's wall time (shards overlap). An LLM
+    stage's progress artifact advances while it waits."""
     start = time.perf_counter()
-    progress.listener.start(name, total)
+    progress.start(name, total)
+    shown = StageProgress(name, total) if name in LLM_STAGES and futures else None
+    pending = list(futures)
+    while pending:
+        pending = list(wait(pending, timeout=PROGRESS_INTERVAL_S).not_done)
+        if shown:
+            shown.update()
+    if shown:
+        shown.update(final=True)
     merged = functools.reduce(operator.add, [*done, *(f.result() for f in futures)])
-    progress.listener.finish(name)
+    progress.finish(name)
     if not merged.resumed:
         merged.seconds = time.perf_counter() - start
     return merged
@@ -184,10 +218,11 @@ def build_dataset(config: RunConfig) -> dict:
     try:
         expand_stats, strategies = _expand(config, run)
         expanded = run.kept(EXPAND)
+        answer, judge = _retrying(respond_shard, config), _retrying(reflect_shard, config)
         respond_stats = _stage(
             respond.STAGE,
             sum(1 for r in expanded if not r.output),
-            [respond_shard.submit(config, i) for i in range(len(_shards(expanded, config.shard_size)))],
+            [answer.submit(config, i) for i in range(len(_shards(expanded, config.shard_size)))],
         )
         stages = [expand_stats, respond_stats]
         source = respond.STAGE
@@ -200,7 +235,7 @@ def build_dataset(config: RunConfig) -> dict:
                 spent = sum(s.llm_calls for s in stages) + records
                 count = len(_shards(range(records), config.shard_size))
                 shares = allocate(max(0, config.budget.max_llm_calls - spent), count)
-                futures = [reflect_shard.submit(config, i, source, c) for i, c in enumerate(shares)]
+                futures = [judge.submit(config, i, source, c) for i, c in enumerate(shares)]
             else:
                 futures = [filter_stage.submit(config, stage, source)]
             stages.append(_stage(stage, records, futures))
@@ -208,10 +243,15 @@ def build_dataset(config: RunConfig) -> dict:
         final = run.kept(source)
         metrics = run_metrics(run, final, config.embedding.model)
         report = build_report(
-            config, stages, strategies, final, metrics, str(run.dataset_dir), time.perf_counter() - start
+            config, stages, strategies, len(run.seeds()), final, metrics, str(run.dataset_dir),
+            time.perf_counter() - start,
         )
-        run.write_dataset(final, dataset_card(config, report))
+        images = plots(final)
+        run.write_dataset(final, {"README.md": dataset_card(config, report, list(images)).encode(), **images})
+        if config.hub.repo_id:
+            report["published"] = publish(run, config.hub.repo_id, config.hub.private, config.hub.revision)
         write_atomic(run.report_path, json.dumps(report, indent=2).encode())
+        report_artifacts(report, final)
         return report
     finally:
         llm = _llms.pop(run.root, None)

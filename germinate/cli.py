@@ -90,7 +90,9 @@ def _summary(report: dict[str, Any]) -> None:
         f"({report['llm_calls']}/{report['budget']['max_llm_calls']} LLM calls, {report['wall_seconds']:.0f}s wall); "
         f"rejected records with reasons: {Path(report['dataset']).parent / 'stages'}",
     )
-    console.print(f"Load it:  datasets.load_dataset('parquet', data_dir='{report['dataset']}/data')")
+    console.print(f"Load it:  datasets.load_dataset('{report['dataset']}', split='train')")
+    if report.get("published"):
+        console.print(f"Published: {report['published']}")
     console.print(
         "Scale up: germinate run --max-records 5000 --max-llm-calls 20000 --hops 3 "
         "--backend openai --base-url http://localhost:8000/v1  (see README)",
@@ -171,10 +173,7 @@ def compare(
     from germinate.runs import Run
 
     try:
-        for path in run_dirs:
-            if not (path / "config.yaml").exists():
-                raise UserError(f"{path}: not a germinate run directory (no config.yaml)")
-        results = compare_runs([Run(path) for path in run_dirs], embedding_model)
+        results = compare_runs([Run.open(path) for path in run_dirs], embedding_model)
     except UserError as exc:
         raise _fail(exc) from None
     table = Table()
@@ -194,6 +193,120 @@ def compare(
         "pairwise distance: mean cosine distance between instructions; clusters: k-means clusters of all the "
         "runs' rows together that each run reaches; distinct-2: distinct word bigrams / all; seed cosine: mean "
         f"cosine of generated rows to their nearest seed (relevance). Embeddings: {embedding_model}.",
+    )
+
+
+@app.command()
+def publish(
+    run_dir: Path = typer.Argument(..., help="A finished run (data/runs/<run-id>)."),
+    repo_id: str = typer.Option(..., help="Hub dataset repo ORG/NAME; created when missing."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private."),
+    revision: Optional[str] = typer.Option(None, help="Branch to publish to (created when missing); default main."),
+) -> None:
+    """Upload a run's dataset folder (Parquet shards, card, plots) to the Hugging Face Hub.
+    The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT picks another Hub."""
+    from pydantic import ValidationError
+
+    from germinate.config import HubConfig
+    from germinate.hub import publish as publish_run
+    from germinate.runs import Run
+
+    try:
+        try:
+            hub = HubConfig(repo_id=repo_id, private=private, revision=revision)
+        except ValidationError:  # only the repo id has a form to get wrong
+            raise UserError(f"--repo-id: '{repo_id}' is not a Hub dataset repo id (ORG/NAME)") from None
+        url = publish_run(Run.open(run_dir), hub.repo_id, hub.private, hub.revision)
+    except UserError as exc:
+        raise _fail(exc) from None
+    console.print(f"published {run_dir / 'dataset'} to {repo_id}: {url}")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A finished run (data/runs/<run-id>)."),
+    format: str = typer.Option("messages", "--format", help="messages (chat turns), alpaca or sharegpt."),
+    output: Optional[Path] = typer.Option(None, help="JSONL file to write; default RUN_DIR/export/FORMAT.jsonl."),
+) -> None:
+    """Write a run's dataset as JSONL in a trainer's format."""
+    from germinate.export import FORMATS, export_jsonl
+    from germinate.io import write_atomic
+    from germinate.runs import Run
+
+    try:
+        if format not in FORMATS:
+            raise UserError(f"--format: '{format}' is not one of {', '.join(FORMATS)}")
+        records = Run.open(run_dir).dataset()
+        target = output or run_dir / "export" / f"{format}.jsonl"
+        try:
+            write_atomic(target, export_jsonl(records, format))
+        except OSError as exc:
+            raise UserError(f"{target}: cannot write ({exc.strerror or exc})") from None
+    except UserError as exc:
+        raise _fail(exc) from None
+    console.print(f"{len(records)} rows in {format} format: {target}")
+
+
+@app.command()
+def server(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(4200, help="Port of the UI and API."),
+    output_dir: Path = typer.Option(Path("data/runs"), help="Its SQLite database is kept here, beside the runs."),
+) -> None:
+    """Start a Prefect server (UI and API) for germinate's runs: analytics off, SQLite under the run root.
+    Then `export PREFECT_API_URL=http://HOST:PORT/api` and runs, schedules and artifacts show in the UI."""
+    database = output_dir.resolve() / "prefect.db"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _fail(UserError(f"--output-dir: cannot create {output_dir} ({exc.strerror or exc})")) from None
+    env = {
+        **os.environ,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{database}",
+    }
+    console.print(f"Prefect UI: http://{host}:{port}  (database {database})")
+    console.print(f"Point runs at it:  export PREFECT_API_URL=http://{host}:{port}/api")
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+    os.execve(sys.executable, command, env)  # the server is the process now: Ctrl-C stops it
+
+
+@app.command()
+def serve(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML run config: every scheduled run uses it."),
+    cron: str = typer.Option(..., help='When to run, as cron (UTC), e.g. "0 3 * * *".'),
+    name: Optional[str] = typer.Option(None, help="Deployment name (default: the config file's name)."),
+) -> None:
+    """Serve `build_dataset` on a schedule from this process, without a work pool. Needs a Prefect
+    server (`germinate server`, PREFECT_API_URL); each scheduled run is a new run id."""
+    try:
+        resolved = build_config(config)
+        if resolved.run_id:
+            raise UserError(f"{config}: 'run_id' is set, but every scheduled run needs its own; remove it")
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            raise UserError(
+                "serve needs a Prefect server: start `germinate server`, "
+                "then export PREFECT_API_URL=http://127.0.0.1:4200/api"
+            )
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=cron)
+        except ValueError:
+            raise UserError(f"--cron: '{cron}' is not a cron expression (e.g. \"0 3 * * *\")") from None
+        from generators import check_strategies
+
+        check_strategies(resolved)
+    except UserError as exc:
+        raise _fail(exc) from None
+    from flows.build import build_dataset
+
+    build_dataset.serve(
+        name=name or config.stem, cron=cron, parameters={"config": resolved.model_dump(mode="json")},
+        tags=["germinate", *resolved.strategies],
     )
 
 

@@ -193,6 +193,23 @@ class QualityConfig(Section):
     select: SelectConfig = Field(default_factory=SelectConfig)
 
 
+class HubConfig(Section):
+    repo_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$",
+        description="publish the dataset to this Hub dataset repo (ORG/NAME) when the run ends; "
+        "the token comes from HF_TOKEN or `hf auth login`, never from this file",
+    )
+    private: bool = Field(False, description="create the repo private")
+    revision: str | None = Field(None, description="branch to publish to (created when missing); default main")
+    license: str = Field("other", description="the dataset card's license: a Hub license id (apache-2.0, cc-by-4.0...)")
+
+
+class OrchestrationConfig(Section):
+    task_retries: int = Field(2, ge=0, le=10, description="retries of an LLM stage's shard task that fails on an error")
+    retry_delay_s: float = Field(10.0, ge=0, description="first task retry delay; doubles each retry, with jitter")
+
+
 class RunConfig(Section):
     seeds: Path = Field(DATA_DIR / "seeds" / "default.jsonl", description="JSONL, JSON, CSV or Parquet")
     strategies: dict[StrategyName, float] = Field(
@@ -208,6 +225,8 @@ class RunConfig(Section):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     quality: QualityConfig = Field(default_factory=QualityConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    hub: HubConfig = Field(default_factory=HubConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     include_seeds: bool = Field(True, description="seeds are rows of the dataset too")
     output_dir: Path = Path("data/runs")
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -244,6 +263,10 @@ class RunConfig(Section):
         if len(self.strategies) == 1:
             return next(iter(self.strategies))
         return " + ".join(f"{name} {share:.0%}" for name, share in self.shares.items())
+
+
+# Sections that change where and how a run is executed or published, never its data: a resume may differ in them.
+NOT_DATA = {"hub", "orchestration"}
 
 
 def describe_error(error: dict[str, Any]) -> str:

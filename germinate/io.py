@@ -26,10 +26,14 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_records(path: Path, records: list[Record]) -> None:
+def write_table(path: Path, table: pa.Table) -> None:
     sink = pa.BufferOutputStream()
-    pq.write_table(to_table(records), sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd")
     write_atomic(path, sink.getvalue().to_pybytes())
+
+
+def write_records(path: Path, records: list[Record]) -> None:
+    write_table(path, to_table(records))
 
 
 def read_records(path: Path) -> list[Record]:

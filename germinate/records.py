@@ -71,6 +71,11 @@ def show(record: Record) -> str:
     return record.instruction + (f"\n\nInput:\n{record.input}" if record.input else "")
 
 
+def messages(record: Record) -> list[dict[str, str]]:
+    """The chat form a trainer takes (TRL's SFTTrainer): the task as the user's turn, the answer as the assistant's."""
+    return [{"role": "user", "content": show(record)}, {"role": "assistant", "content": record.output or ""}]
+
+
 def record_id(*parts: object) -> str:
     """A deterministic id, so a resumed run names records as an uninterrupted one does."""
     return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:16]
@@ -104,6 +109,15 @@ SCHEMA = _schema()
 def to_table(records: list[Record]) -> pa.Table:
     columns = {name: [getattr(r, name) for r in records] for name in SCHEMA.names}
     return pa.Table.from_pydict(columns, schema=SCHEMA)
+
+
+# The dataset's files add the chat form beside instruction/input/output; stage files do without it.
+MESSAGES = pa.field("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))
+DATASET_SCHEMA = SCHEMA.append(MESSAGES)
+
+
+def to_dataset_table(records: list[Record]) -> pa.Table:
+    return to_table(records).append_column(MESSAGES, pa.array([messages(r) for r in records], MESSAGES.type))
 
 
 def from_table(table: pa.Table) -> list[Record]:

@@ -1,16 +1,12 @@
-"""The run report (report.json) and the dataset card (dataset/README.md)."""
+"""The run report (report.json)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
-import pyarrow as pa
-
 from germinate.config import RunConfig
 from germinate.metrics import Metrics
-from germinate.records import SCHEMA, Record, to_table
+from germinate.records import Record, to_dataset_table
 from germinate.stats import StageStats
 
 
@@ -18,6 +14,7 @@ def build_report(
     config: RunConfig,
     stages: list[StageStats],
     strategies: dict[str, dict[str, Any]],
+    seeds: int,
     records: list[Record],
     metrics: Metrics,
     dataset_dir: str,
@@ -27,32 +24,17 @@ def build_report(
         "run_id": config.run_id,
         "strategy": config.strategy_label,
         "strategies": strategies,
+        "seeds": seeds,
         "models": sorted({r.model for r in records if r.model}),
         "dataset": dataset_dir,
         "rows": len(records),
-        "dataset_bytes": to_table(records).nbytes,
+        "dataset_bytes": to_dataset_table(records).nbytes,
         "wall_seconds": round(wall_seconds, 2),
         "llm_calls": sum(s.llm_calls for s in stages),
         "budget": config.budget.model_dump(),
         "stages": [s.to_dict() for s in stages],
         "metrics": metrics.to_dict(),
     }
-
-
-_HF_DTYPES = {pa.float64(): "float64"}  # Arrow calls it "double"; the Hub's card format wants float64
-
-
-def _feature(field: pa.Field) -> dict[str, str]:
-    if pa.types.is_list(field.type):
-        return {"name": field.name, "list": _HF_DTYPES.get(field.type.value_type, str(field.type.value_type))}
-    return {"name": field.name, "dtype": _HF_DTYPES.get(field.type, str(field.type))}
-
-
-def _size_category(rows: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
-        if rows < limit:
-            return name
-    return "n>1M"
 
 
 def describe_metrics(m: dict[str, Any]) -> str:
@@ -63,41 +45,46 @@ def describe_metrics(m: dict[str, Any]) -> str:
     )
 
 
-def dataset_card(config: RunConfig, report: dict[str, Any]) -> str:
-    metadata = {
-        "language": ["en"],
-        "license": "other",
-        "task_categories": ["text-generation"],
-        "size_categories": [_size_category(report["rows"])],
-        "tags": ["synthetic", "germinate", *config.strategies],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
-        "dataset_info": {
-            "features": [_feature(f) for f in SCHEMA],
-            "splits": [{"name": "train", "num_bytes": report["dataset_bytes"], "num_examples": report["rows"]}],
-        },
-    }
-    rows = "\n".join(
+def stage_table(report: dict[str, Any]) -> str:
+    """Markdown: per stage, records in and kept, drops by reason, LLM calls, tokens and wall time."""
+    rows = "".join(
         f"| {s['stage']} | {s['records_in']} | {s['kept']} | "
-        f"{', '.join(f'{k}: {v}' for k, v in s['dropped'].items()) or '-'} | {s['llm_calls']} |"
+        f"{', '.join(f'{k}: {v}' for k, v in sorted(s['dropped'].items())) or '-'} | {s['llm_calls']} | "
+        f"{s['prompt_tokens'] + s['completion_tokens']:,} | {s['seconds']:.0f}s |\n"
         for s in report["stages"]
     )
-    return f"""---
-{yaml.safe_dump(metadata, sort_keys=False)}---
+    header = "| stage | in | kept | dropped (reason: count) | LLM calls | tokens | time |\n"
+    return header + "|---|---|---|---|---|---|---|\n" + rows
 
-# Synthetic instruction dataset (germinate run `{config.run_id}`)
 
-Generated with germinate from {config.seeds.name} using the
-**{config.strategy_label}** strategy and the model(s) {", ".join(report["models"]) or "-"}.
+def strategy_table(report: dict[str, Any]) -> str:
+    rows = "".join(
+        f"| {name} | {s['share']:.0%} | {s['max_llm_calls']} | {s['expand_calls']} | {s['records']} |\n"
+        for name, s in report["strategies"].items()
+    )
+    return "| strategy | share | LLM calls allowed | expansion calls | records made |\n|---|---|---|---|---|\n" + rows
 
-| stage | in | kept | dropped | LLM calls |
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The run report as the Prefect UI shows it."""
+    m = report["metrics"]
+    row = (f"| {m['rows']}/{m['generated']} | {m['mean_distance']:.3f} | {m['clusters_covered']}/{m['clusters']} | "
+           f"{m['distinct_bigrams']:.2f} | {m['seed_similarity']:.3f} |")
+    published = f" · published: {report['published']}" if report.get("published") else ""
+    return f"""# germinate run `{report['run_id']}`
+
+{report['rows']} rows in `{report['dataset']}` · {report['llm_calls']}/{report['budget']['max_llm_calls']} LLM calls ·
+{report['wall_seconds']:.0f}s wall{published}
+
+## Stages
+
+{stage_table(report)}
+## Strategies
+
+{strategy_table(report)}
+## Diversity and relevance
+
+| kept/generated | pairwise distance | clusters covered | distinct-2 | seed cosine |
 |---|---|---|---|---|
-{rows}
-
-Budget: {report["budget"]["max_llm_calls"]} LLM calls, {report["budget"]["max_records"]} rows.
-Diversity: {describe_metrics(report["metrics"])}.
-Rows: {report["rows"]}. Columns: instruction, input, output, each row's provenance
-(strategy, seed_id, parent_id, hop, operation; AIDE: topic, attribute, persona; TCIA: task_type,
-basic_query, constraints; GLAN: field, discipline, subject, sessions, concepts; prompt hash, model) and quality
-(reflection_score: the instruction's relevance to its seed; quality_score and quality_critique: the
-judge's view of the answer; cluster: its k-means cluster in diversity selection).
+{row}
 """

@@ -14,14 +14,16 @@ from typing import Callable
 
 import yaml
 
-from germinate.config import RunConfig, dump_config
+from germinate.config import NOT_DATA, RunConfig, dump_config
 from germinate.errors import UserError
-from germinate.io import load_seeds, read_records, write_atomic, write_records
+from germinate.io import load_seeds, read_records, write_atomic, write_records, write_table
 from germinate.llm import check_llm
-from germinate.records import Record
+from germinate.records import Record, to_dataset_table
 from germinate.stats import StageStats, Usage
 
-DATASET_SHARD_ROWS = 100_000
+# Arrow bytes per data file (Parquet with zstd is several times smaller): files the Hub and `datasets`
+# stream comfortably, as `push_to_hub`'s default shard size does.
+DATASET_SHARD_BYTES = 256 * 2**20
 EXPAND_STAGE = "expand"  # the first stage of every run, whatever the strategy
 
 
@@ -43,6 +45,13 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 class Run:
     def __init__(self, root: Path):
         self.root = root
+
+    @classmethod
+    def open(cls, root: Path) -> Run:
+        """An existing run directory named by a user."""
+        if not (root / "config.yaml").exists():
+            raise UserError(f"{root}: not a germinate run directory (no config.yaml)")
+        return cls(root)
 
     @property
     def config_path(self) -> Path:
@@ -127,18 +136,27 @@ class Run:
             raise UserError(f"{self.root}: no dataset (not a germinate run, or it has not finished)")
         return self._read_all(folder, "train-*.parquet")
 
-    def write_dataset(self, records: list[Record], card: str) -> list[Path]:
-        """Hugging Face layout: data/train-XXXXX-of-YYYYY.parquet and a README.md card."""
-        data_dir = self.dataset_dir / "data"
-        if data_dir.exists():
-            shutil.rmtree(data_dir)  # a rerun of the last stage replaces the whole split
-        count = max(1, -(-len(records) // DATASET_SHARD_ROWS))
+    def write_dataset(
+        self, records: list[Record], files: dict[str, bytes], shard_bytes: int = DATASET_SHARD_BYTES
+    ) -> list[Path]:
+        """Hugging Face layout: data/train-XXXXX-of-YYYYY.parquet, cut by size, beside the card's
+        files (README.md, images/). Built beside the old folder and swapped in: never a mix of two."""
+        table = to_dataset_table(records)
+        rows_per_file = max(1, len(records) * shard_bytes // max(table.nbytes, 1))
+        count = max(1, -(-len(records) // rows_per_file))
+        staging = self.root / f".dataset.tmp-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
         paths = []
         for i in range(count):
-            path = data_dir / f"train-{i:05d}-of-{count:05d}.parquet"
-            write_records(path, records[i * DATASET_SHARD_ROWS : (i + 1) * DATASET_SHARD_ROWS])
-            paths.append(path)
-        write_atomic(self.dataset_dir / "README.md", card.encode())
+            paths.append(self.dataset_dir / "data" / f"train-{i:05d}-of-{count:05d}.parquet")
+            write_table(staging / "data" / paths[-1].name, table.slice(i * rows_per_file, rows_per_file))
+        for name, data in files.items():
+            write_atomic(staging / name, data)
+        replaced = self.root / f".dataset.old-{os.getpid()}"
+        if self.dataset_dir.exists():
+            self.dataset_dir.rename(replaced)
+        staging.rename(self.dataset_dir)
+        shutil.rmtree(replaced, ignore_errors=True)
         return paths
 
 
@@ -152,7 +170,9 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, Run]:
     if config.run_id and (config.output_dir / config.run_id / "config.yaml").exists():
         run = Run(config.output_dir / config.run_id)
         stored = yaml.safe_load(run.config_path.read_text())
-        changed = _differences(stored, config.model_dump(mode="json"))
+        changed = _differences(
+            {k: v for k, v in stored.items() if k not in NOT_DATA}, config.model_dump(mode="json", exclude=NOT_DATA)
+        )
         if changed:
             raise UserError(
                 f"run '{config.run_id}' was started with other settings ({'; '.join(changed[:3])}); "

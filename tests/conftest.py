@@ -1,5 +1,7 @@
 import json
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -23,6 +25,14 @@ TINY_SEEDS = [
      "output": "Tom has 3 + 5 = 8 apples."},
     {"id": "s-haiku", "instruction": "Write a haiku about autumn leaves.", "category": "writing"},
 ]
+
+
+def germinate(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120):
+    """The command line in its own process, as a user runs it; `env` adds to this process's environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "germinate.cli", *args], cwd=cwd, env={**os.environ, "COLUMNS": "200", **(env or {})},
+        capture_output=True, text=True, timeout=timeout,
+    )
 
 
 @pytest.fixture

@@ -1,15 +1,21 @@
-"""Real HTTP servers on loopback for the LLM layer's tests.
+"""Real HTTP servers on loopback for the tests.
 
 `FaultyServer` speaks the OpenAI chat-completions protocol and misbehaves on
 purpose: 429s, 500s, answers that arrive after the client's timeout, broken
 JSON. Its successful answers are built from the request's JSON schema, so
 every structured call of the pipeline gets a valid instance.
+
+`RecordingHub` stands in for the Hugging Face Hub, which no machine here
+reaches: it answers the calls huggingface_hub makes to publish a dataset and
+records them, with the files committed.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,7 +41,51 @@ def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
     return "a concise answer about the task"[: schema.get("maxLength")]
 
 
-class FaultyServer:
+class JSONHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, quiet, answers in JSON."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        try:
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (a timeout)
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) for the life of a `with` block."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        raise NotImplementedError
+
+
+class FaultyServer(LoopbackServer):
     """`fail_share` of distinct requests fail once (with each of `kinds` in turn) and then succeed;
     `dead_share` fail every time, and so do those whose messages contain `dead_when`.
     Decided by a hash of the messages, so it is repeatable.
@@ -56,28 +106,17 @@ class FaultyServer:
         self.dead_share = dead_share
         self.delay_s = delay_s
         self.timeout_s = timeout_s
-        self.lock = threading.Lock()
         self.attempts: dict[str, int] = {}
         self.failed_once = 0
         self.in_flight = 0
         self.max_in_flight = 0
         self.requests = 0
         self.faults: dict[str, int] = dict.fromkeys(FAULTS, 0)
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__()
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> FaultyServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        return f"{self.url}/v1"
 
     def _plan(self, body: dict[str, Any]) -> str | None:
         key = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
@@ -120,22 +159,7 @@ class FaultyServer:
     def _handler(self):
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, status: int, payload: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                try:
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout): that is the point of "slow"
-
+        class Handler(JSONHandler):
             def do_GET(self) -> None:
                 self._send(200, b'{"object": "list", "data": [{"id": "faulty-model", "object": "model", "owned_by": "test"}]}')
 
@@ -157,5 +181,70 @@ class FaultyServer:
                     with server.lock:
                         server.in_flight -= 1
                 self._send(status, payload)
+
+        return Handler
+
+
+class RecordingHub(LoopbackServer):
+    """The Hub API calls that `HfApi.create_repo`, `create_branch`, `list_repo_files` and
+    `create_commit` make for a dataset repo. Every file is accepted as a regular (inline, base64)
+    upload: the Hub's LFS/Xet storage for large files is not emulated.
+
+    `calls` holds (method, path, Authorization header); `repos` each repo's files after the last
+    commit, by path; `private` each created repo's visibility."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str | None]] = []
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.private: dict[str, bool] = {}
+        super().__init__()
+
+    def _reply(self, method: str, path: str, body: bytes) -> tuple[int, Any]:
+        if path == "/api/repos/create":
+            data = json.loads(body)
+            repo = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
+            self.repos.setdefault(repo, {})
+            self.private[repo] = data.get("visibility") == "private" or bool(data.get("private"))
+            return 200, {"url": f"{self.url}/datasets/{repo}", "name": repo}
+        if path == "/api/validate-yaml":
+            return 200, {}
+        match = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/(branch|tree|preupload|commit)/([^/?]+)(?:/.*)?", path)
+        if not match:
+            return 404, {"error": f"not emulated: {method} {path}"}
+        repo, action, _revision = match.groups()
+        files = self.repos.setdefault(repo, {})
+        if action == "branch":
+            return 200, {}
+        if action == "tree":
+            return 200, [{"type": "file", "path": p, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                         for p, d in sorted(files.items())]
+        if action == "preupload":
+            return 200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                   for f in json.loads(body)["files"]]}
+        for line in body.splitlines():  # the commit: NDJSON, a header then one line per operation
+            item = json.loads(line)
+            if item["key"] == "file":
+                files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] == "deletedFile":
+                files.pop(item["value"]["path"])
+        return 200, {"commitUrl": f"{self.url}/datasets/{repo}/commit/{'0' * 40}", "commitOid": "0" * 40}
+
+    def _handler(self):
+        server = self
+
+        class Handler(JSONHandler):
+            def _serve(self, method: str) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?")[0]
+                with server.lock:
+                    server.calls.append((method, path, self.headers.get("Authorization")))
+                    status, payload = server._reply(method, path, body)
+                self._send(status, json.dumps(payload).encode())
+
+            def do_GET(self) -> None:
+                self._serve("GET")
+
+            def do_POST(self) -> None:
+                self._serve("POST")
 
         return Handler

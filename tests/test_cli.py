@@ -1,21 +1,10 @@
 """The command line as a user meets it: bad input ends with one line, exit code 2, nothing written."""
 
-import os
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import DATA
-
-
-def germinate(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "germinate.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
+from conftest import DATA, germinate
 
 
 def free_port() -> int:

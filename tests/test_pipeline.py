@@ -1,6 +1,7 @@
 """End to end: seeds -> AIDE expand -> respond -> quality gate -> dataset, under the Prefect flow."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -9,7 +10,10 @@ from datasets import load_dataset
 
 from conftest import GATE_OFF, TINY_SEEDS, tiny_config
 from flows.build import GATE, build_dataset
-from germinate.records import SCHEMA
+from generators import respond
+from germinate.errors import UserError
+from germinate.records import DATASET_SCHEMA
+from germinate.report import describe_metrics
 from germinate.runs import Run
 from servers import FaultyServer
 
@@ -34,7 +38,7 @@ def embedded_run(tmp_path_factory):
 def test_dataset_loads_with_datasets_and_has_the_schema(embedded_run):
     config, report, run = embedded_run
     dataset = load_dataset("parquet", data_dir=str(run.dataset_dir / "data"), split="train")
-    assert dataset.column_names == SCHEMA.names
+    assert dataset.column_names == DATASET_SCHEMA.names
     assert len(dataset) == report["rows"] > len(TINY_SEEDS)
     assert all(row["output"] for row in dataset)  # every instruction was answered
     card = (run.dataset_dir / "README.md").read_text()
@@ -109,7 +113,7 @@ def test_report_measures_diversity_and_relevance(embedded_run):
     assert metrics["generated"] == expand["kept"] + sum(expand["dropped"].values())
     assert 0 < metrics["mean_distance"] < 1.5 and 0 < metrics["seed_similarity"] <= 1
     assert 1 <= metrics["clusters_covered"] <= metrics["clusters"] and 0 < metrics["distinct_bigrams"] <= 1
-    assert "Diversity: mean pairwise cosine distance" in (run.dataset_dir / "README.md").read_text()
+    assert describe_metrics(metrics) in (run.dataset_dir / "README.md").read_text()
 
 
 def test_failed_requests_become_rejected_records(tmp_path):
@@ -134,3 +138,33 @@ def test_failed_requests_become_rejected_records(tmp_path):
     rows = pq.read_table(run.dataset_dir / "data").to_pylist()
     assert len(rows) == report["rows"] > len(TINY_SEEDS)
     assert {r["model"] for r in rows if r["strategy"] == "aide"} == {"faulty-model"}
+
+
+@pytest.mark.parametrize("error", [OSError("disk hiccup"), UserError("seeds.jsonl:3: bad line")])
+def test_a_failed_shard_task_is_retried_unless_the_user_must_fix_something(tmp_path, monkeypatch, error):
+    """Fault injected: each respond shard task raises once, as a crashed worker or a locked cache
+    would. Prefect retries such a task; a UserError fails the run at once, with no retry."""
+    attempts = Counter()
+    answer = respond.respond
+
+    def fails_once(llm, records, *args):
+        attempts[records[0].id] += 1
+        if attempts[records[0].id] == 1:
+            raise error
+        return answer(llm, records, *args)
+
+    monkeypatch.setattr(respond, "respond", fails_once)
+    with FaultyServer() as server:
+        config = tiny_config(
+            write_seeds(tmp_path), tmp_path / "runs", llm={"backend": "openai", "base_url": server.base_url},
+            aide__personas=0, quality=GATE_OFF, orchestration={"task_retries": 2, "retry_delay_s": 0.01},
+        )
+        if isinstance(error, UserError):
+            with pytest.raises(UserError):
+                build_dataset(config)
+            assert set(attempts.values()) == {1}
+            return
+        report = build_dataset(config)
+    assert len(attempts) == -(-report["stages"][1]["records_in"] // config.shard_size) > 1  # every shard ...
+    assert set(attempts.values()) == {2}  # ... failed once and passed on its retry
+    assert report["rows"] == report["stages"][1]["kept"]

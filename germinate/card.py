@@ -1,0 +1,149 @@
+"""The dataset card: README.md with the Hub's YAML metadata, how the data was made, and its plots."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from typing import Any, get_args
+
+import pyarrow as pa
+import yaml
+
+from germinate.config import RunConfig, StrategyName
+from germinate.records import DATASET_SCHEMA, Record
+from germinate.report import describe_metrics, stage_table, strategy_table
+
+_HF_DTYPES = {pa.float64(): "float64"}  # Arrow calls it "double"; the Hub's card format wants float64
+CLUSTER_PLOT = "images/cluster_sizes.png"
+SCORE_PLOT = "images/quality_scores.png"
+
+
+def _hf_type(arrow_type: pa.DataType) -> dict[str, Any]:
+    if pa.types.is_list(arrow_type):
+        (inner,) = _hf_type(arrow_type.value_type).values()
+        return {"list": inner}
+    if pa.types.is_struct(arrow_type):
+        return {"struct": [{"name": f.name, **_hf_type(f.type)} for f in arrow_type]}
+    return {"dtype": _HF_DTYPES.get(arrow_type, str(arrow_type))}
+
+
+def features() -> list[dict[str, Any]]:
+    """The dataset's columns in the card's `dataset_info.features` form."""
+    return [{"name": f.name, **_hf_type(f.type)} for f in DATASET_SCHEMA]
+
+
+def _size_category(rows: int) -> str:
+    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if rows < limit:
+            return name
+    return "n>1M"
+
+
+def _png(draw) -> bytes:
+    from matplotlib.figure import Figure  # no pyplot: no global figure state, no display needed
+
+    figure = Figure(figsize=(6, 3), layout="constrained")
+    draw(figure.subplots())
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def plots(records: list[Record]) -> dict[str, bytes]:
+    """Rows per k-means cluster (diversity selection) and the judge's scores, where the run made them."""
+    found = {}
+    sizes = Counter(r.cluster for r in records if r.cluster is not None)
+    if sizes:
+        ordered = sizes.most_common()
+
+        def clusters(ax):
+            ax.bar(range(len(ordered)), [n for _, n in ordered], color="#4c72b0")
+            ax.set(xlabel="k-means cluster (largest first)", ylabel="rows", title="Rows per cluster")
+            ax.set_xticks(range(len(ordered)), [str(c) for c, _ in ordered], fontsize=7)
+
+        found[CLUSTER_PLOT] = _png(clusters)
+    scores = [r.quality_score for r in records if r.quality_score is not None]
+    if scores:
+
+        def histogram(ax):
+            ax.hist(scores, bins=[b + 0.5 for b in range(0, 11)], color="#55a868", edgecolor="white")
+            ax.set(xlabel="judge's score of the answer (1-10)", ylabel="rows", title="Answer quality scores")
+            ax.set_xticks(range(1, 11))
+
+        found[SCORE_PLOT] = _png(histogram)
+    return found
+
+
+def _settings(config: RunConfig) -> str:
+    """The run's config as it shaped the data: used strategies' sections only, file names not local paths."""
+    unused = {name.replace("-", "_") for name in get_args(StrategyName) if name not in config.strategies}
+    settings = config.model_dump(mode="json", exclude={"output_dir", "hub", *unused})
+    settings["seeds"] = config.seeds.name
+    for section, key in (("tcia", "library"), ("glan", "taxonomy")):
+        if section in settings:
+            settings[section][key] = getattr(getattr(config, section), key).name
+    return yaml.safe_dump(settings, sort_keys=False)
+
+
+def dataset_card(config: RunConfig, report: dict[str, Any], images: list[str]) -> str:
+    languages = config.quality.heuristics.languages if config.quality.heuristics.enabled else []
+    metadata = {
+        "language": languages or ["en"],
+        "license": config.hub.license,
+        "task_categories": ["text-generation"],
+        "size_categories": [_size_category(report["rows"])],
+        "tags": ["synthetic", "germinate", "instruction-tuning", *config.strategies],
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+        "dataset_info": {
+            "features": features(),
+            "splits": [{"name": "train", "num_bytes": report["dataset_bytes"], "num_examples": report["rows"]}],
+        },
+    }
+    gate = [name for name, stage in config.quality if stage.enabled]
+    figures = "\n\n".join(f"![{path.removeprefix('images/').removesuffix('.png')}]({path})" for path in images)
+    where = config.hub.repo_id or "path/to/this/folder"
+    budget = report["budget"]
+    return f"""---
+{yaml.safe_dump(metadata, sort_keys=False)}---
+
+# Synthetic instruction dataset (germinate run `{config.run_id}`)
+
+{report["rows"]} instruction-response pairs grown with germinate from {report["seeds"]} seed tasks
+(`{config.seeds.name}`) by the **{config.strategy_label}** strategy with the model(s)
+{", ".join(f"`{m}`" for m in report["models"]) or "-"}, then filtered and chosen for diversity.
+
+## How it was made
+
+{strategy_table(report)}
+Budget: {budget["max_llm_calls"]} LLM calls ({report["llm_calls"]} used), {budget["max_records"]} rows.
+Quality gate: {", ".join(gate) or "none"}. Seeds are {"" if config.include_seeds else "not "}rows of the dataset.
+
+{stage_table(report)}
+Every dropped record is kept with its reason in the run's `stages/*/rejected-*.parquet`.
+
+<details><summary>The run's settings</summary>
+
+```yaml
+{_settings(config)}```
+</details>
+
+## Diversity
+
+{describe_metrics(report["metrics"])} (embeddings: {config.embedding.model}).
+
+{figures}
+
+## Columns
+
+`instruction`, `input`, `output`, and `messages` (the same pair as chat turns, for TRL's `SFTTrainer`);
+each row's provenance (strategy, seed_id, parent_id, hop, operation; AIDE: topic, attribute, persona; TCIA:
+task_type, basic_query, constraints; GLAN: field, discipline, subject, sessions, concepts; prompt hash, model)
+and quality (reflection_score: the instruction's relevance to its seed; quality_score and quality_critique:
+the judge's view of the answer; cluster: its k-means cluster in diversity selection).
+
+```python
+from datasets import load_dataset
+
+rows = load_dataset("{where}", split="train")
+```
+"""

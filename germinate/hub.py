@@ -1,0 +1,53 @@
+"""Publishing a run's dataset folder to the Hugging Face Hub.
+
+The token is huggingface_hub's to find (HF_TOKEN, or `hf auth login`'s file); germinate never
+reads it, so it cannot reach a config, a log line, a report or a Prefect artifact.
+"""
+
+from __future__ import annotations
+
+from germinate.errors import UserError
+from germinate.runs import Run
+
+
+def publish(run: Run, repo_id: str, private: bool = False, revision: str | None = None) -> str:
+    """Upload dataset/ (data shards, card, images) as one commit; files of an earlier publish that
+    this one no longer has (fewer shards) are deleted in the same commit. Returns the commit's URL."""
+    import httpx2  # huggingface_hub's HTTP client: its errors (and the Hub's, a subclass) are these
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    run.dataset()  # a clear error when the run has no dataset yet
+    if get_token() is None:
+        raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
+    folder = run.dataset_dir
+    files = {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if path.is_file()}
+    api = HfApi()
+    try:
+        # Not private: the account's or organisation's default visibility.
+        api.create_repo(repo_id, repo_type="dataset", private=private or None, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
+        try:
+            present = api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
+        except RevisionNotFoundError:  # a new repo has no commit yet
+            present = []
+        stale = [p for p in present if p.startswith(("data/", "images/")) and p not in files]
+        commit = api.create_commit(
+            repo_id,
+            repo_type="dataset",
+            revision=revision,
+            operations=[
+                *(CommitOperationDelete(path_in_repo=p) for p in stale),
+                *(CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()),
+            ],
+            commit_message=f"germinate run {run.root.name}",
+        )
+    except httpx2.HTTPError as exc:
+        raise UserError(f"{repo_id}: publishing to the Hub failed ({_first_line(exc)})") from None
+    return commit.commit_url
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
