@@ -15,7 +15,7 @@ from typing import Callable, TypeVar
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from filters import dedup, heuristics, reflection, select
 from flows.artifacts import StageProgress, report_artifacts
@@ -72,6 +72,17 @@ def _retrying(shard_task, config: RunConfig):
         retry_jitter_factor=0.5,
         retry_condition_fn=_transient,
     )
+
+
+def _task_runner(config: RunConfig) -> TaskRunner:
+    """Chosen per run, inside the flow, so a deployment or a served flow runs where its config says."""
+    if config.orchestration.task_runner == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError:
+            raise UserError("orchestration.task_runner: ray needs the ray extra (pip install -e '.[ray]')") from None
+        return RayTaskRunner(address=config.orchestration.ray_address)
+    return ThreadPoolTaskRunner(max_workers=config.orchestration.workers)
 
 
 def _shards(items: list[T], size: int) -> list[list[T]]:
@@ -154,7 +165,7 @@ def filter_stage(config: RunConfig, stage: str, source: str) -> StageStats:
     return run.run_shard(stage, 0, len(records), produce, Usage())
 
 
-def _expand(config: RunConfig, run: Run) -> tuple[StageStats, dict[str, dict]]:
+def _expand(config: RunConfig, run: Run, runner: TaskRunner) -> tuple[StageStats, dict[str, dict]]:
     """Seeds are paid for first; what is left is split by the strategies' shares, then over each
     strategy's units (seeds, disciplines) so a shard's share does not depend on the sharding."""
     seeds = run.seeds()
@@ -175,7 +186,9 @@ def _expand(config: RunConfig, run: Run) -> tuple[StageStats, dict[str, dict]]:
         unit_rows = _shards(allocate(rows[name], len(units)), config.shard_size)
         submitted[name] = []
         for shard, (c, r) in enumerate(zip(unit_calls, unit_rows)):
-            submitted[name].append(expand.submit(config, name, index, shard, calls[name], rows[name], c, r))
+            parameters = dict(config=config, strategy=name, index=index, shard=shard, strategy_calls=calls[name],
+                              strategy_rows=rows[name], calls=c, rows=r)
+            submitted[name].append(runner.submit(expand, parameters))
             index += 1
     merged = _stage(EXPAND, config.budget.max_llm_calls, [f for fs in submitted.values() for f in fs], seed_stats)
     strategies = {}
@@ -208,49 +221,64 @@ def _stage(name: str, total: int, futures, *done: StageStats) -> StageStats:
     return merged
 
 
-@flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=4), persist_result=False, log_prints=True)
+def _build(config: RunConfig, run: Run, runner: TaskRunner, start: float) -> tuple[dict, list[Record]]:
+    """The stages in order, their shard tasks on `runner`; writes the dataset and the report."""
+    expand_stats, strategies = _expand(config, run, runner)
+    expanded = run.kept(EXPAND)
+    answer, judge = _retrying(respond_shard, config), _retrying(reflect_shard, config)
+    respond_stats = _stage(
+        respond.STAGE,
+        sum(1 for r in expanded if not r.output),
+        [runner.submit(answer, {"config": config, "index": i})
+         for i in range(len(_shards(expanded, config.shard_size)))],
+    )
+    stages = [expand_stats, respond_stats]
+    source = respond.STAGE
+    for stage in GATE:
+        if not getattr(config.quality, stage).enabled:
+            continue
+        records = stages[-1].kept  # the records this stage reads: no need to read them here too
+        if stage == reflection.STAGE:
+            # First judgements were paid for at expansion; revisions get what is left.
+            spent = sum(s.llm_calls for s in stages) + records
+            count = len(_shards(range(records), config.shard_size))
+            shares = allocate(max(0, config.budget.max_llm_calls - spent), count)
+            futures = [runner.submit(judge, {"config": config, "index": i, "source": source, "calls": c})
+                       for i, c in enumerate(shares)]
+        else:
+            futures = [runner.submit(filter_stage, {"config": config, "stage": stage, "source": source})]
+        stages.append(_stage(stage, records, futures))
+        source = stage
+    final = run.kept(source)
+    metrics = run_metrics(run, final, config.embedding.model)
+    report = build_report(
+        config, stages, strategies, len(run.seeds()), final, metrics, str(run.dataset_dir),
+        time.perf_counter() - start,
+    )
+    images = plots(final)
+    run.write_dataset(final, {"README.md": dataset_card(config, report, list(images)).encode(), **images})
+    if config.hub.repo_id:
+        report["published"] = publish(run, config.hub.repo_id, config.hub.private, config.hub.revision)
+    write_atomic(run.report_path, json.dumps(report, indent=2).encode())
+    return report, final
+
+
+def check_run(config: RunConfig) -> None:
+    """What a user can get wrong beyond the config's own checks, found before anything is written."""
+    check_strategies(config)
+    _task_runner(config)
+
+
+@flow(name="build-dataset", persist_result=False, log_prints=True)
 def build_dataset(config: RunConfig) -> dict:
     """Seeds -> expand (the configured strategies) -> respond -> quality gate -> Hugging Face dataset folder.
     Resumes finished shards."""
     start = time.perf_counter()
-    check_strategies(config)
+    check_run(config)
     config, run = prepare_run(config)
     try:
-        expand_stats, strategies = _expand(config, run)
-        expanded = run.kept(EXPAND)
-        answer, judge = _retrying(respond_shard, config), _retrying(reflect_shard, config)
-        respond_stats = _stage(
-            respond.STAGE,
-            sum(1 for r in expanded if not r.output),
-            [answer.submit(config, i) for i in range(len(_shards(expanded, config.shard_size)))],
-        )
-        stages = [expand_stats, respond_stats]
-        source = respond.STAGE
-        for stage in GATE:
-            if not getattr(config.quality, stage).enabled:
-                continue
-            records = stages[-1].kept  # the records this stage reads: no need to read them here too
-            if stage == reflection.STAGE:
-                # First judgements were paid for at expansion; revisions get what is left.
-                spent = sum(s.llm_calls for s in stages) + records
-                count = len(_shards(range(records), config.shard_size))
-                shares = allocate(max(0, config.budget.max_llm_calls - spent), count)
-                futures = [judge.submit(config, i, source, c) for i, c in enumerate(shares)]
-            else:
-                futures = [filter_stage.submit(config, stage, source)]
-            stages.append(_stage(stage, records, futures))
-            source = stage
-        final = run.kept(source)
-        metrics = run_metrics(run, final, config.embedding.model)
-        report = build_report(
-            config, stages, strategies, len(run.seeds()), final, metrics, str(run.dataset_dir),
-            time.perf_counter() - start,
-        )
-        images = plots(final)
-        run.write_dataset(final, {"README.md": dataset_card(config, report, list(images)).encode(), **images})
-        if config.hub.repo_id:
-            report["published"] = publish(run, config.hub.repo_id, config.hub.private, config.hub.revision)
-        write_atomic(run.report_path, json.dumps(report, indent=2).encode())
+        with _task_runner(config) as runner:
+            report, final = _build(config, run, runner, start)
         report_artifacts(report, final)
         return report
     finally:

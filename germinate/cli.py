@@ -115,6 +115,10 @@ def run(
     concurrency: Optional[int] = typer.Option(None, help="LLM requests in flight at once."),
     output_dir: Optional[Path] = typer.Option(None, help="Where runs are written (default data/runs)."),
     run_id: Optional[str] = typer.Option(None, help="Name the run; an existing id resumes that run."),
+    task_runner: Optional[str] = typer.Option(None, help="Where shard tasks run: threads (default) or ray."),
+    ray_address: Optional[str] = typer.Option(
+        None, help="Ray cluster for --task-runner ray: auto, ray://head:10001 (default: a local Ray for the run)."
+    ),
 ) -> None:
     """Run the pipeline: seeds -> expand -> respond -> quality gate -> dataset/ (Parquet + dataset card)."""
     overrides = {
@@ -129,18 +133,19 @@ def run(
         "llm.concurrency": concurrency,
         "output_dir": output_dir,
         "run_id": run_id,
+        "orchestration.task_runner": task_runner,
+        "orchestration.ray_address": ray_address,
     }
     resolved = None
+    # Our progress bars and summary are the console output; Prefect's run logs still reach its API/UI.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     try:
-        from generators import check_strategies
+        from flows.build import build_dataset, check_run
         from germinate.runs import prepare_run
 
         resolved = build_config(config, overrides)
-        check_strategies(resolved)
+        check_run(resolved)
         resolved, _ = prepare_run(resolved)
-        # Our progress bars and summary are the console output; Prefect's run logs still reach its API/UI.
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
-        from flows.build import build_dataset
 
         with Progress(
             TextColumn("{task.description:>14}"),
@@ -177,7 +182,7 @@ def compare(
     except UserError as exc:
         raise _fail(exc) from None
     table = Table()
-    for column in ("run", "kept/generated", "pairwise distance", "clusters", "distinct-2", "seed cosine"):
+    for column in ("run", "kept/generated", "distance", "clusters", "distinct-2", "seed cosine"):
         table.add_column(column, justify="left" if column == "run" else "right", no_wrap=column == "run")
     for name, m in results.items():
         table.add_row(
@@ -190,7 +195,7 @@ def compare(
         )
     console.print(table)
     console.print(
-        "pairwise distance: mean cosine distance between instructions; clusters: k-means clusters of all the "
+        "distance: mean pairwise cosine distance between instructions; clusters: k-means clusters of all the "
         "runs' rows together that each run reaches; distinct-2: distinct word bigrams / all; seed cosine: mean "
         f"cosine of generated rows to their nearest seed (relevance). Embeddings: {embedding_model}.",
     )
@@ -297,13 +302,11 @@ def serve(
             CronSchedule(cron=cron)
         except ValueError:
             raise UserError(f"--cron: '{cron}' is not a cron expression (e.g. \"0 3 * * *\")") from None
-        from generators import check_strategies
+        from flows.build import build_dataset, check_run
 
-        check_strategies(resolved)
+        check_run(resolved)
     except UserError as exc:
         raise _fail(exc) from None
-    from flows.build import build_dataset
-
     build_dataset.serve(
         name=name or config.stem, cron=cron, parameters={"config": resolved.model_dump(mode="json")},
         tags=["germinate", *resolved.strategies],

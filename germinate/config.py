@@ -42,6 +42,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Endpoint(Section):
+    base_url: str = Field(description="an OpenAI-compatible server, e.g. http://gpu-3:8000/v1")
+    concurrency: int | None = Field(
+        None, ge=1, le=4096, description="requests in flight there (default: llm.concurrency)"
+    )
+
+
 class LLMConfig(Section):
     backend: Literal["llamacpp", "openai", "vllm"] = "llamacpp"
     model: str | None = Field(
@@ -50,18 +57,33 @@ class LLMConfig(Section):
         "openai/vllm: the model name (openai default: the server's first model)",
     )
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    endpoints: list[Endpoint] = Field(
+        [],
+        description="several servers of the same model instead of base_url (e.g. one vLLM per GPU): each request "
+        "goes to the least busy; a failing one leaves the rotation for a while",
+    )
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable that holds the API key")
     structured_output: Literal["auto", "json_schema", "json_object"] = Field(
         "auto",
         description="how the server takes a JSON schema: json_schema (vLLM, OpenAI) or "
         "json_object with a schema (llama.cpp); auto asks the server who it is",
     )
-    concurrency: int = Field(16, ge=1, le=4096, description="requests in flight at once")
+    concurrency: int = Field(16, ge=1, le=4096, description="requests in flight at once (at each endpoint)")
     max_retries: int = Field(4, ge=0, le=20)
     backoff_s: float = Field(0.5, gt=0, description="first retry delay; doubles each try, with jitter")
     timeout_s: float = Field(120.0, gt=0)
     n_ctx: int = Field(2048, ge=256, description="llamacpp context window")
     cache: bool = Field(True, description="keep responses on disk so a rerun pays nothing twice")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_servers(self) -> LLMConfig:
+        if self.base_url and self.endpoints:
+            raise ValueError("give 'llm.base_url' or 'llm.endpoints', not both")
+        return self
+
+    @property
+    def servers(self) -> list[Endpoint]:
+        return self.endpoints or ([Endpoint(base_url=self.base_url)] if self.base_url else [])
 
 
 class GenerationConfig(Section):
@@ -206,6 +228,13 @@ class HubConfig(Section):
 
 
 class OrchestrationConfig(Section):
+    task_runner: Literal["threads", "ray"] = Field(
+        "threads", description="where the shard tasks run: threads of this process, or a Ray cluster"
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster: 'auto' (this node's), ray://head:10001; unset: a local Ray for the run"
+    )
+    workers: int = Field(4, ge=1, le=256, description="threads: shard tasks at once")
     task_retries: int = Field(2, ge=0, le=10, description="retries of an LLM stage's shard task that fails on an error")
     retry_delay_s: float = Field(10.0, ge=0, description="first task retry delay; doubles each retry, with jitter")
 
@@ -265,8 +294,11 @@ class RunConfig(Section):
         return " + ".join(f"{name} {share:.0%}" for name, share in self.shares.items())
 
 
-# Sections that change where and how a run is executed or published, never its data: a resume may differ in them.
-NOT_DATA = {"hub", "orchestration"}
+# Settings of where and how a run is executed or published, never of its data: a resume may change
+# them (a run directory moved to another disk, another set of servers after one died, another repo).
+NOT_DATA = (
+    "output_dir", "run_id", "hub", "orchestration", "llm.base_url", "llm.endpoints", "llm.concurrency", "llm.timeout_s"
+)
 
 
 def describe_error(error: dict[str, Any]) -> str:

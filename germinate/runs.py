@@ -42,6 +42,18 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     return found
 
 
+def _data_settings(settings: dict) -> dict:
+    """The settings that shape a run's data: `NOT_DATA` (dotted keys) left out."""
+    kept = {**settings}
+    for dotted in NOT_DATA:
+        *parents, leaf = dotted.split(".")
+        node = kept
+        for part in parents:
+            node[part] = node = {**node.get(part, {})}
+        node.pop(leaf, None)
+    return kept
+
+
 class Run:
     def __init__(self, root: Path):
         self.root = root
@@ -170,9 +182,7 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, Run]:
     if config.run_id and (config.output_dir / config.run_id / "config.yaml").exists():
         run = Run(config.output_dir / config.run_id)
         stored = yaml.safe_load(run.config_path.read_text())
-        changed = _differences(
-            {k: v for k, v in stored.items() if k not in NOT_DATA}, config.model_dump(mode="json", exclude=NOT_DATA)
-        )
+        changed = _differences(_data_settings(stored), _data_settings(config.model_dump(mode="json")))
         if changed:
             raise UserError(
                 f"run '{config.run_id}' was started with other settings ({'; '.join(changed[:3])}); "

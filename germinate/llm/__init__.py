@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from germinate.llm.base import LLM, Backend, Completion, Request, Result
 from germinate.llm.cache import ResponseCache
 
 __all__ = ["LLM", "Backend", "Completion", "Request", "Result", "check_llm", "make_llm"]
+
+log = logging.getLogger(__name__)
 
 
 def check_llm(config: LLMConfig) -> LLMConfig:
@@ -30,19 +33,34 @@ def check_llm(config: LLMConfig) -> LLMConfig:
         return config
     from germinate.llm.openai_compat import probe_server
 
-    if not config.base_url:
+    if not config.servers:
         raise UserError("llm.base_url: the openai backend needs a server URL (e.g. http://localhost:8000/v1)")
-    models, dialect = probe_server(config.base_url, os.environ.get(config.api_key_env))
+    live, found, unreachable = [], [], []
+    for server in config.servers:
+        try:
+            found.append(probe_server(server.base_url, os.environ.get(config.api_key_env)))
+            live.append(server)
+        except UserError as exc:
+            if len(config.servers) == 1:
+                raise
+            unreachable.append(str(exc))
+    if not live:
+        raise UserError(f"llm.endpoints: no server answers ({'; '.join(unreachable)})")
+    for problem in unreachable:  # a run goes on with the servers it has
+        log.warning("left out: %s", problem)
+    models, dialect = found[0]
     model = config.model or (models[0] if models else None)
     if model is None:
-        raise UserError(f"llm.model: {config.base_url} serves no models; name one")
+        raise UserError(f"llm.model: {live[0].base_url} serves no models; name one")
     structured = dialect if config.structured_output == "auto" else config.structured_output
-    return config.model_copy(update={"model": model, "structured_output": structured})
+    servers = {"endpoints": live} if config.endpoints else {}
+    return config.model_copy(update={"model": model, "structured_output": structured, **servers})
 
 
 def make_llm(config: LLMConfig, cache_path: Path | None) -> LLM:
     config = check_llm(config)
     backend: Backend
+    concurrency = config.concurrency
     if config.backend == "llamacpp":
         from germinate.llm.llamacpp import LlamaCppBackend, resolve_model_path
 
@@ -52,20 +70,24 @@ def make_llm(config: LLMConfig, cache_path: Path | None) -> LLM:
 
         backend = VLLMBackend(config.model, max_model_len=config.n_ctx)
     else:
+        from germinate.llm.endpoints import Server, SpreadBackend
         from germinate.llm.openai_compat import OpenAIBackend
 
-        backend = OpenAIBackend(
-            config.base_url,
-            config.model,
-            api_key=os.environ.get(config.api_key_env),
-            dialect=config.structured_output,
-            timeout_s=config.timeout_s,
-        )
+        api_key = os.environ.get(config.api_key_env)
+        servers = [
+            Server(
+                OpenAIBackend(server.base_url, config.model, api_key, config.structured_output, config.timeout_s),
+                server.concurrency or config.concurrency,
+            )
+            for server in config.servers
+        ]
+        backend = SpreadBackend(servers)
+        concurrency = sum(server.concurrency for server in servers)
     cache = ResponseCache(cache_path) if (config.cache and cache_path) else None
     return LLM(
         backend,
         cache,
-        concurrency=config.concurrency,
+        concurrency=concurrency,
         max_retries=config.max_retries,
         backoff_s=config.backoff_s,
     )

@@ -69,6 +69,15 @@ class TransientError(Exception):
     """Worth another try: 429, 5xx, a timeout, a dropped connection."""
 
 
+class ServerDown(TransientError):
+    """The server itself failed (refused the connection, timed out, answered 5xx): another server of
+    the same model may answer. `refused`: nothing listens there at all."""
+
+    def __init__(self, message: str, refused: bool = False):
+        super().__init__(message)
+        self.refused = refused
+
+
 class PermanentError(Exception):
     """Another try would fail the same way (400, 401, 404...)."""
 

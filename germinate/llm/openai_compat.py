@@ -9,7 +9,7 @@ import httpx
 import openai
 
 from germinate.errors import UserError
-from germinate.llm.base import Backend, Completion, PermanentError, Request, TransientError
+from germinate.llm.base import Backend, Completion, PermanentError, Request, ServerDown, TransientError
 
 Dialect = Literal["json_schema", "json_object"]
 
@@ -65,15 +65,17 @@ class OpenAIBackend(Backend):
                 **extra,
             )
         except openai.APITimeoutError:
-            raise TransientError(f"timeout: no answer within {self._timeout_s:g}s") from None
+            raise ServerDown(f"timeout: no answer within {self._timeout_s:g}s") from None
         except openai.APIConnectionError as exc:
-            raise TransientError(f"connection: {exc}") from None
+            # openai's HTTP client (httpx2) raises ConnectError when nothing listens there
+            refused = type(exc.__cause__).__name__ == "ConnectError"
+            raise ServerDown(f"connection: {exc}", refused=refused) from None
         except openai.APIStatusError as exc:
             code = exc.status_code
-            if code == 429:
+            if code == 429:  # alive, only busy: back off, but keep it in rotation
                 raise TransientError("rate_limited: HTTP 429") from None
             if code >= 500:
-                raise TransientError(f"server_error: HTTP {code}") from None
+                raise ServerDown(f"server_error: HTTP {code}") from None
             raise PermanentError(f"http_{code}: {exc.message}") from None
         except (openai.APIResponseValidationError, json.JSONDecodeError) as exc:
             raise TransientError(f"bad_response: {exc}") from None

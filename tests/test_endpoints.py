@@ -1,0 +1,64 @@
+"""Several OpenAI-compatible servers of one model behind one LLM: real HTTP servers on loopback."""
+
+import pytest
+
+from germinate.config import LLMConfig
+from germinate.errors import UserError
+from germinate.llm import check_llm, make_llm
+from germinate.llm.endpoints import FAILURES_TO_LEAVE
+from servers import FaultyServer
+from test_cli import free_port
+from test_llm import requests
+
+
+def generate(config: LLMConfig, n: int):
+    llm = make_llm(config, None)
+    try:
+        return llm.run(llm.generate(requests(n)))
+    finally:
+        llm.close()
+
+
+def endpoints(*urls: str, concurrency: int = 2) -> LLMConfig:
+    return LLMConfig(backend="openai", endpoints=[{"base_url": u, "concurrency": concurrency} for u in urls],
+                     backoff_s=0.01, cache=False)
+
+
+def test_requests_spread_over_the_servers_within_each_ones_limit():
+    with FaultyServer(delay_s=0.1) as a, FaultyServer(delay_s=0.1) as b:
+        results = generate(endpoints(a.base_url, b.base_url, concurrency=3), 24)
+    assert all(r.ok for r in results)
+    assert a.requests + b.requests == 24 and abs(a.requests - b.requests) <= 4
+    assert a.max_in_flight == b.max_in_flight == 3  # each server's own limit, and both used at once
+
+
+def test_a_failing_server_leaves_the_rotation_and_the_others_answer():
+    with FaultyServer(dead_share=1.0) as dead, FaultyServer() as alive:
+        results = generate(endpoints(dead.base_url, alive.base_url), 30)
+    assert all(r.ok for r in results)  # every request was retried on the live server
+    # it got at most its failures in a row plus the requests already in flight there
+    assert dead.requests <= FAILURES_TO_LEAVE + 2 and alive.requests >= 30
+
+
+def test_a_server_that_stops_mid_run_is_taken_out_at_once():
+    with FaultyServer() as alive:
+        stopping = FaultyServer()
+        with stopping:
+            llm = make_llm(endpoints(stopping.base_url, alive.base_url, concurrency=1), None)
+        try:  # `stopping` has closed its port: the first refused connection takes it out
+            results = llm.run(llm.generate(requests(12)))
+        finally:
+            llm.close()
+    assert all(r.ok for r in results) and alive.requests == 12
+
+
+def test_servers_that_do_not_answer_at_the_start_are_left_out():
+    with FaultyServer() as alive:
+        down = f"http://127.0.0.1:{free_port()}/v1"
+        checked = check_llm(endpoints(down, alive.base_url))
+        assert [e.base_url for e in checked.endpoints] == [alive.base_url]
+        assert checked.model == "faulty-model"
+    with pytest.raises(UserError, match="llm.endpoints: no server answers"):
+        check_llm(endpoints(down, f"http://127.0.0.1:{free_port()}/v1"))
+    with pytest.raises(ValueError, match="not both"):
+        LLMConfig(backend="openai", base_url=down, endpoints=[{"base_url": down}])
