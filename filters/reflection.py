@@ -162,9 +162,12 @@ async def judge_responses(
     config: ResponseReflectionConfig,
     generation: GenerationConfig,
     take: Callable[[int], bool],
+    acceptable: Callable[[Record], bool],
 ) -> tuple[list[Record], list[Record]]:
     """Score every answer; revise the failing ones with the critique, up to `config.tries` times.
-    The score is stored on the record (`quality_score`): it is what selection weighs."""
+    The score is stored on the record (`quality_score`): it is what selection weighs. A revision
+    comes after the heuristic filters, so it must pass them (`acceptable`) to replace its draft:
+    a small model's revision often talks about "the critique" instead of answering."""
 
     def context(record: Record) -> str:
         return f"Task:\n{show(record)}\n\nAnswer:\n{record.output}"
@@ -180,13 +183,14 @@ async def judge_responses(
     def apply(record: Record, result: Result) -> Record:
         if result.finish_reason == "length" or not (result.text or "").strip():
             return record  # a cut-off or empty revision is no answer
-        return dataclasses.replace(
+        revised = dataclasses.replace(
             record,
             output=result.text.strip(),
             finish_reason=result.finish_reason,
             prompt_tokens=record.prompt_tokens + result.prompt_tokens,
             completion_tokens=record.completion_tokens + result.completion_tokens,
         )
+        return revised if acceptable(revised) else record
 
     def judged(items: list[Record], tries: int):
         return reflect(

@@ -128,7 +128,11 @@ def reflect_shard(config: RunConfig, index: int, source: str, calls: int) -> Sta
     def produce(usage: Usage):
         llm = _llm(config, run)
         revisions = Allowance(calls, 0)
-        judged = reflection.judge_responses(llm, records, config.quality.reflect, config.generation, revisions.take)
+        checks = heuristics.Heuristics(config.quality.heuristics) if config.quality.heuristics.enabled else None
+        judged = reflection.judge_responses(
+            llm, records, config.quality.reflect, config.generation, revisions.take,
+            acceptable=lambda r: checks is None or checks.check(r) is None,
+        )
         return llm.run(judged, usage)
 
     return run.run_shard(reflection.STAGE, index, len(records), produce, _usage(reflection.STAGE))

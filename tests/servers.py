@@ -24,18 +24,19 @@ from typing import Any
 FAULTS = ("rate_limit", "server_error", "slow", "broken_json")
 
 
-def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> Any:
-    """A small valid instance of a (pydantic-made) JSON schema."""
+def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None, pick: int = -1) -> Any:
+    """A small valid instance of a (pydantic-made) JSON schema; `pick` chooses among enum values."""
     defs = defs if defs is not None else schema.get("$defs", {})
     if "$ref" in schema:
-        return instance(defs[schema["$ref"].split("/")[-1]], defs)
+        return instance(defs[schema["$ref"].split("/")[-1]], defs, pick)
     if "enum" in schema:
-        return schema["enum"][-1]
+        return schema["enum"][pick]
     kind = schema.get("type")
     if kind == "object":
-        return {key: instance(sub, defs) for key, sub in schema.get("properties", {}).items()}
+        return {key: instance(sub, defs, pick) for key, sub in schema.get("properties", {}).items()}
     if kind == "array":
-        return [instance(schema.get("items", {"type": "string"}), defs) for _ in range(min(2, schema.get("maxItems", 2)))]
+        items = schema.get("items", {"type": "string"})
+        return [instance(items, defs, pick) for _ in range(min(2, schema.get("maxItems", 2)))]
     if kind == "integer":
         return 7
     return "a concise answer about the task"[: schema.get("maxLength")]
@@ -99,9 +100,11 @@ class FaultyServer(LoopbackServer):
         timeout_s: float = 10.0,
         kinds: tuple[str, ...] = FAULTS,
         dead_when: str | None = None,
+        low_when: str | None = None,
     ):
         self.kinds = kinds
         self.dead_when = dead_when
+        self.low_when = low_when  # enums take their last value (a judge's 10), the first (1) for these messages
         self.fail_share = fail_share
         self.dead_share = dead_share
         self.delay_s = delay_s
@@ -140,7 +143,8 @@ class FaultyServer(LoopbackServer):
             time.sleep(self.timeout_s + 0.5)
         fmt = body.get("response_format") or {}
         schema = fmt.get("schema") or fmt.get("json_schema", {}).get("schema")
-        content = json.dumps(instance(schema)) if schema else "Here is a careful, complete answer."
+        pick = 0 if self.low_when and self.low_when in json.dumps(body["messages"]) else -1
+        content = json.dumps(instance(schema, pick=pick)) if schema else "Here is a careful, complete answer."
         if fault == "broken_json":
             content = content[: len(content) // 2]
         return 200, json.dumps(

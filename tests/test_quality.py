@@ -4,13 +4,15 @@ import numpy as np
 import pytest
 
 import germinate.embed
+from filters.heuristics import Heuristics
 from filters.reflection import judge_responses
 from germinate.budget import Allowance
-from germinate.config import GenerationConfig, LLMConfig, ResponseReflectionConfig
+from germinate.config import GenerationConfig, HeuristicsConfig, LLMConfig, ResponseReflectionConfig
 from germinate.embed import embed
 from germinate.kmeans import gpus, spherical_kmeans
 from germinate.llm import make_llm
 from germinate.records import Record
+from servers import FaultyServer
 
 
 def test_embeddings_are_cached_so_a_resumed_run_does_not_embed_twice(tmp_path, monkeypatch):
@@ -63,7 +65,8 @@ def test_response_judge_scores_every_answer_and_never_rewrites_the_users(tmp_pat
     budget = Allowance(calls=2, records=0)
     try:
         kept, rejected = llm.run(
-            judge_responses(llm, records, config, GenerationConfig(response_max_tokens=40), budget.take))
+            judge_responses(llm, records, config, GenerationConfig(response_max_tokens=40), budget.take,
+                            acceptable=lambda r: True))
     finally:
         llm.close()
     assert {r.id for r in kept + rejected} == {"model", "user"}
@@ -74,3 +77,24 @@ def test_response_judge_scores_every_answer_and_never_rewrites_the_users(tmp_pat
         assert record.drop_reason == "low_quality_score" and "< 10" in record.drop_detail
     if by_id["model"] in rejected:
         assert by_id["model"].quality_revisions == 1 and budget.calls == 0  # revised once, then judged
+
+
+@pytest.mark.parametrize("leaks", [False, True])
+def test_a_revision_replaces_its_draft_only_if_it_passes_the_heuristics(leaks):
+    """Revisions come after the heuristic filters: one that fails them (here: template leakage)
+    leaves the draft in place. The server's judge gives the draft 1 and anything else 10."""
+    draft = Record(id="r", instruction="Explain why the sky is blue.", output="Rayleigh scattering.", model="m")
+    leakage = ["careful, complete answer"] if leaks else []
+    checks = Heuristics(HeuristicsConfig(leakage=leakage, min_words=1))
+    with FaultyServer(low_when=draft.output) as server:
+        llm = make_llm(LLMConfig(backend="openai", base_url=server.base_url, cache=False), None)
+        try:
+            kept, _ = llm.run(judge_responses(
+                llm, [draft], ResponseReflectionConfig(threshold=5, tries=1), GenerationConfig(),
+                Allowance(calls=5, records=0).take, acceptable=lambda r: checks.check(r) is None,
+            ))
+        finally:
+            llm.close()
+    (record,) = kept
+    assert record.quality_revisions == 1
+    assert record.output == ("Rayleigh scattering." if leaks else "Here is a careful, complete answer.")
