@@ -26,7 +26,7 @@ from germinate.card import dataset_card, plots
 from germinate.config import RunConfig
 from germinate.embed import embed
 from germinate.errors import UserError
-from germinate.hub import publish
+from germinate.hub import check_token, publish
 from germinate.io import write_atomic
 from germinate.llm import LLM, make_llm
 from germinate.metrics import run_metrics
@@ -211,11 +211,10 @@ def _stage(name: str, total: int, futures, *done: StageStats) -> StageStats:
     start = time.perf_counter()
     progress.start(name, total)
     shown = StageProgress(name, total) if name in LLM_STAGES and futures else None
-    pending = list(futures)
-    while pending:
-        pending = list(wait(pending, timeout=PROGRESS_INTERVAL_S).not_done)
-        if shown:
-            shown.update()
+    for future in futures:  # one future at a time: each wait leaves a callback on what it waits for
+        while not wait([future], timeout=PROGRESS_INTERVAL_S).done:
+            if shown:
+                shown.update()
     if shown:
         shown.update(final=True)
     merged = functools.reduce(operator.add, [*done, *(f.result() for f in futures)])
@@ -261,9 +260,10 @@ def _build(config: RunConfig, run: Run, runner: TaskRunner, start: float) -> tup
     )
     images = plots(final)
     run.write_dataset(final, {"README.md": dataset_card(config, report, list(images)).encode(), **images})
-    if config.hub.repo_id:
-        report["published"] = publish(run, config.hub.repo_id, config.hub.private, config.hub.revision)
     write_atomic(run.report_path, json.dumps(report, indent=2).encode())
+    if config.hub.repo_id:  # after the report: a failed upload loses nothing, and a rerun retries it
+        report["published"] = publish(run, config.hub.repo_id, config.hub.private, config.hub.revision)
+        write_atomic(run.report_path, json.dumps(report, indent=2).encode())
     return report, final
 
 
@@ -271,6 +271,8 @@ def check_run(config: RunConfig) -> None:
     """What a user can get wrong beyond the config's own checks, found before anything is written."""
     check_strategies(config)
     _task_runner(config)
+    if config.hub.repo_id:
+        check_token()
 
 
 @flow(name="build-dataset", persist_result=False, log_prints=True)
@@ -279,7 +281,8 @@ def build_dataset(config: RunConfig) -> dict:
     Resumes finished shards."""
     start = time.perf_counter()
     check_run(config)
-    config, run = prepare_run(config)
+    # Shard tasks may run in other processes (Ray): they get the run directory as an absolute path.
+    config, run = prepare_run(config.model_copy(update={"output_dir": config.output_dir.resolve()}))
     try:
         with _task_runner(config) as runner:
             report, final = _build(config, run, runner, start)

@@ -9,7 +9,7 @@ from typing import Any, get_args
 import pyarrow as pa
 import yaml
 
-from germinate.config import RunConfig, StrategyName
+from germinate.config import RunConfig, StrategyName, data_settings
 from germinate.records import DATASET_SCHEMA, Record
 from germinate.report import describe_metrics, stage_table, strategy_table
 
@@ -75,9 +75,10 @@ def plots(records: list[Record]) -> dict[str, bytes]:
 
 
 def _settings(config: RunConfig) -> str:
-    """The run's config as it shaped the data: used strategies' sections only, file names not local paths."""
+    """The settings that shaped the data, as a reader of the card needs them: the used strategies'
+    sections, file names rather than local paths, no server addresses or cluster names."""
     unused = {name.replace("-", "_") for name in get_args(StrategyName) if name not in config.strategies}
-    settings = config.model_dump(mode="json", exclude={"output_dir", "hub", *unused})
+    settings = data_settings(config.model_dump(mode="json", exclude=unused))
     settings["seeds"] = config.seeds.name
     for section, key in (("tcia", "library"), ("glan", "taxonomy")):
         if section in settings:

@@ -301,6 +301,18 @@ NOT_DATA = (
 )
 
 
+def data_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A dumped config without `NOT_DATA` (dotted keys): the settings that shape a run's data."""
+    kept = {**settings}
+    for dotted in NOT_DATA:
+        *parents, leaf = dotted.split(".")
+        node = kept
+        for part in parents:
+            node[part] = node = {**node.get(part, {})}
+        node.pop(leaf, None)
+    return kept
+
+
 def describe_error(error: dict[str, Any]) -> str:
     key = ".".join(str(part) for part in error["loc"] if part != "[key]")
     if error["type"] == "extra_forbidden":

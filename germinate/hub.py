@@ -1,38 +1,57 @@
 """Publishing a run's dataset folder to the Hugging Face Hub.
 
-The token is huggingface_hub's to find (HF_TOKEN, or `hf auth login`'s file); germinate never
-reads it, so it cannot reach a config, a log line, a report or a Prefect artifact.
+The token is huggingface_hub's to find and send (HF_TOKEN, or `hf auth login`'s file); germinate
+only asks whether there is one, so it cannot reach a config, a log line, a report or an artifact.
 """
 
 from __future__ import annotations
 
+import re
+
+from germinate.card import CLUSTER_PLOT, SCORE_PLOT
 from germinate.errors import UserError
 from germinate.runs import Run
 
+# What an earlier publish wrote and a new one may replace; anything else in the repo is the user's.
+OWN_FILES = re.compile(r"data/train-\d{5}-of-\d{5}\.parquet")
+OWN_PLOTS = (CLUSTER_PLOT, SCORE_PLOT)
+
+
+def check_token() -> None:
+    """Before a run that publishes spends its budget: is there a token at all?"""
+    from huggingface_hub import get_token
+
+    if get_token() is None:
+        raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
+
 
 def publish(run: Run, repo_id: str, private: bool = False, revision: str | None = None) -> str:
-    """Upload dataset/ (data shards, card, images) as one commit; files of an earlier publish that
-    this one no longer has (fewer shards) are deleted in the same commit. Returns the commit's URL."""
+    """Upload dataset/ (data shards, card, images) as one commit; data files and plots of an earlier
+    publish that this one no longer has (fewer shards) are deleted in the same commit, and nothing
+    else. Returns the commit's URL."""
     import httpx2  # huggingface_hub's HTTP client: its errors (and the Hub's, a subclass) are these
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import RevisionNotFoundError
 
     run.dataset()  # a clear error when the run has no dataset yet
-    if get_token() is None:
-        raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login`")
+    check_token()
     folder = run.dataset_dir
     files = {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if path.is_file()}
     api = HfApi()
     try:
         # Not private: the account's or organisation's default visibility.
         api.create_repo(repo_id, repo_type="dataset", private=private or None, exist_ok=True)
+        if private and not api.repo_info(repo_id, repo_type="dataset").private:
+            # create_repo leaves an existing repo as it is: the data would go out public
+            raise UserError(f"{repo_id}: the repo exists and is public; make it private on the Hub first, "
+                            "or publish without --private")
         if revision:
             api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
         try:
             present = api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
         except RevisionNotFoundError:  # a new repo has no commit yet
             present = []
-        stale = [p for p in present if p.startswith(("data/", "images/")) and p not in files]
+        stale = [p for p in present if p not in files and (OWN_FILES.fullmatch(p) or p in OWN_PLOTS)]
         commit = api.create_commit(
             repo_id,
             repo_type="dataset",

@@ -14,7 +14,7 @@ from typing import Callable
 
 import yaml
 
-from germinate.config import NOT_DATA, RunConfig, dump_config
+from germinate.config import RunConfig, data_settings, dump_config
 from germinate.errors import UserError
 from germinate.io import load_seeds, read_records, write_atomic, write_records, write_table
 from germinate.llm import check_llm
@@ -40,18 +40,6 @@ def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             found.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return found
-
-
-def _data_settings(settings: dict) -> dict:
-    """The settings that shape a run's data: `NOT_DATA` (dotted keys) left out."""
-    kept = {**settings}
-    for dotted in NOT_DATA:
-        *parents, leaf = dotted.split(".")
-        node = kept
-        for part in parents:
-            node[part] = node = {**node.get(part, {})}
-        node.pop(leaf, None)
-    return kept
 
 
 class Run:
@@ -178,11 +166,12 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, Run]:
     Nothing is written before the seeds and the LLM settings check out, and a
     new run directory appears whole (it is built beside and renamed).
     """
-    check_llm(config.llm)
+    # The model and the server's dialect as found: a resume against servers of another model is refused.
+    config = config.model_copy(update={"llm": check_llm(config.llm)})
     if config.run_id and (config.output_dir / config.run_id / "config.yaml").exists():
         run = Run(config.output_dir / config.run_id)
         stored = yaml.safe_load(run.config_path.read_text())
-        changed = _differences(_data_settings(stored), _data_settings(config.model_dump(mode="json")))
+        changed = _differences(data_settings(stored), data_settings(config.model_dump(mode="json")))
         if changed:
             raise UserError(
                 f"run '{config.run_id}' was started with other settings ({'; '.join(changed[:3])}); "

@@ -190,8 +190,8 @@ class FaultyServer(LoopbackServer):
 
 
 class RecordingHub(LoopbackServer):
-    """The Hub API calls that `HfApi.create_repo`, `create_branch`, `list_repo_files` and
-    `create_commit` make for a dataset repo. Every file is accepted as a regular (inline, base64)
+    """The Hub API calls that `HfApi.create_repo`, `repo_info`, `create_branch`, `list_repo_files`
+    and `create_commit` make for a dataset repo (`repos` may be seeded with existing repos). Every file is accepted as a regular (inline, base64)
     upload: the Hub's LFS/Xet storage for large files is not emulated.
 
     `calls` holds (method, path, Authorization header); `repos` each repo's files after the last
@@ -207,9 +207,17 @@ class RecordingHub(LoopbackServer):
         if path == "/api/repos/create":
             data = json.loads(body)
             repo = f"{data['organization']}/{data['name']}" if data.get("organization") else data["name"]
-            self.repos.setdefault(repo, {})
+            if repo in self.repos:
+                return 409, {"error": "You already created this dataset repo", "url": f"{self.url}/datasets/{repo}"}
+            self.repos[repo] = {}
             self.private[repo] = data.get("visibility") == "private" or bool(data.get("private"))
             return 200, {"url": f"{self.url}/datasets/{repo}", "name": repo}
+        info = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)", path)
+        if info and method == "GET":
+            repo = info.group(1)
+            if repo not in self.repos:
+                return 404, {"error": "Repository not found"}
+            return 200, {"id": repo, "private": self.private[repo], "sha": "0" * 40, "siblings": []}
         if path == "/api/validate-yaml":
             return 200, {}
         match = re.fullmatch(r"/api/datasets/([^/]+/[^/]+)/(branch|tree|preupload|commit)/([^/?]+)(?:/.*)?", path)

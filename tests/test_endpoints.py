@@ -1,5 +1,7 @@
 """Several OpenAI-compatible servers of one model behind one LLM: real HTTP servers on loopback."""
 
+import logging
+
 import pytest
 
 from germinate.config import LLMConfig
@@ -40,24 +42,31 @@ def test_a_failing_server_leaves_the_rotation_and_the_others_answer():
     assert dead.requests <= FAILURES_TO_LEAVE + 2 and alive.requests >= 30
 
 
-def test_a_server_that_stops_mid_run_is_taken_out_at_once():
+def test_a_server_that_stops_mid_run_is_taken_out_at_once(caplog):
     with FaultyServer() as alive:
         stopping = FaultyServer()
         with stopping:
             llm = make_llm(endpoints(stopping.base_url, alive.base_url, concurrency=1), None)
         try:  # `stopping` has closed its port: the first refused connection takes it out
-            results = llm.run(llm.generate(requests(12)))
+            with caplog.at_level(logging.WARNING, logger="germinate.llm.endpoints"):
+                results = llm.run(llm.generate(requests(12)))
         finally:
             llm.close()
     assert all(r.ok for r in results) and alive.requests == 12
+    (left,) = [r.getMessage() for r in caplog.records if "left the rotation" in r.getMessage()]
+    assert left.startswith(f"{stopping.base_url} left the rotation for 30s (connection:")
 
 
-def test_servers_that_do_not_answer_at_the_start_are_left_out():
-    with FaultyServer() as alive:
-        down = f"http://127.0.0.1:{free_port()}/v1"
-        checked = check_llm(endpoints(down, alive.base_url))
-        assert [e.base_url for e in checked.endpoints] == [alive.base_url]
-        assert checked.model == "faulty-model"
+def test_a_server_down_at_the_start_is_named_and_the_run_goes_on(caplog):
+    port = free_port()
+    down = f"http://127.0.0.1:{port}/v1"
+    with FaultyServer() as alive, caplog.at_level(logging.WARNING, logger="germinate.llm"):
+        config = endpoints(down, alive.base_url)
+        checked = check_llm(config)
+        assert checked.endpoints == config.endpoints and checked.model == "faulty-model"
+        assert any(f"not answering yet: llm.base_url: cannot reach {down}/models" in r.getMessage()
+                   for r in caplog.records)
+        assert all(r.ok for r in generate(config, 8)) and alive.requests == 8
     with pytest.raises(UserError, match="llm.endpoints: no server answers"):
         check_llm(endpoints(down, f"http://127.0.0.1:{free_port()}/v1"))
     with pytest.raises(ValueError, match="not both"):

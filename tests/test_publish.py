@@ -125,6 +125,31 @@ def test_publish_replaces_an_earlier_upload_whole(published, tmp_path):
     assert hub.private["org/name"] is False
 
 
+def test_publish_leaves_the_users_other_files_and_never_makes_private_data_public(published, tmp_path):
+    run, _, _ = published
+    with RecordingHub() as hub:
+        theirs, old = "data/test-00000-of-00001.parquet", "data/train-00000-of-00003.parquet"
+        hub.repos["org/public"] = {theirs: b"the user's", old: b"an earlier publish"}
+        hub.private["org/public"] = False
+        env = hub_env(hub, tmp_path / "hf")
+        refused = germinate("publish", str(run.root), "--repo-id", "org/public", "--private", cwd=tmp_path, env=env)
+        assert refused.returncode == 2 and "the repo exists and is public" in refused.stderr
+        assert set(hub.repos["org/public"]) == {theirs, old}
+        result = germinate("publish", str(run.root), "--repo-id", "org/public", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    # its own old shard is replaced; the user's test split is not germinate's to delete
+    assert set(hub.repos["org/public"]) == {theirs, *local_files(run.dataset_dir)}
+
+
+def test_a_run_that_would_publish_without_a_token_stops_before_spending_anything(tmp_path):
+    (tmp_path / "run.yaml").write_text("hub: {repo_id: org/name}\nrun_id: no-token\n")
+    env = {"HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    result = germinate("run", "--config", str(tmp_path / "run.yaml"), "--output-dir", str(tmp_path / "runs"),
+                       cwd=tmp_path, env=env)
+    assert result.returncode == 2 and "no Hugging Face token" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("case", ["no token", "hub down", "bad repo id", "not a run"])
 def test_publish_errors_exit_2_with_one_line(published, tmp_path, case):
     run, _, _ = published

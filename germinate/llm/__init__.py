@@ -35,26 +35,24 @@ def check_llm(config: LLMConfig) -> LLMConfig:
 
     if not config.servers:
         raise UserError("llm.base_url: the openai backend needs a server URL (e.g. http://localhost:8000/v1)")
-    live, found, unreachable = [], [], []
+    found, unreachable = [], []
     for server in config.servers:
         try:
             found.append(probe_server(server.base_url, os.environ.get(config.api_key_env)))
-            live.append(server)
         except UserError as exc:
             if len(config.servers) == 1:
                 raise
             unreachable.append(str(exc))
-    if not live:
+    if not found:
         raise UserError(f"llm.endpoints: no server answers ({'; '.join(unreachable)})")
-    for problem in unreachable:  # a run goes on with the servers it has
-        log.warning("left out: %s", problem)
+    for problem in unreachable:  # it joins the rotation once it answers (a vLLM still loading its weights)
+        log.warning("not answering yet: %s", problem)
     models, dialect = found[0]
     model = config.model or (models[0] if models else None)
     if model is None:
-        raise UserError(f"llm.model: {live[0].base_url} serves no models; name one")
+        raise UserError("llm.model: the server serves no models; name one")
     structured = dialect if config.structured_output == "auto" else config.structured_output
-    servers = {"endpoints": live} if config.endpoints else {}
-    return config.model_copy(update={"model": model, "structured_output": structured, **servers})
+    return config.model_copy(update={"model": model, "structured_output": structured})
 
 
 def make_llm(config: LLMConfig, cache_path: Path | None) -> LLM:

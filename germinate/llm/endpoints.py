@@ -2,8 +2,9 @@
 
 Each request goes to the least busy server in rotation, within that server's own concurrency
 limit. A server that refuses connections, or fails several requests in a row (5xx, timeouts),
-leaves the rotation for a cool-down that doubles while it keeps failing; the last server in
-rotation never leaves it, so one server behaves as a plain client of it.
+leaves the rotation for a cool-down that doubles while it keeps failing, and comes back after
+it (so does one that was down when the run started); the last server in rotation never leaves
+it, so one server behaves as a plain client of it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Server:
         self.failures = 0
         self.cooldown_s = COOLDOWN_S
         self.out_until = 0.0
+        self.left_at = 0.0  # when it last left the rotation
 
     def load(self) -> tuple[float, int]:
         return self.in_flight / self.concurrency, self.sent
@@ -47,14 +49,16 @@ class SpreadBackend(Backend):
         now = time.monotonic()
         return [s for s in self.servers if s.out_until <= now]
 
-    def _failed(self, server: Server, error: ServerDown) -> None:
+    def _failed(self, server: Server, error: ServerDown, sent_at: float) -> None:
+        if sent_at < server.left_at:
+            return  # sent before it left: its failure says nothing about the server since it came back
         server.failures += 1
         if not (error.refused or server.failures >= FAILURES_TO_LEAVE):
             return
-        others = [s for s in self._in_rotation() if s is not server]
-        if not others or server.out_until > time.monotonic():
-            return
-        server.out_until = time.monotonic() + server.cooldown_s
+        now = time.monotonic()
+        if server.out_until > now or not [s for s in self._in_rotation() if s is not server]:
+            return  # already out, or the last one in rotation: it stays
+        server.left_at, server.out_until = now, now + server.cooldown_s
         log.warning("%s left the rotation for %.0fs (%s)", server.backend.base_url, server.cooldown_s, error)
         server.cooldown_s = min(server.cooldown_s * 2, MAX_COOLDOWN_S)
 
@@ -63,11 +67,14 @@ class SpreadBackend(Backend):
         server = min(self._in_rotation() or self.servers, key=Server.load)
         server.in_flight += 1
         server.sent += 1
+        sent_at = time.monotonic()
         try:
             async with server.limit:
+                if server.left_at > sent_at:  # it left the rotation while this request queued for it
+                    raise ServerDown(f"{server.backend.base_url} left the rotation")
                 completion = await server.backend.complete(request, schema)
         except ServerDown as exc:
-            self._failed(server, exc)
+            self._failed(server, exc, sent_at)
             raise
         finally:
             server.in_flight -= 1
