@@ -180,21 +180,25 @@ def _expand(config: RunConfig, run: Run, runner: TaskRunner) -> tuple[StageStats
     seed_stats = run.run_shard(EXPAND, 0, len(seeds), lambda usage: admitted, Usage())
     calls, rows = apportion(budget.calls, config.shares), apportion(budget.records, config.shares)
     submitted: dict[str, list] = {}
-    expand = _retrying(expand_shard, config)
-    index = 1
-    for name in config.strategies:
-        units = make_strategy(name, None, config, record_cost(config)).units(seeds, calls[name], rows[name])
-        if not units:
-            continue
-        unit_calls = _shards(allocate(calls[name], len(units)), config.shard_size)
-        unit_rows = _shards(allocate(rows[name], len(units)), config.shard_size)
-        submitted[name] = []
-        for shard, (c, r) in enumerate(zip(unit_calls, unit_rows)):
-            parameters = dict(config=config, strategy=name, index=index, shard=shard, strategy_calls=calls[name],
-                              strategy_rows=rows[name], calls=c, rows=r)
-            submitted[name].append(runner.submit(expand, parameters))
-            index += 1
-    merged = _stage(EXPAND, config.budget.max_llm_calls, [f for fs in submitted.values() for f in fs], seed_stats)
+
+    def submit() -> list:
+        expand = _retrying(expand_shard, config)
+        index = 1
+        for name in config.strategies:
+            units = make_strategy(name, None, config, record_cost(config)).units(seeds, calls[name], rows[name])
+            if not units:
+                continue
+            unit_calls = _shards(allocate(calls[name], len(units)), config.shard_size)
+            unit_rows = _shards(allocate(rows[name], len(units)), config.shard_size)
+            submitted[name] = []
+            for shard, (c, r) in enumerate(zip(unit_calls, unit_rows)):
+                parameters = dict(config=config, strategy=name, index=index, shard=shard,
+                                  strategy_calls=calls[name], strategy_rows=rows[name], calls=c, rows=r)
+                submitted[name].append(runner.submit(expand, parameters))
+                index += 1
+        return [f for fs in submitted.values() for f in fs]
+
+    merged = _stage(EXPAND, config.budget.max_llm_calls, submit, seed_stats)
     strategies = {}
     for name, share in config.shares.items():
         stats = functools.reduce(operator.add, [f.result() for f in submitted.get(name, [])], StageStats(EXPAND))
@@ -205,11 +209,12 @@ def _expand(config: RunConfig, run: Run, runner: TaskRunner) -> tuple[StageStats
     return merged, strategies
 
 
-def _stage(name: str, total: int, futures, *done: StageStats) -> StageStats:
-    """Wait for a stage's shard tasks; its time is the stage's wall time (shards overlap). An LLM
-    stage's progress artifact advances while it waits."""
+def _stage(name: str, total: int, submit: Callable[[], list], *done: StageStats) -> StageStats:
+    """Submit a stage's shard tasks and wait for them; its time is the stage's wall time (shards
+    overlap). An LLM stage's progress artifact advances while it waits."""
     start = time.perf_counter()
-    progress.start(name, total)
+    progress.start(name, total)  # before the shards start counting
+    futures = submit()
     shown = StageProgress(name, total) if name in LLM_STAGES and futures else None
     for future in futures:  # one future at a time: each wait leaves a callback on what it waits for
         while not wait([future], timeout=PROGRESS_INTERVAL_S).done:
@@ -232,8 +237,8 @@ def _build(config: RunConfig, run: Run, runner: TaskRunner, start: float) -> tup
     respond_stats = _stage(
         respond.STAGE,
         sum(1 for r in expanded if not r.output),
-        [runner.submit(answer, {"config": config, "index": i})
-         for i in range(len(_shards(expanded, config.shard_size)))],
+        lambda: [runner.submit(answer, {"config": config, "index": i})
+                 for i in range(len(_shards(expanded, config.shard_size)))],
     )
     stages = [expand_stats, respond_stats]
     source = respond.STAGE
@@ -246,11 +251,11 @@ def _build(config: RunConfig, run: Run, runner: TaskRunner, start: float) -> tup
             spent = sum(s.llm_calls for s in stages) + records
             count = len(_shards(range(records), config.shard_size))
             shares = allocate(max(0, config.budget.max_llm_calls - spent), count)
-            futures = [runner.submit(judge, {"config": config, "index": i, "source": source, "calls": c})
-                       for i, c in enumerate(shares)]
+            parameters = [{"config": config, "index": i, "source": source, "calls": c} for i, c in enumerate(shares)]
+            shard_task = judge
         else:
-            futures = [runner.submit(filter_stage, {"config": config, "stage": stage, "source": source})]
-        stages.append(_stage(stage, records, futures))
+            parameters, shard_task = [{"config": config, "stage": stage, "source": source}], filter_stage
+        stages.append(_stage(stage, records, lambda: [runner.submit(shard_task, p) for p in parameters]))
         source = stage
     final = run.kept(source)
     metrics = run_metrics(run, final, config.embedding.model)

@@ -144,8 +144,9 @@ class Run:
         table = to_dataset_table(records)
         rows_per_file = max(1, len(records) * shard_bytes // max(table.nbytes, 1))
         count = max(1, -(-len(records) // rows_per_file))
+        for leftover in self.root.glob(".dataset.*"):  # of a run killed while it swapped folders
+            shutil.rmtree(leftover, ignore_errors=True)
         staging = self.root / f".dataset.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
         paths = []
         for i in range(count):
             paths.append(self.dataset_dir / "data" / f"train-{i:05d}-of-{count:05d}.parquet")
