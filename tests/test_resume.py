@@ -32,7 +32,8 @@ def test_resume_after_kill_repeats_no_call_and_matches_an_uninterrupted_run(seed
     runs = tmp_path / "runs"
     env = {**os.environ, "COLUMNS": "200"}
 
-    first = subprocess.Popen(command(config_path, "resumed"), cwd=ROOT, env=env,
+    # Its own process group: the kill takes Prefect's ephemeral API server (a child) down with it.
+    first = subprocess.Popen(command(config_path, "resumed"), cwd=ROOT, env=env, start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     expand = runs / "resumed" / "stages" / "expand"
     deadline = time.monotonic() + 300
@@ -40,7 +41,7 @@ def test_resume_after_kill_repeats_no_call_and_matches_an_uninterrupted_run(seed
         assert first.poll() is None, "the run ended before it could be interrupted"
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    first.send_signal(signal.SIGKILL)
+    os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert not (runs / "resumed" / "dataset").exists()
     cached_before_resume = cache_rows(runs / "resumed")
