@@ -81,7 +81,9 @@ class Reflection(Generic[Item]):
     verdict: Verdict | None = None
     tries: int = 0  # rewrites made
     passed: bool = False
-    error: str | None = None  # the judge or a rewrite failed after its retries
+    # A judgement or a rewrite that failed after its retries: the item stays as it was last judged
+    # (unjudged when the first judgement failed). The judge's failure is not the item's.
+    error: str | None = None
 
 
 async def reflect(
@@ -101,8 +103,8 @@ async def reflect(
     The caller has paid for the first judgement of each item. A rewrite round
     costs two calls per item (rewrite + judge), paid with `take(2)`, which says
     whether the budget allows them. Items the budget cannot cover keep their
-    last verdict; a rewrite that scores no better than what it replaced is undone.
-    An item passes when its mean score reaches the threshold.
+    last verdict; a rewrite that scores no better than what it replaced, or whose
+    judgement failed, is undone. An item passes when its mean score reaches the threshold.
     """
     states = [Reflection(item) for item in items]
     pending = states
@@ -125,6 +127,7 @@ async def reflect(
         for state, result in zip(pending, judged):
             if not result.ok:
                 state.error = result.error
+                state.item = before[id(state)]
                 continue
             verdict = Verdict.of(result)
             if round_ and verdict.score <= state.verdict.score:
@@ -167,7 +170,9 @@ async def judge_responses(
     """Score every answer; revise the failing ones with the critique, up to `config.tries` times.
     The score is stored on the record (`quality_score`): it is what selection weighs. A revision
     comes after the heuristic filters, so it must pass them (`acceptable`) to replace its draft:
-    a small model's revision often talks about "the critique" instead of answering."""
+    a small model's revision often talks about "the critique" instead of answering.
+    Only a low score drops a record: a failed judgement keeps it (noted in `quality_critique`),
+    and a seed, the user's own data, is never dropped."""
 
     def context(record: Record) -> str:
         return f"Task:\n{show(record)}\n\nAnswer:\n{record.output}"
@@ -204,19 +209,19 @@ async def judge_responses(
     position = {r.id: i for i, r in enumerate(records)}
     kept, rejected = [], []
     for state in sorted(states, key=lambda s: position[s.item.id]):
-        record = state.item
-        if state.verdict is not None:
-            record = dataclasses.replace(
-                record,
-                quality_score=state.verdict.score,
-                quality_critique=state.verdict.critique,
-                quality_revisions=state.tries,
-                prompt_hash=combine_hashes(record.prompt_hash, JUDGE.hash, REVISE.hash),
-            )
-        if state.error is not None:
-            rejected.append(record.dropped(STAGE, "llm_error", state.error))
-        elif not state.passed and config.on_fail == "drop":
-            detail = f"score {state.verdict.score:.1f} < {config.threshold:g}: {state.verdict.critique}"
+        record, verdict = state.item, state.verdict
+        if verdict is None:
+            kept.append(dataclasses.replace(record, quality_critique=f"not judged: {state.error}"))
+            continue
+        record = dataclasses.replace(
+            record,
+            quality_score=verdict.score,
+            quality_critique=verdict.critique,
+            quality_revisions=state.tries,
+            prompt_hash=combine_hashes(record.prompt_hash, JUDGE.hash, REVISE.hash),
+        )
+        if not state.passed and config.on_fail == "drop" and record.strategy != "seed":
+            detail = f"score {verdict.score:.1f} < {config.threshold:g}: {verdict.critique}"
             rejected.append(record.dropped(STAGE, "low_quality_score", detail))
         else:
             kept.append(record)

@@ -25,13 +25,13 @@ from germinate.budget import Allowance, admit_seeds, allocate, apportion, record
 from germinate.card import dataset_card, plots
 from germinate.config import RunConfig
 from germinate.embed import embed
-from germinate.errors import UserError
+from germinate.errors import RunFailed, UserError
 from germinate.hub import check_token, publish
 from germinate.io import write_atomic
 from germinate.llm import LLM, make_llm
 from germinate.metrics import run_metrics
 from germinate.records import Record, show
-from germinate.report import build_report
+from germinate.report import build_report, not_written, shortfall
 from germinate.runs import Run, prepare_run
 from germinate.stats import StageStats, Usage
 
@@ -108,7 +108,7 @@ def expand_shard(
 
 
 @task(name="respond", task_run_name="respond-shard-{index}", cache_policy=NO_CACHE, persist_result=False)
-def respond_shard(config: RunConfig, index: int) -> StageStats:
+def respond_shard(config: RunConfig, index: int, sealed_input: bool) -> StageStats:
     run = Run(config.output_dir / config.run_id)
     records = _shards(run.kept(EXPAND), config.shard_size)[index]
 
@@ -116,11 +116,11 @@ def respond_shard(config: RunConfig, index: int) -> StageStats:
         llm = _llm(config, run)
         return llm.run(respond.respond(llm, records, config.generation, config.random_seed), usage)
 
-    return run.run_shard(respond.STAGE, index, len(records), produce, _usage(respond.STAGE))
+    return run.run_shard(respond.STAGE, index, len(records), produce, _usage(respond.STAGE), sealed_input)
 
 
 @task(name="reflect", task_run_name="reflect-shard-{index}", cache_policy=NO_CACHE, persist_result=False)
-def reflect_shard(config: RunConfig, index: int, source: str, calls: int) -> StageStats:
+def reflect_shard(config: RunConfig, index: int, source: str, calls: int, sealed_input: bool) -> StageStats:
     """Judge the answers of one shard; `calls` is the shard's share of the budget left for revisions."""
     run = Run(config.output_dir / config.run_id)
     records = _shards(run.kept(source), config.shard_size)[index]
@@ -135,7 +135,7 @@ def reflect_shard(config: RunConfig, index: int, source: str, calls: int) -> Sta
         )
         return llm.run(judged, usage)
 
-    return run.run_shard(reflection.STAGE, index, len(records), produce, _usage(reflection.STAGE))
+    return run.run_shard(reflection.STAGE, index, len(records), produce, _usage(reflection.STAGE), sealed_input)
 
 
 def _filters(config: RunConfig, run: Run) -> dict[str, Callable[[list[Record]], tuple[list[Record], list[Record]]]]:
@@ -156,7 +156,7 @@ def _filters(config: RunConfig, run: Run) -> dict[str, Callable[[list[Record]], 
 
 
 @task(name="filter", task_run_name="{stage}", cache_policy=NO_CACHE, persist_result=False)
-def filter_stage(config: RunConfig, stage: str, source: str) -> StageStats:
+def filter_stage(config: RunConfig, stage: str, source: str, sealed_input: bool) -> StageStats:
     """A stage that needs every record at once (dedup compares all of them): one shard."""
     run = Run(config.output_dir / config.run_id)
     records = run.kept(source)
@@ -166,7 +166,7 @@ def filter_stage(config: RunConfig, stage: str, source: str) -> StageStats:
         progress.advance(stage, len(records))
         return result
 
-    return run.run_shard(stage, 0, len(records), produce, Usage())
+    return run.run_shard(stage, 0, len(records), produce, Usage(), sealed_input)
 
 
 def _expand(config: RunConfig, run: Run, runner: TaskRunner) -> tuple[StageStats, dict[str, dict]]:
@@ -234,10 +234,11 @@ def _build(config: RunConfig, run: Run, runner: TaskRunner, start: float) -> tup
     expand_stats, strategies = _expand(config, run, runner)
     expanded = run.kept(EXPAND)
     answer, judge = _retrying(respond_shard, config), _retrying(reflect_shard, config)
+    sealed = expand_stats.unsealed == 0  # a stage whose input is open stays open too: a rerun redoes it
     respond_stats = _stage(
         respond.STAGE,
         sum(1 for r in expanded if not r.output),
-        lambda: [runner.submit(answer, {"config": config, "index": i})
+        lambda: [runner.submit(answer, {"config": config, "index": i, "sealed_input": sealed})
                  for i in range(len(_shards(expanded, config.shard_size)))],
     )
     stages = [expand_stats, respond_stats]
@@ -246,22 +247,29 @@ def _build(config: RunConfig, run: Run, runner: TaskRunner, start: float) -> tup
         if not getattr(config.quality, stage).enabled:
             continue
         records = stages[-1].kept  # the records this stage reads: no need to read them here too
+        common = {"config": config, "source": source, "sealed_input": stages[-1].unsealed == 0}
         if stage == reflection.STAGE:
             # First judgements were paid for at expansion; revisions get what is left.
             spent = sum(s.llm_calls for s in stages) + records
             count = len(_shards(range(records), config.shard_size))
             shares = allocate(max(0, config.budget.max_llm_calls - spent), count)
-            parameters = [{"config": config, "index": i, "source": source, "calls": c} for i, c in enumerate(shares)]
+            parameters = [{**common, "index": i, "calls": c} for i, c in enumerate(shares)]
             shard_task = judge
         else:
-            parameters, shard_task = [{"config": config, "stage": stage, "source": source}], filter_stage
+            parameters, shard_task = [{**common, "stage": stage}], filter_stage
         stages.append(_stage(stage, records, lambda: [runner.submit(shard_task, p) for p in parameters]))
         source = stage
     final = run.kept(source)
+    problem = shortfall(config, stages, final)
+    if problem and not config.budget.allow_partial:
+        report = build_report(config, stages, strategies, len(run.seeds()), final, None, None,
+                              time.perf_counter() - start, problem)
+        write_atomic(run.report_path, json.dumps(report, indent=2).encode())
+        raise RunFailed(not_written(problem, stages))
     metrics = run_metrics(run, final, config.embedding.model)
     report = build_report(
         config, stages, strategies, len(run.seeds()), final, metrics, str(run.dataset_dir),
-        time.perf_counter() - start,
+        time.perf_counter() - start, problem,
     )
     images = plots(final)
     run.write_dataset(final, {"README.md": dataset_card(config, report, list(images)).encode(), **images})
@@ -289,7 +297,7 @@ def build_dataset(config: RunConfig) -> dict:
     # Shard tasks may run in other processes (Ray): they get the run directory as an absolute path.
     config, run = prepare_run(config.model_copy(update={"output_dir": config.output_dir.resolve()}))
     try:
-        with _task_runner(config) as runner:
+        with run.locked(), _task_runner(config) as runner:
             report, final = _build(config, run, runner, start)
         report_artifacts(report, final)
         return report

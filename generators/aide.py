@@ -227,24 +227,23 @@ class AIDE(Strategy):
         ]
         kept = []
         for state in chain.from_iterable(reflections):
-            child = state.item
-            if state.verdict is not None:
-                child = dataclasses.replace(
-                    child,
-                    reflection_score=float(state.verdict.scores["relevance"]),
-                    difference_score=_float_or_none(state.verdict.scores.get("difference")),
-                    reflection_critique=state.verdict.critique,
-                    reflection_tries=state.tries,
-                )
-            if state.error is not None:
-                dropped.append(child.dropped(STAGE, "llm_error", state.error))
-            elif not state.passed and self.aide.on_reflection_fail == "drop":
-                detail = f"score {state.verdict.score:.1f} < {self.aide.reflection_threshold:g}: {state.verdict.critique}"
+            child, verdict = state.item, state.verdict
+            if verdict is None:  # the judge failed, not the child: it stays, unjudged
+                kept.append(dataclasses.replace(child, reflection_critique=f"not judged: {state.error}"))
+                continue
+            child = dataclasses.replace(
+                child,
+                reflection_score=float(verdict.scores["relevance"]),
+                difference_score=_float_or_none(verdict.scores.get("difference")),
+                reflection_critique=verdict.critique,
+                reflection_tries=state.tries,
+            )
+            if not state.passed and self.aide.on_reflection_fail == "drop":
+                detail = f"score {verdict.score:.1f} < {self.aide.reflection_threshold:g}: {verdict.critique}"
                 dropped.append(child.dropped(STAGE, "low_reflection_score", detail))
+                allowance.refund(self.record_cost)  # nothing downstream
             else:
                 kept.append(child)
-                continue
-            allowance.refund(self.record_cost)  # nothing downstream
         return kept, dropped
 
     async def _reflect(

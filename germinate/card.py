@@ -104,6 +104,8 @@ def dataset_card(config: RunConfig, report: dict[str, Any], images: list[str]) -
     figures = "\n\n".join(f"![{path.removeprefix('images/').removesuffix('.png')}]({path})" for path in images)
     where = config.hub.repo_id or "path/to/this/folder"
     budget = report["budget"]
+    problem = report["problem"]
+    partial = f"\n**Partial:** {problem}; written because partial results were asked for.\n" if problem else ""
     return f"""---
 {yaml.safe_dump(metadata, sort_keys=False)}---
 
@@ -112,7 +114,7 @@ def dataset_card(config: RunConfig, report: dict[str, Any], images: list[str]) -
 {report["rows"]} instruction-response pairs grown with germinate from {report["seeds"]} seed tasks
 (`{config.seeds.name}`) by the **{config.strategy_label}** strategy with the model(s)
 {", ".join(f"`{m}`" for m in report["models"]) or "-"}, then filtered and chosen for diversity.
-
+{partial}
 ## How it was made
 
 {strategy_table(report)}

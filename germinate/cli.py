@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 from rich.table import Table
+from typer.exceptions import TyperException
 
 from germinate import progress
 from germinate.config import build_config
@@ -30,7 +32,7 @@ errors = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()
-def main() -> None:
+def germinate() -> None:
     """germinate: seeds in, SFT data out."""
 
 
@@ -59,6 +61,19 @@ class RichProgress:
         self.bars.update(self.tasks[stage], total=task.completed)
 
 
+class _WarningLine(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        errors.print(f"[yellow]warning:[/] {record.getMessage()}", highlight=False)
+
+
+def _show_warnings() -> None:
+    """germinate's own warnings (a server that stopped answering, one that left the rotation) as
+    one line each, above the progress bars."""
+    logger = logging.getLogger("germinate")
+    logger.addHandler(_WarningLine(logging.WARNING))
+    logger.propagate = False
+
+
 def _fail(exc: UserError) -> typer.Exit:
     errors.print(f"[red]error:[/] {exc}", highlight=False)
     return typer.Exit(2)
@@ -85,6 +100,8 @@ def _summary(report: dict[str, Any]) -> None:
             reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(s["dropped"].items()))
             console.print(f"  {s['stage']} dropped: {reasons}")
     console.print(f"  diversity: {describe_metrics(report['metrics'])}")
+    if report["problem"]:
+        console.print(f"[yellow]partial:[/] {report['problem']}; written because --allow-partial was given")
     console.print(
         f"[bold]{report['rows']} rows[/] in [bold]{report['dataset']}[/] "
         f"({report['llm_calls']}/{report['budget']['max_llm_calls']} LLM calls, {report['wall_seconds']:.0f}s wall); "
@@ -97,6 +114,15 @@ def _summary(report: dict[str, Any]) -> None:
         "Scale up: germinate run --max-records 5000 --max-llm-calls 20000 --hops 3 "
         "--backend openai --base-url http://localhost:8000/v1  (see README)",
     )
+
+
+# The settings `germinate run`'s flags set, so a bad value is blamed on the flag, not on the config file.
+RUN_FLAGS = {
+    "seeds": "--seeds", "strategies": "--strategy", "aide.hops": "--hops", "budget.max_records": "--max-records",
+    "budget.max_llm_calls": "--max-llm-calls", "llm.backend": "--backend", "llm.model": "--model",
+    "llm.base_url": "--base-url", "llm.concurrency": "--concurrency", "output_dir": "--output-dir",
+    "run_id": "--run-id", "orchestration.task_runner": "--task-runner", "orchestration.ray_address": "--ray-address",
+}
 
 
 @app.command()
@@ -119,14 +145,19 @@ def run(
     ray_address: Optional[str] = typer.Option(
         None, help="Ray cluster for --task-runner ray: auto, ray://head:10001 (default: a local Ray for the run)."
     ),
+    allow_partial: bool = typer.Option(
+        False, "--allow-partial",
+        help="Write the dataset even when more requests failed than budget.max_failed_share allows.",
+    ),
 ) -> None:
     """Run the pipeline: seeds -> expand -> respond -> quality gate -> dataset/ (Parquet + dataset card)."""
-    overrides = {
+    values = {
         "seeds": seeds,
         "strategies": {strategy: 1.0} if strategy else None,
         "aide.hops": hops,
         "budget.max_records": max_records,
         "budget.max_llm_calls": max_llm_calls,
+        "budget.allow_partial": allow_partial or None,
         "llm.backend": backend,
         "llm.model": model,
         "llm.base_url": base_url,
@@ -137,17 +168,19 @@ def run(
         "orchestration.ray_address": ray_address,
     }
     resolved = None
-    # Our progress bars and summary are the console output; Prefect's run logs still reach its API/UI.
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # Our progress bars, warnings and summary are the console output (a failed run is one error line,
+    # not Prefect's traceback of it); Prefect's run logs still reach its API and UI.
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    _show_warnings()
     try:
         from flows.build import build_dataset, check_run
         from germinate.runs import prepare_run
 
-        resolved = build_config(config, overrides)
+        resolved = build_config(config, values, RUN_FLAGS)
         check_run(resolved)
-        resolved, _ = prepare_run(resolved)
+        resolved, run = prepare_run(resolved)
 
-        with Progress(
+        with run.locked(), Progress(
             TextColumn("{task.description:>14}"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -328,7 +361,8 @@ def _describe_taxonomy(path: Path, taxonomy) -> None:
 def _taxonomy_llm(backend: Optional[str], model: Optional[str], base_url: Optional[str]):
     from germinate.llm import make_llm
 
-    llm_config = build_config(None, {"llm.backend": backend, "llm.model": model, "llm.base_url": base_url}).llm
+    values = {"llm.backend": backend, "llm.model": model, "llm.base_url": base_url}
+    llm_config = build_config(None, values, RUN_FLAGS).llm
     return make_llm(llm_config, None)
 
 
@@ -406,5 +440,17 @@ def taxonomy_extend(
         raise _fail(exc) from None
 
 
+def main() -> int:
+    """The console script. A flag's value that is not of its type is one line too, not a usage box."""
+    try:
+        return app(standalone_mode=False) or 0
+    except TyperException as exc:  # a usage error: an unknown option, a value that is not a number...
+        if exc.format_message():  # empty when the help was shown instead (no command given)
+            errors.print(f"[red]error:[/] {exc.format_message()}", highlight=False)
+        return 2
+    except typer.Abort:
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(app())
+    sys.exit(main())

@@ -72,6 +72,9 @@ class LLMConfig(Section):
     max_retries: int = Field(4, ge=0, le=20)
     backoff_s: float = Field(0.5, gt=0, description="first retry delay; doubles each try, with jitter")
     timeout_s: float = Field(120.0, gt=0)
+    outage_timeout_s: float = Field(
+        300.0, gt=0, description="how long a run waits for servers that stopped answering before it stops"
+    )
     n_ctx: int = Field(2048, ge=256, description="llamacpp context window")
     cache: bool = Field(True, description="keep responses on disk so a rerun pays nothing twice")
 
@@ -144,6 +147,13 @@ class EvolInstructConfig(Section):
 class BudgetConfig(Section):
     max_llm_calls: int = Field(192, ge=1, description="all LLM requests of the run, answers and judgements included")
     max_records: int = Field(16, ge=1, description="rows of the dataset, seeds included")
+    max_failed_share: float = Field(
+        0.02, ge=0, le=1,
+        description="requests that may still fail after their retries before the run counts as failed",
+    )
+    allow_partial: bool = Field(
+        False, description="write the dataset even when more requests failed than max_failed_share allows"
+    )
 
 
 class EmbeddingConfig(Section):
@@ -297,7 +307,8 @@ class RunConfig(Section):
 # Settings of where and how a run is executed or published, never of its data: a resume may change
 # them (a run directory moved to another disk, another set of servers after one died, another repo).
 NOT_DATA = (
-    "output_dir", "run_id", "hub", "orchestration", "llm.base_url", "llm.endpoints", "llm.concurrency", "llm.timeout_s"
+    "output_dir", "run_id", "hub", "orchestration", "llm.base_url", "llm.endpoints", "llm.concurrency", "llm.timeout_s",
+    "llm.outage_timeout_s", "budget.max_failed_share", "budget.allow_partial",
 )
 
 
@@ -313,8 +324,12 @@ def data_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
+def _error_key(error: dict[str, Any]) -> str:
+    return ".".join(str(part) for part in error["loc"] if part != "[key]")
+
+
 def describe_error(error: dict[str, Any]) -> str:
-    key = ".".join(str(part) for part in error["loc"] if part != "[key]")
+    key = _error_key(error)
     if error["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     if not key:
@@ -322,8 +337,11 @@ def describe_error(error: dict[str, Any]) -> str:
     return f"'{key}': {error['msg'].removeprefix('Value error, ')}"
 
 
-def build_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Load YAML (if given), apply dotted-key overrides, validate. Errors name the file and key."""
+def build_config(
+    path: Path | None = None, overrides: dict[str, Any] | None = None, flags: dict[str, str] | None = None
+) -> RunConfig:
+    """Load YAML (if given), apply dotted-key overrides, validate. Errors name the file and key, or
+    the command-line flag (`flags`: dotted key -> flag) whose value is at fault."""
     data: dict[str, Any] = {}
     where = "config"
     if path is not None:
@@ -358,7 +376,14 @@ def build_config(path: Path | None = None, overrides: dict[str, Any] | None = No
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{where}: {describe_error(exc.errors()[0])}") from None
+        error = exc.errors()[0]
+        key = _error_key(error)
+        for dotted, flag in (flags or {}).items():
+            value = (overrides or {}).get(dotted)
+            if value is not None and (key == dotted or key.startswith(dotted + ".")):
+                shown = next(iter(value)) if isinstance(value, dict) else value  # --strategy X is {X: 1.0}
+                raise UserError(f"{flag} {shown}: {error['msg'].removeprefix('Value error, ')}") from None
+        raise UserError(f"{where}: {describe_error(error)}") from None
 
 
 def dump_config(config: RunConfig) -> str:

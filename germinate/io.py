@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -121,8 +122,18 @@ def _seed(place: str, row: Any) -> Record:
 def load_seeds(path: Path) -> list[Record]:
     """Seeds from JSONL, JSON, CSV or Parquet. Every error names the file and line (or row)."""
     path = Path(path)
+    try:
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory; name a seed file (.jsonl, .json, .csv or .parquet) in it")
+        path.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path}: a loop of symbolic links, not a seed file") from None
+        if exc.errno == errno.ENOENT:
+            raise UserError(f"{path}: no such seed file") from None
+        raise UserError(f"{path}: cannot read the seed file ({exc.strerror})") from None
     if not path.is_file():
-        raise UserError(f"{path}: no such seed file")
+        raise UserError(f"{path}: not a regular file; name a seed file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         rows = _parquet_rows(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from germinate.config import RunConfig
@@ -10,18 +11,47 @@ from germinate.records import Record, to_dataset_table
 from germinate.stats import StageStats
 
 
+def shortfall(config: RunConfig, stages: list[StageStats], rows: list[Record]) -> str | None:
+    """Why the run did not make the data asked for, or None: more requests failed after their
+    retries than budget.max_failed_share allows, or it made no rows at all."""
+    calls = sum(s.llm_calls for s in stages)
+    failed = sum(s.failed_calls for s in stages)
+    if failed > config.budget.max_failed_share * calls:
+        errors = sum((s.errors for s in stages), Counter())
+        kinds = ", ".join(f"{kind} {n}" for kind, n in errors.most_common())
+        return (
+            f"{failed} of {calls} LLM requests failed after their retries ({kinds}), more than "
+            f"budget.max_failed_share allows ({config.budget.max_failed_share:g})"
+        )
+    if not rows:
+        return "the run made no rows"
+    return None
+
+
+def not_written(problem: str, stages: list[StageStats]) -> str:
+    """The one line a user reads when a run fails for its data, with what to do next."""
+    again = "run the same command again to retry the unanswered requests, or " if any(
+        s.unanswered_calls for s in stages
+    ) else ""
+    return f"{problem}; no dataset written: {again}add --allow-partial to write what was made"
+
+
 def build_report(
     config: RunConfig,
     stages: list[StageStats],
     strategies: dict[str, dict[str, Any]],
     seeds: int,
     records: list[Record],
-    metrics: Metrics,
-    dataset_dir: str,
+    metrics: Metrics | None,
+    dataset_dir: str | None,
     wall_seconds: float,
+    problem: str | None = None,
 ) -> dict[str, Any]:
+    """`dataset_dir` and `metrics` are None when the run failed for its data (`problem`) and wrote none."""
     return {
         "run_id": config.run_id,
+        "status": "failed" if dataset_dir is None else "partial" if problem else "complete",
+        "problem": problem,
         "strategy": config.strategy_label,
         "strategies": strategies,
         "seeds": seeds,
@@ -31,9 +61,10 @@ def build_report(
         "dataset_bytes": to_dataset_table(records).nbytes,
         "wall_seconds": round(wall_seconds, 2),
         "llm_calls": sum(s.llm_calls for s in stages),
+        "failed_calls": sum(s.failed_calls for s in stages),
         "budget": config.budget.model_dump(),
         "stages": [s.to_dict() for s in stages],
-        "metrics": metrics.to_dict(),
+        "metrics": metrics.to_dict() if metrics else None,
     }
 
 

@@ -3,14 +3,18 @@ the dataset and the report. Starting a run with an existing run id resumes it.""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
 import shutil
+import socket
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import yaml
 
@@ -25,6 +29,9 @@ from germinate.stats import StageStats, Usage
 # stream comfortably, as `push_to_hub`'s default shard size does.
 DATASET_SHARD_BYTES = 256 * 2**20
 EXPAND_STAGE = "expand"  # the first stage of every run, whatever the strategy
+
+_locks: dict[Path, list[int]] = {}  # run root -> [lock file descriptor, holders in this process]
+_locks_guard = threading.Lock()
 
 
 def new_run_id() -> str:
@@ -86,6 +93,48 @@ class Run:
     def _marker(self, stage: str, index: int) -> Path:
         return self._stage_dir(stage) / f"{index:05d}.done.json"
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[Run]:
+        """Held while a process writes the run, so a second one with the same run id stops at once.
+        An OS lock (flock): it goes with a killed process and never blocks the resume. Re-entrant
+        within a process (the CLI takes it before the flow does)."""
+        key = self.root.resolve()
+        with _locks_guard:
+            if key in _locks:
+                _locks[key][1] += 1
+            else:
+                fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    os.close(fd)
+                    raise UserError(
+                        f"run '{self.root.name}' is being written by {holder}; wait for it to end, "
+                        "or pick another --run-id"
+                    ) from None
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+                self._clear_unfinished()
+                _locks[key] = [fd, 1]
+        try:
+            yield self
+        finally:
+            with _locks_guard:
+                _locks[key][1] -= 1
+                if not _locks[key][1]:
+                    os.close(_locks.pop(key)[0])
+
+    def _clear_unfinished(self) -> None:
+        """What a killed or failed invocation left behind: temporary files of its writers, and shard
+        outputs without their marker (they are redone, and how many there are may change)."""
+        for leftover in [*self.root.rglob(".*.tmp-*"), *self.root.glob(".dataset.old-*")]:
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        for output in (self.root / "stages").glob("*/*-*.parquet"):
+            index = int(output.stem.rsplit("-", 1)[1])
+            if not self._marker(output.parent.name, index).exists():
+                output.unlink()
+
     def finished_shard(self, stage: str, index: int) -> StageStats | None:
         marker = self._marker(stage, index)
         if not marker.exists():
@@ -99,11 +148,14 @@ class Run:
         records_in: int,
         produce: Callable[[Usage], tuple[list[Record], list[Record]]],
         usage: Usage,
+        sealed_input: bool = True,
     ) -> StageStats:
         """Run one shard of a stage unless an earlier invocation finished it.
 
         Kept and rejected records are written first, the marker last: a shard
         without its marker is redone, and its LLM calls come from the cache.
+        A shard some of whose requests went unanswered, or whose input is still
+        open, gets no marker: a rerun asks those requests again.
         """
         finished = self.finished_shard(stage, index)
         if finished is not None:
@@ -114,7 +166,10 @@ class Run:
         folder = self._stage_dir(stage)
         write_records(folder / f"kept-{index:05d}.parquet", kept)
         write_records(folder / f"rejected-{index:05d}.parquet", rejected)
-        write_atomic(self._marker(stage, index), json.dumps(stats.to_dict()).encode())
+        if usage.unanswered or not sealed_input:
+            stats.unsealed = 1
+        else:
+            write_atomic(self._marker(stage, index), json.dumps(stats.to_dict()).encode())
         return stats
 
     @staticmethod
@@ -144,8 +199,6 @@ class Run:
         table = to_dataset_table(records)
         rows_per_file = max(1, len(records) * shard_bytes // max(table.nbytes, 1))
         count = max(1, -(-len(records) // rows_per_file))
-        for leftover in self.root.glob(".dataset.*"):  # of a run killed while it swapped folders
-            shutil.rmtree(leftover, ignore_errors=True)
         staging = self.root / f".dataset.tmp-{os.getpid()}"
         paths = []
         for i in range(count):
@@ -161,6 +214,29 @@ class Run:
         return paths
 
 
+def _reopen(config: RunConfig) -> tuple[RunConfig, Run]:
+    """An existing run, resumed with the settings it was started with (where they shape the data)."""
+    run = Run(config.output_dir / config.run_id)
+    stored = yaml.safe_load(run.config_path.read_text())
+    changed = _differences(data_settings(stored), data_settings(config.model_dump(mode="json")))
+    if changed:
+        raise UserError(
+            f"run '{config.run_id}' was started with other settings ({'; '.join(changed[:3])}); "
+            "pass the same settings to resume it, or a new --run-id"
+        )
+    return config, run
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def prepare_run(config: RunConfig) -> tuple[RunConfig, Run]:
     """Validate everything a user can get wrong, then create (or reopen) the run directory.
 
@@ -170,20 +246,15 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, Run]:
     # The model and the server's dialect as found: a resume against servers of another model is refused.
     config = config.model_copy(update={"llm": check_llm(config.llm)})
     if config.run_id and (config.output_dir / config.run_id / "config.yaml").exists():
-        run = Run(config.output_dir / config.run_id)
-        stored = yaml.safe_load(run.config_path.read_text())
-        changed = _differences(data_settings(stored), data_settings(config.model_dump(mode="json")))
-        if changed:
-            raise UserError(
-                f"run '{config.run_id}' was started with other settings ({'; '.join(changed[:3])}); "
-                "pass the same settings to resume it, or a new --run-id"
-            )
-        return config, run
+        return _reopen(config)
     seeds = load_seeds(config.seeds)
     config = config.model_copy(update={"run_id": config.run_id or new_run_id()})
     root = config.output_dir / config.run_id
     if root.exists():
         raise UserError(f"{root}: exists but is not a germinate run (no config.yaml); pick another --run-id")
+    for leftover in config.output_dir.glob(f".{config.run_id}.tmp-*"):  # a creation killed midway
+        if not _alive(int(leftover.name.rsplit("-", 1)[1])):
+            shutil.rmtree(leftover, ignore_errors=True)
     staging = config.output_dir / f".{config.run_id}.tmp-{os.getpid()}"
     try:
         staging.mkdir(parents=True)
@@ -192,5 +263,7 @@ def prepare_run(config: RunConfig) -> tuple[RunConfig, Run]:
         staging.rename(root)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        if (root / "config.yaml").exists():  # another process created the same run id a moment before
+            return _reopen(config)
         raise UserError(f"output_dir: cannot write {root} ({exc.strerror or exc})") from None
     return config, Run(root)

@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
+def error_kind(error: str) -> str:
+    """What failed, without the detail: "http_500", "timeout", "invalid_json"..."""
+    return error.split(":", 1)[0]
+
+
 @dataclass
 class Usage:
     """LLM requests of one stage shard. `on_call` lets a progress display follow along."""
@@ -15,14 +20,21 @@ class Usage:
     calls: int = 0  # requests asked for, whether answered from cache or not
     cached: int = 0
     failed: int = 0  # still failing after the last retry
+    unanswered: int = 0  # of which the server never answered: a rerun asks again
+    errors: Counter = field(default_factory=Counter)  # error kind -> failed requests
     prompt_tokens: int = 0
     completion_tokens: int = 0
     on_call: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 
-    def add(self, *, cached: bool, failed: bool, prompt_tokens: int, completion_tokens: int) -> None:
+    def add(
+        self, *, cached: bool, error: str | None, unanswered: bool, prompt_tokens: int, completion_tokens: int
+    ) -> None:
         self.calls += 1
         self.cached += cached
-        self.failed += failed
+        if error is not None:
+            self.failed += 1
+            self.unanswered += unanswered
+            self.errors[error_kind(error)] += 1
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
         if self.on_call:
@@ -38,10 +50,13 @@ class StageStats:
     llm_calls: int = 0
     cached_calls: int = 0
     failed_calls: int = 0
+    unanswered_calls: int = 0
+    errors: Counter = field(default_factory=Counter)  # error kind -> failed requests
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
     resumed: bool = False  # every shard was finished by an earlier invocation
+    unsealed: int = 0  # shards left open for a rerun: a request went unanswered, or their input was open
 
     @classmethod
     def of(cls, stage: str, records_in: int, kept: list, rejected: list, usage: Usage, seconds: float) -> StageStats:
@@ -53,6 +68,8 @@ class StageStats:
             llm_calls=usage.calls,
             cached_calls=usage.cached,
             failed_calls=usage.failed,
+            unanswered_calls=usage.unanswered,
+            errors=Counter(usage.errors),
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             seconds=seconds,
@@ -66,8 +83,8 @@ class StageStats:
         return merged
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "dropped": dict(self.dropped)}
+        return {**dataclasses.asdict(self), "dropped": dict(self.dropped), "errors": dict(self.errors)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageStats:
-        return cls(**{**data, "dropped": Counter(data["dropped"])})
+        return cls(**{**data, "dropped": Counter(data["dropped"]), "errors": Counter(data["errors"])})

@@ -2,8 +2,9 @@
 
 `FaultyServer` speaks the OpenAI chat-completions protocol and misbehaves on
 purpose: 429s, 500s, answers that arrive after the client's timeout, broken
-JSON. Its successful answers are built from the request's JSON schema, so
-every structured call of the pipeline gets a valid instance.
+JSON, outages, refusals. Its successful answers are built from the request's
+JSON schema, so every structured call of the pipeline gets a valid instance, and
+they depend on the messages and the sampling seed, as a real sampler's do.
 
 `RecordingHub` stands in for the Hugging Face Hub, which no machine here
 reaches: it answers the calls huggingface_hub makes to publish a dataset and
@@ -24,22 +25,23 @@ from typing import Any
 FAULTS = ("rate_limit", "server_error", "slow", "broken_json")
 
 
-def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None, pick: int = -1) -> Any:
-    """A small valid instance of a (pydantic-made) JSON schema; `pick` chooses among enum values."""
+def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None, pick: int = -1, tag: str = "") -> Any:
+    """A small valid instance of a (pydantic-made) JSON schema; `pick` chooses among enum values,
+    `tag` starts every string (what makes answers differ)."""
     defs = defs if defs is not None else schema.get("$defs", {})
     if "$ref" in schema:
-        return instance(defs[schema["$ref"].split("/")[-1]], defs, pick)
+        return instance(defs[schema["$ref"].split("/")[-1]], defs, pick, tag)
     if "enum" in schema:
         return schema["enum"][pick]
     kind = schema.get("type")
     if kind == "object":
-        return {key: instance(sub, defs, pick) for key, sub in schema.get("properties", {}).items()}
+        return {key: instance(sub, defs, pick, tag) for key, sub in schema.get("properties", {}).items()}
     if kind == "array":
         items = schema.get("items", {"type": "string"})
-        return [instance(items, defs, pick) for _ in range(min(2, schema.get("maxItems", 2)))]
+        return [instance(items, defs, pick, tag + str(i)) for i in range(min(2, schema.get("maxItems", 2)))]
     if kind == "integer":
         return 7
-    return "a concise answer about the task"[: schema.get("maxLength")]
+    return f"{tag} a concise answer about the task".strip()[: schema.get("maxLength")]
 
 
 class JSONHandler(BaseHTTPRequestHandler):
@@ -62,25 +64,44 @@ class JSONHandler(BaseHTTPRequestHandler):
 
 
 class LoopbackServer:
-    """A threaded HTTP server on 127.0.0.1 (a free port) for the life of a `with` block."""
+    """A threaded HTTP server on 127.0.0.1 (a free port) for the life of a `with` block. It can be
+    stopped (nothing listens; requests already on a connection are dropped unanswered) and
+    started again on the same port."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.port = 0
+        self.down = True
+        self._bind()
+
+    def _bind(self) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.port = self.httpd.server_address[1]
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if self.httpd is None:
+            self._bind()
+        self.down = False
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if not self.down:
+            self.down = True
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
 
     def __enter__(self):
-        self.thread.start()
+        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.stop()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         raise NotImplementedError
@@ -90,7 +111,11 @@ class FaultyServer(LoopbackServer):
     """`fail_share` of distinct requests fail once (with each of `kinds` in turn) and then succeed;
     `dead_share` fail every time, and so do those whose messages contain `dead_when`.
     Decided by a hash of the messages, so it is repeatable.
-    `timeout_s` is the client's timeout, which a "slow" answer overruns."""
+    `timeout_s` is the client's timeout, which a "slow" answer overruns.
+    `outage_after`: the server goes down when that many chat requests have arrived, for
+    `outage_s` seconds (None: for good). `chat_status`: every chat request gets this HTTP
+    status (401, 501...) while the models list still answers.
+    `seeds` records the sampling seed of every try, by the request's messages."""
 
     def __init__(
         self,
@@ -101,6 +126,9 @@ class FaultyServer(LoopbackServer):
         kinds: tuple[str, ...] = FAULTS,
         dead_when: str | None = None,
         low_when: str | None = None,
+        outage_after: int | None = None,
+        outage_s: float | None = None,
+        chat_status: int | None = None,
     ):
         self.kinds = kinds
         self.dead_when = dead_when
@@ -109,6 +137,10 @@ class FaultyServer(LoopbackServer):
         self.dead_share = dead_share
         self.delay_s = delay_s
         self.timeout_s = timeout_s
+        self.outage_after = outage_after
+        self.outage_s = outage_s
+        self.chat_status = chat_status
+        self.seeds: dict[str, list[int]] = {}
         self.attempts: dict[str, int] = {}
         self.failed_once = 0
         self.in_flight = 0
@@ -121,10 +153,17 @@ class FaultyServer(LoopbackServer):
     def base_url(self) -> str:
         return f"{self.url}/v1"
 
+    def outage(self, seconds: float | None) -> None:
+        """Go down now; come back after `seconds` (None: stay down)."""
+        self.stop()
+        if seconds is not None:
+            threading.Timer(seconds, self.start).start()
+
     def _plan(self, body: dict[str, Any]) -> str | None:
         key = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
         bucket = int(key[:8], 16) / 0xFFFFFFFF
         with self.lock:
+            self.seeds.setdefault(key, []).append(body.get("seed"))
             attempt = self.attempts.get(key, 0)
             self.attempts[key] = attempt + 1
             if bucket < self.dead_share or (self.dead_when and self.dead_when in json.dumps(body["messages"])):
@@ -144,7 +183,8 @@ class FaultyServer(LoopbackServer):
         fmt = body.get("response_format") or {}
         schema = fmt.get("schema") or fmt.get("json_schema", {}).get("schema")
         pick = 0 if self.low_when and self.low_when in json.dumps(body["messages"]) else -1
-        content = json.dumps(instance(schema, pick=pick)) if schema else "Here is a careful, complete answer."
+        tag = hashlib.sha256(json.dumps([body["messages"], body.get("seed")]).encode()).hexdigest()[:6]
+        content = json.dumps(instance(schema, pick=pick, tag=tag)) if schema else f"Here is a careful answer ({tag})."
         if fault == "broken_json":
             content = content[: len(content) // 2]
         return 200, json.dumps(
@@ -171,6 +211,16 @@ class FaultyServer(LoopbackServer):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     server.requests += 1
+                    going_down = server.requests == server.outage_after
+                if going_down:
+                    server.outage(server.outage_s)
+                if server.down:
+                    self.close_connection = True  # dropped unanswered, as by a server that died
+                    return
+                if server.chat_status:
+                    self._send(server.chat_status, b'{"error": {"message": "not for you"}}')
+                    return
+                with server.lock:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:

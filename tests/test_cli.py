@@ -1,10 +1,12 @@
 """The command line as a user meets it: bad input ends with one line, exit code 2, nothing written."""
 
+import os
 import socket
 
 import pytest
 
 from conftest import DATA, germinate
+from servers import FaultyServer
 
 
 def free_port() -> int:
@@ -29,7 +31,16 @@ CASES = {
     "not utf-8": (["--seeds", "{tmp}/latin1.jsonl"], "latin1.jsonl:1: not UTF-8"),
     "unknown config key": (["--config", "{tmp}/typo.yaml"], "unknown key 'aide.hopz'"),
     "unreachable server": (["--backend", "openai", "--base-url", "http://127.0.0.1:{port}/v1"], "llm.base_url: cannot reach"),
-    "bad backend": (["--backend", "gpt"], "'llm.backend'"),
+    "bad backend": (["--backend", "gpt"], "--backend gpt: Input should be 'llamacpp', 'openai' or 'vllm'"),
+    # A bad flag is blamed on the flag, not on the config file that says otherwise.
+    "bad flag beside a good file": (["--config", "{tmp}/ok.yaml", "--concurrency", "0"],
+                                    "--concurrency 0: Input should be greater than or equal to 1"),
+    "bad strategy": (["--strategy", "evol"], "--strategy evol: Input should be 'aide'"),
+    "bad run id": (["--run-id", "my run"], "--run-id my run: String should match pattern"),
+    "bad budget": (["--max-llm-calls", "0"], "--max-llm-calls 0: Input should be greater than or equal to 1"),
+    "not a number": (["--hops", "abc"], "Invalid value for '--hops'"),
+    "seeds are a folder": (["--seeds", "{tmp}"], "is a directory; name a seed file"),
+    "seeds are a link loop": (["--seeds", "{tmp}/loop"], "loop: a loop of symbolic links, not a seed file"),
 }
 
 
@@ -39,6 +50,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, case):
     (tmp_path / "noinstr.jsonl").write_text('{"prompt": "hi"}\n')
     (tmp_path / "latin1.jsonl").write_bytes(b'{"instruction": "caf\xe9"}\n')
     (tmp_path / "typo.yaml").write_text("aide:\n  hopz: 2\n")
+    (tmp_path / "ok.yaml").write_text("llm:\n  concurrency: 8\n")
+    os.symlink(tmp_path / "loop", tmp_path / "loop2")
+    os.symlink(tmp_path / "loop2", tmp_path / "loop")
     args, message = CASES[case]
     args = [a.format(tmp=tmp_path, port=free_port()) for a in args]
     result = germinate("run", *args, "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
@@ -48,3 +62,16 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, case):
     assert message in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "runs").exists()  # no half-written run directory
+
+
+@pytest.mark.parametrize("status", [401, 501])
+def test_a_server_that_lists_models_but_refuses_chat_stops_the_run_before_it_starts(tmp_path, status):
+    """Its models list answers, its chat endpoint refuses (a wrong key, no chat): found by one tiny
+    request before anything is written, not by a run that ends with 0 rows and exit code 0."""
+    with FaultyServer(chat_status=status) as server:
+        result = germinate("run", "--backend", "openai", "--base-url", server.base_url,
+                           "--output-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{server.base_url}/chat/completions answered HTTP {status} (not for you)" in line
+    assert not (tmp_path / "runs").exists()

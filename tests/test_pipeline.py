@@ -117,23 +117,24 @@ def test_report_measures_diversity_and_relevance(embedded_run):
 
 
 def test_failed_requests_become_rejected_records(tmp_path):
-    """The whole pipeline over a flaky OpenAI-compatible server: the run finishes, and every
-    request that still fails after its retries is a rejected record with its reason."""
+    """The whole pipeline over a flaky OpenAI-compatible server, partial results asked for: the run
+    finishes, and every request that still fails after its retries is a rejected record with its reason."""
     with FaultyServer(fail_share=1.0, timeout_s=0.5, dead_when="haiku") as server:
         config = tiny_config(
             write_seeds(tmp_path), tmp_path / "runs",
             llm={"backend": "openai", "base_url": server.base_url, "max_retries": 2, "backoff_s": 0.01,
                  "timeout_s": 0.5},
-            aide__personas=0,
-            quality=GATE_OFF,  # the server's answers are all alike: this test is about failures
+            aide__personas=0, budget__allow_partial=True,
+            quality=GATE_OFF,  # this test is about failures
         )
         report = build_dataset(config)
+    assert report["status"] == "partial" and "(http_500 2)" in report["problem"]
     run = Run(Path(report["dataset"]).parent)
     rejected = run.rejected("expand") + run.rejected("respond")
     failures = [r for r in rejected if r.drop_reason == "llm_error"]
     assert [r.id for r in failures] == ["s-haiku"]  # its answer never came; nor did its children
     assert failures[0].drop_stage == "respond"
-    assert failures[0].drop_detail == "server_error: HTTP 500 (after 3 tries)"
+    assert failures[0].drop_detail == "http_500: boom (after 3 tries)"
     assert server.failed_once > 0  # transient faults were retried away
     rows = pq.read_table(run.dataset_dir / "data").to_pylist()
     assert len(rows) == report["rows"] > len(TINY_SEEDS)

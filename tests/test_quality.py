@@ -84,7 +84,7 @@ def test_a_revision_replaces_its_draft_only_if_it_passes_the_heuristics(leaks):
     """Revisions come after the heuristic filters: one that fails them (here: template leakage)
     leaves the draft in place. The server's judge gives the draft 1 and anything else 10."""
     draft = Record(id="r", instruction="Explain why the sky is blue.", output="Rayleigh scattering.", model="m")
-    leakage = ["careful, complete answer"] if leaks else []
+    leakage = ["careful answer"] if leaks else []
     checks = Heuristics(HeuristicsConfig(leakage=leakage, min_words=1))
     with FaultyServer(low_when=draft.output) as server:
         llm = make_llm(LLMConfig(backend="openai", base_url=server.base_url, cache=False), None)
@@ -97,4 +97,5 @@ def test_a_revision_replaces_its_draft_only_if_it_passes_the_heuristics(leaks):
             llm.close()
     (record,) = kept
     assert record.quality_revisions == 1
-    assert record.output == ("Rayleigh scattering." if leaks else "Here is a careful, complete answer.")
+    assert (record.output == "Rayleigh scattering.") == leaks
+    assert leaks or record.output.startswith("Here is a careful answer")

@@ -31,14 +31,15 @@ def check_llm(config: LLMConfig) -> LLMConfig:
         if not config.model:
             raise UserError("llm.model: the vllm backend needs a model name or path")
         return config
-    from germinate.llm.openai_compat import probe_server
+    from germinate.llm.openai_compat import ping_server, probe_server
 
     if not config.servers:
         raise UserError("llm.base_url: the openai backend needs a server URL (e.g. http://localhost:8000/v1)")
-    found, unreachable = [], []
+    api_key = os.environ.get(config.api_key_env)
+    found, unreachable = {}, []
     for server in config.servers:
         try:
-            found.append(probe_server(server.base_url, os.environ.get(config.api_key_env)))
+            found[server.base_url] = probe_server(server.base_url, api_key)
         except UserError as exc:
             if len(config.servers) == 1:
                 raise
@@ -47,16 +48,19 @@ def check_llm(config: LLMConfig) -> LLMConfig:
         raise UserError(f"llm.endpoints: no server answers ({'; '.join(unreachable)})")
     for problem in unreachable:  # it joins the rotation once it answers (a vLLM still loading its weights)
         log.warning("not answering yet: %s", problem)
-    models, dialect = found[0]
+    models, dialect = next(iter(found.values()))
     model = config.model or (models[0] if models else None)
     if model is None:
         raise UserError("llm.model: the server serves no models; name one")
+    for base_url in found:
+        ping_server(base_url, api_key, model)
     structured = dialect if config.structured_output == "auto" else config.structured_output
     return config.model_copy(update={"model": model, "structured_output": structured})
 
 
 def make_llm(config: LLMConfig, cache_path: Path | None) -> LLM:
-    config = check_llm(config)
+    if config.backend != "openai" or config.model is None or config.structured_output == "auto":
+        config = check_llm(config)  # a run's config was checked once, before its shards (on Ray workers too)
     backend: Backend
     concurrency = config.concurrency
     if config.backend == "llamacpp":
@@ -88,4 +92,5 @@ def make_llm(config: LLMConfig, cache_path: Path | None) -> LLM:
         concurrency=concurrency,
         max_retries=config.max_retries,
         backoff_s=config.backoff_s,
+        outage_timeout_s=config.outage_timeout_s,
     )

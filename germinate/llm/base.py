@@ -1,13 +1,14 @@
 """The one LLM interface: `await llm.generate(requests) -> results`.
 
 Backends only turn a request into a completion. Everything else lives here, once:
-bounded concurrency, retries with backoff and jitter, JSON-schema validation,
-the response cache and token accounting. A request that still fails after the
-last retry comes back as a Result with an error; it never raises.
+bounded concurrency, retries with backoff and jitter, waiting out an outage,
+JSON-schema validation, the response cache and token accounting. A request that
+still fails after the last retry comes back as a Result with an error; `generate`
+raises only when the run cannot go on (the server refuses every request, or did
+not answer for llm.outage_timeout_s).
 """
 
 from __future__ import annotations
-
 
 import asyncio
 import contextvars
@@ -22,7 +23,10 @@ from typing import Any, Coroutine, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from germinate.errors import UserError
 from germinate.llm.cache import ResponseCache, cache_key
+from germinate.llm.errors import PermanentError, TransientError
+from germinate.llm.outage import Outage
 from germinate.stats import Usage
 
 T = TypeVar("T")
@@ -55,6 +59,7 @@ class Result:
     text: str | None = None
     parsed: Any = None  # an instance of request.schema
     error: str | None = None  # "kind: detail" after the last retry
+    unanswered: bool = False  # the error is the server's silence, not its answer: a rerun asks again
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -65,28 +70,19 @@ class Result:
         return self.error is None
 
 
-class TransientError(Exception):
-    """Worth another try: 429, 5xx, a timeout, a dropped connection."""
-
-
-class ServerDown(TransientError):
-    """The server itself failed (refused the connection, timed out, answered 5xx): another server of
-    the same model may answer. `refused`: nothing listens there at all."""
-
-    def __init__(self, message: str, refused: bool = False):
-        super().__init__(message)
-        self.refused = refused
-
-
-class PermanentError(Exception):
-    """Another try would fail the same way (400, 401, 404...)."""
+# The smallest request a chat server answers: asks whether it is there at all (germinate.llm.outage).
+PING = Request([{"role": "user", "content": "Say OK."}], max_tokens=1, temperature=0.0)
 
 
 class Backend(ABC):
     model: str  # the name that goes into cache keys and provenance
+    location: str  # where requests go, for the user: a server's URL, a model file
 
     @abstractmethod
     async def complete(self, request: Request, schema: dict[str, Any] | None) -> Completion: ...
+
+    async def ping(self) -> None:
+        await self.complete(PING, None)
 
     async def close(self) -> None:
         return None
@@ -119,11 +115,13 @@ class LLM:
         concurrency: int = 16,
         max_retries: int = 4,
         backoff_s: float = 0.5,
+        outage_timeout_s: float = 300.0,
     ):
         self.backend = backend
         self.cache = cache
         self.max_retries = max_retries
         self.backoff_s = backoff_s
+        self._outage = Outage(backend.ping, backend.location, outage_timeout_s)
         # Binds to the loop on first use (Python >= 3.10), which is the LLM's own loop.
         self._semaphore = asyncio.Semaphore(concurrency)
         self._loop = asyncio.new_event_loop()
@@ -169,36 +167,44 @@ class LLM:
         if usage is not None:
             usage.add(
                 cached=result.cached,
-                failed=not result.ok,
+                error=result.error,
+                unanswered=result.unanswered,
                 prompt_tokens=0 if result.cached else result.prompt_tokens,
                 completion_tokens=0 if result.cached else result.completion_tokens,
             )
         return result
 
     async def _call_with_retries(self, request: Request, schema: dict[str, Any] | None) -> Result:
-        error = "unknown"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                # Exponential backoff with full jitter, taken outside the concurrency limit.
-                await asyncio.sleep(random.uniform(0, self.backoff_s * 2 ** (attempt - 1)))
-            # A new seed per try: a deterministic sampler would repeat the same broken JSON.
-            tried = dataclasses.replace(request, seed=request.seed + attempt)
+        error, tries, redraws, unanswered = "unknown", 0, 0, False
+        while True:
+            await self._outage.ready()  # waits out an outage; raises ServerLost after llm.outage_timeout_s
+            # Only an answer that came back invalid draws a new seed (a deterministic sampler would repeat it);
+            # a try the server never answered keeps it, so faults on the way do not change the data.
+            sent = dataclasses.replace(request, seed=request.seed + redraws) if redraws else request
             try:
                 async with self._semaphore:
-                    completion = await self.backend.complete(tried, schema)
+                    completion = await self.backend.complete(sent, schema)
             except TransientError as exc:
-                error = str(exc)
-                continue
+                error, unanswered = str(exc), True
+                if not await self._outage.counts():
+                    continue  # the server is away: this try does not count
             except PermanentError as exc:
                 return Result(request, error=str(exc))
+            except UserError:
+                raise  # the server refuses every request (a key, a model to fix): the run stops
             except Exception as exc:  # an unforeseen backend failure: one request's problem, not the run's
-                error = f"backend_error: {type(exc).__name__}: {exc}"
-                continue
-            result = self._result(request, completion, cached=False)
-            if result.ok:
-                return result
-            error = result.error or error
-        return Result(request, error=f"{error} (after {self.max_retries + 1} tries)")
+                error, unanswered = f"backend_error: {type(exc).__name__}: {exc}", True
+            else:
+                self._outage.answered()
+                result = self._result(request, completion, cached=False)
+                if result.ok:
+                    return result
+                error, unanswered, redraws = result.error or error, False, redraws + 1
+            tries += 1
+            if tries > self.max_retries:
+                return Result(request, error=f"{error} (after {tries} tries)", unanswered=unanswered)
+            # Exponential backoff with full jitter, taken outside the concurrency limit.
+            await asyncio.sleep(random.uniform(0, self.backoff_s * 2 ** (tries - 1)))
 
     @staticmethod
     def _result(request: Request, completion: Completion, *, cached: bool) -> Result:
@@ -235,6 +241,7 @@ class LLM:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            await self._outage.close()
             await self.backend.close()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result()

@@ -65,4 +65,6 @@ class ResponseCache:
     def close(self) -> None:
         with self._lock:
             self._flush()
+            # Into the main file: a copied run directory carries its whole cache.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()

@@ -14,7 +14,8 @@ import logging
 import time
 from typing import Any
 
-from germinate.llm.base import Backend, Completion, Request, ServerDown
+from germinate.llm.base import Backend, Completion, Request
+from germinate.llm.errors import ServerDown
 from germinate.llm.openai_compat import OpenAIBackend
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class SpreadBackend(Backend):
     def __init__(self, servers: list[Server]):
         self.servers = servers
         self.model = servers[0].backend.model
+        self.location = ", ".join(s.backend.location for s in servers)
 
     def _in_rotation(self) -> list[Server]:
         now = time.monotonic()

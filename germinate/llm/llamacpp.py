@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from germinate.errors import UserError
-from germinate.llm.base import Backend, Completion, PermanentError, Request
+from germinate.llm.base import Backend, Completion, Request
+from germinate.llm.errors import PermanentError
 
 
 def default_model_path() -> Path:
@@ -40,6 +41,7 @@ class LlamaCppBackend(Backend):
         from llama_cpp import Llama
 
         self.model = model_path.name
+        self.location = str(model_path)
         self._llama = Llama(
             model_path=str(model_path),
             n_ctx=n_ctx,

@@ -9,9 +9,50 @@ import httpx
 import openai
 
 from germinate.errors import UserError
-from germinate.llm.base import Backend, Completion, PermanentError, Request, ServerDown, TransientError
+from germinate.llm.base import PING, Backend, Completion, Request
+from germinate.llm.errors import PermanentError, ServerDown, ServerRefused, TransientError
 
 Dialect = Literal["json_schema", "json_object"]
+
+# Answers that no retry changes: the key, the model or the URL is wrong for every request.
+REFUSALS = {
+    401: "the server wants another API key (llm.api_key_env names its variable)",
+    403: "the server wants another API key (llm.api_key_env names its variable)",
+    404: "no such model or endpoint there (llm.model, llm.base_url)",
+    501: "the server does not serve chat completions",
+}
+
+
+def _detail(body: object, fallback: str) -> str:
+    """The server's own words: OpenAI-style {"error": {"message": ...}} or {"message": ...}, clipped."""
+    if isinstance(body, dict):
+        body = body.get("error", body)
+    message = body.get("message") if isinstance(body, dict) else None
+    return " ".join(str(message or fallback).split())[:200]
+
+
+def refused(base_url: str, code: int, detail: str) -> ServerRefused:
+    return ServerRefused(
+        f"llm: {base_url.rstrip('/')}/chat/completions answered HTTP {code} ({detail}): {REFUSALS[code]}"
+    )
+
+
+def ping_server(base_url: str, api_key: str | None, model: str, timeout_s: float = 10.0) -> None:
+    """Ask for one token, so a server that lists models but refuses chat (a wrong key, a wrong model)
+    stops the run before anything is written. Any other answer, or none yet, is for the run to handle."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body = {"model": model, "messages": PING.messages, "max_tokens": PING.max_tokens, "temperature": 0}
+    try:
+        response = httpx.post(base_url.rstrip("/") + "/chat/completions", json=body, headers=headers,
+                              timeout=timeout_s)
+    except httpx.HTTPError:
+        return
+    if response.status_code in REFUSALS:
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        raise refused(base_url, response.status_code, _detail(payload, response.reason_phrase))
 
 
 def probe_server(base_url: str, api_key: str | None, timeout_s: float = 10.0) -> tuple[list[str], Dialect]:
@@ -37,7 +78,7 @@ def probe_server(base_url: str, api_key: str | None, timeout_s: float = 10.0) ->
 class OpenAIBackend(Backend):
     def __init__(self, base_url: str, model: str, api_key: str | None, dialect: Dialect, timeout_s: float):
         self.model = model
-        self.base_url = base_url
+        self.base_url = self.location = base_url
         self._api_key = api_key or "unused"  # local servers take any key; the client wants one
         self._dialect = dialect
         self._timeout_s = timeout_s
@@ -68,15 +109,17 @@ class OpenAIBackend(Backend):
             raise ServerDown(f"timeout: no answer within {self._timeout_s:g}s") from None
         except openai.APIConnectionError as exc:
             # openai's HTTP client (httpx2) raises ConnectError when nothing listens there
-            refused = type(exc.__cause__).__name__ == "ConnectError"
-            raise ServerDown(f"connection: {exc}", refused=refused) from None
+            refused_connection = type(exc.__cause__).__name__ == "ConnectError"
+            raise ServerDown(f"connection: {exc}", refused=refused_connection) from None
         except openai.APIStatusError as exc:
-            code = exc.status_code
+            code, detail = exc.status_code, _detail(exc.body, exc.message)
+            if code in REFUSALS:
+                raise refused(self.base_url, code, detail) from None
             if code == 429:  # alive, only busy: back off, but keep it in rotation
-                raise TransientError("rate_limited: HTTP 429") from None
+                raise TransientError(f"http_429: {detail}") from None
             if code >= 500:
-                raise ServerDown(f"server_error: HTTP {code}") from None
-            raise PermanentError(f"http_{code}: {exc.message}") from None
+                raise ServerDown(f"http_{code}: {detail}") from None
+            raise PermanentError(f"http_{code}: {detail}") from None
         except (openai.APIResponseValidationError, json.JSONDecodeError) as exc:
             raise TransientError(f"bad_response: {exc}") from None
         if not response.choices:

@@ -18,6 +18,7 @@ class VLLMBackend(Backend):
         from vllm import LLM
 
         self.model = model
+        self.location = f"vllm.LLM({model})"
         self._llm = LLM(model=model, max_model_len=max_model_len)
         self._pending: list[tuple[Request, dict[str, Any] | None, asyncio.Future]] = []
         self._busy = asyncio.Lock()  # vllm.LLM is not thread-safe: one batch at a time
