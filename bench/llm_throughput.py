@@ -1,10 +1,11 @@
-"""Throughput of germinate's LLM layer against a bare asyncio + openai client loop.
+"""Throughput of germinate's LLM layer against two bare client loops: a raw aiohttp loop (the
+ceiling for a Python client here) and the openai SDK with its default transport.
 
 A loopback OpenAI-compatible server (its own process) answers every request after a
-fixed delay. Both clients send the same N distinct requests at the same concurrency;
-the script prints the median requests/s of each and the median of the per-round ratios
-(target: layer >= 0.9 x bare). The layer runs as a pipeline uses it: its own loop thread,
-the response cache on.
+fixed delay. The clients send the same N distinct requests at the same concurrency;
+the script prints the median requests/s of each and the medians of the per-round ratios
+(target: layer >= 0.9 x raw aiohttp). The layer runs as a pipeline uses it: its own loop
+thread, retries, the outage watch, the response cache on.
 
     python bench/llm_throughput.py [--requests 2000] [--rounds 5] [--delay-ms 50] [--concurrency 64 256]
 """
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -72,7 +74,23 @@ def messages(i: int) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"request {i}"}]
 
 
-async def bare(base_url: str, n: int, concurrency: int) -> float:
+async def raw(base_url: str, n: int, concurrency: int) -> float:
+    """One aiohttp session, a semaphore, JSON in and out, nothing else."""
+    semaphore = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one(i: int) -> None:
+            body = {"model": "bench", "messages": messages(i), "max_tokens": 8, "temperature": 0.7, "top_p": 0.95,
+                    "seed": 0}
+            async with semaphore, session.post(base_url + "/chat/completions", json=body) as response:
+                (await response.json())["choices"][0]["message"]["content"]
+
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        return n / (time.perf_counter() - start)
+
+
+async def sdk(base_url: str, n: int, concurrency: int) -> float:
     client = openai.AsyncOpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=60)
     semaphore = asyncio.Semaphore(concurrency)
 
@@ -108,7 +126,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--delay-ms", type=float, default=50)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the two clients")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the three clients")
     args = parser.parse_args()
 
     with socket.socket() as s:
@@ -118,22 +136,24 @@ def main() -> None:
     server.start()
     base_url = f"http://127.0.0.1:{port}/v1"
     time.sleep(0.5)
-    asyncio.run(bare(base_url, 50, 8))  # warm up both sides
+    asyncio.run(raw(base_url, 50, 8))  # warm up both sides
 
     print(f"{args.requests} requests per round, {args.rounds} rounds, server delay {args.delay_ms:g} ms")
-    print(f"{'concurrency':>11}  {'bare req/s':>10}  {'germinate req/s':>15}  {'ratio':>5}")
+    print(f"{'concurrency':>11}  {'raw aiohttp':>11}  {'openai SDK':>10}  {'germinate':>9}  "
+          f"{'germinate/raw':>13}  {'germinate/SDK':>13}")
     for concurrency in args.concurrency:
-        # The two clients alternate, round after round, and each round's ratio is taken
-        # between neighbours: a slow spell of a shared machine then hits both alike.
-        bare_rates, layer_rates = [], []
+        # The clients alternate, round after round, and each round's ratios are taken between
+        # neighbours: a slow spell of a shared machine then hits them alike.
+        rates: dict[str, list[float]] = {"raw": [], "sdk": [], "layer": []}
         for _ in range(args.rounds):
-            bare_rates.append(asyncio.run(bare(base_url, args.requests, concurrency)))
-            layer_rates.append(layer(base_url, args.requests, concurrency))
-        ratio = statistics.median(lr / br for br, lr in zip(bare_rates, layer_rates))
-        print(
-            f"{concurrency:>11}  {statistics.median(bare_rates):>10.0f}  "
-            f"{statistics.median(layer_rates):>15.0f}  {ratio:>5.2f}"
-        )
+            rates["raw"].append(asyncio.run(raw(base_url, args.requests, concurrency)))
+            rates["sdk"].append(asyncio.run(sdk(base_url, args.requests, concurrency)))
+            rates["layer"].append(layer(base_url, args.requests, concurrency))
+        to_raw = statistics.median(g / r for r, g in zip(rates["raw"], rates["layer"]))
+        to_sdk = statistics.median(g / s for s, g in zip(rates["sdk"], rates["layer"]))
+        medians = {name: statistics.median(values) for name, values in rates.items()}
+        print(f"{concurrency:>11}  {medians['raw']:>11.0f}  {medians['sdk']:>10.0f}  {medians['layer']:>9.0f}  "
+              f"{to_raw:>13.2f}  {to_sdk:>13.2f}")
     server.terminate()
 
 

@@ -1,1 +1,14 @@
-"""Quality filters: one concern per module, plain Python over records."""
+"""The quality gate: one stage per module (germinate.stage.Stage), found by `stages()`.
+
+A new filter is a new module here with a `Filter` (or `Stage`) subclass, its settings section in
+germinate/config.py (`quality.<name>`), and its name in the config's `stages` order."""
+
+from __future__ import annotations
+
+import sys
+
+from germinate.stage import Stage, discover
+
+
+def stages() -> dict[str, type[Stage]]:
+    return discover(sys.modules[__name__], Stage)

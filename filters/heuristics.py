@@ -6,15 +6,13 @@ rule names the drop reason, and what it matched is kept as the detail.
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Callable
 
-from filters.dedup import normalize
-from germinate.config import HeuristicsConfig
-from germinate.records import Record, show
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
-STAGE = "heuristics"
+from germinate.records import Record, normalize, show
+from germinate.stage import Context, Filter
 
 
 def _phrases(phrases: list[str]) -> re.Pattern | None:
@@ -32,16 +30,14 @@ def _found(pattern: re.Pattern | None, text: str) -> str | None:
     return match.group(0) if match else None
 
 
-@functools.cache
-def _language_identifier():
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+# Loaded with the module, before a run's first request: loading it later would hold the interpreter
+# while requests wait to be sent.
+IDENTIFIER = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
 
 
 def language(text: str) -> tuple[str, float]:
     """ISO 639-1 code and probability (py3langid's model ships in its wheel; no download)."""
-    code, probability = _language_identifier().classify(text)
+    code, probability = IDENTIFIER.classify(text)
     return code, float(probability)
 
 
@@ -49,9 +45,13 @@ def _words(text: str | None) -> int:
     return len(text.split()) if text else 0
 
 
-class Heuristics:
-    def __init__(self, config: HeuristicsConfig):
-        self.config = config
+class Heuristics(Filter):
+    name = "heuristics"
+    section = "quality.heuristics"
+
+    def __init__(self, context: Context):
+        super().__init__(context)
+        config = self.settings
         self.unsupported = _phrases(config.unsupported)
         self.refusal = _phrases(config.refusals)
         self.leakage = _phrases(config.leakage)
@@ -76,15 +76,15 @@ class Heuristics:
 
     def too_short(self, r: Record) -> str | None:
         words = _words(show(r))
-        return f"{words} words < {self.config.min_words}" if words < self.config.min_words else None
+        return f"{words} words < {self.settings.min_words}" if words < self.settings.min_words else None
 
     def too_long(self, r: Record) -> str | None:
         words = _words(show(r))
-        return f"{words} words > {self.config.max_words}" if words > self.config.max_words else None
+        return f"{words} words > {self.settings.max_words}" if words > self.settings.max_words else None
 
     def response_too_long(self, r: Record) -> str | None:
         words = _words(r.output)
-        return f"{words} words > {self.config.max_response_words}" if words > self.config.max_response_words else None
+        return f"{words} words > {self.settings.max_response_words}" if words > self.settings.max_response_words else None
 
     def unsupported_task(self, r: Record) -> str | None:
         return _found(self.unsupported, show(r))
@@ -103,10 +103,10 @@ class Heuristics:
         return "the answer repeats the task" if copied else None
 
     def wrong_language(self, r: Record) -> str | None:
-        if not self.config.languages:
+        if not self.settings.languages:
             return None
         code, probability = language(show(r))
-        if code in self.config.languages or probability < self.config.min_language_confidence:
+        if code in self.settings.languages or probability < self.settings.min_language_confidence:
             return None
         return f"{code} ({probability:.2f})"
 
@@ -117,13 +117,3 @@ class Heuristics:
             if detail is not None:
                 return reason, detail
         return None
-
-    def __call__(self, records: list[Record]) -> tuple[list[Record], list[Record]]:
-        kept, rejected = [], []
-        for record in records:
-            failed = self.check(record)
-            if failed is None:
-                kept.append(record)
-            else:
-                rejected.append(record.dropped(STAGE, *failed))
-        return kept, rejected

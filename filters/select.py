@@ -9,11 +9,9 @@ import dataclasses
 
 import numpy as np
 
-from germinate.config import SelectConfig
 from germinate.kmeans import Clusters, spherical_kmeans
-from germinate.records import Record
-
-STAGE = "select"
+from germinate.records import Record, show
+from germinate.stage import Outcome, Stage
 
 
 def choose_k(vectors: np.ndarray, budget: int, sample: int, seed: int = 0) -> int:
@@ -68,36 +66,48 @@ def weighted_sample(weights: np.ndarray, count: int, rng: np.random.Generator) -
 
 
 def select_indices(
-    vectors: np.ndarray, weights: np.ndarray, size: int, k: int, split: str, seed: int = 0
+    vectors: np.ndarray, weights: np.ndarray, size: int, k: int, split: str, seed: int = 0,
+    chosen: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Clusters]:
-    """kMQ on vectors: a boolean mask of the `size` chosen, and the clusters it drew from."""
+    """kMQ on vectors: a boolean mask of the `size` chosen, and the clusters it drew from. `chosen`
+    marks what is in already (the seeds): the rest of `size` is split over the clusters' others."""
     found = spherical_kmeans(vectors, k, seed=seed)
-    members = found.members()
-    shares = split_budget([len(m) for m in members], size, split)
+    chosen = np.zeros(len(vectors), dtype=bool) if chosen is None else chosen.copy()
+    members = [cluster[~chosen[cluster]] for cluster in found.members()]
+    shares = split_budget([len(m) for m in members], max(0, size - int(chosen.sum())), split)
     rng = np.random.default_rng(seed)
-    chosen = np.zeros(len(vectors), dtype=bool)
     for cluster, share in zip(members, shares):
         chosen[cluster[weighted_sample(weights[cluster], share, rng)]] = True
     return chosen, found
 
 
-def select_diverse(
-    records: list[Record], vectors: np.ndarray, size: int, config: SelectConfig, seed: int = 0
-) -> tuple[list[Record], list[Record]]:
-    """Choose `size` records spread over the clusters of their embeddings; deterministic per seed."""
-    if not records:
-        return [], []
-    k = config.clusters or choose_k(vectors, size, config.silhouette_sample, seed)
-    scores = np.array([np.nan if r.quality_score is None else r.quality_score for r in records], dtype=np.float64)
-    # Quality weighs when there is any; a record without a score weighs as the average one.
-    weights = np.ones(len(records)) if np.isnan(scores).all() else np.nan_to_num(scores, nan=np.nanmean(scores))
-    chosen, found = select_indices(vectors, weights, size, k, config.split, seed)
-    kept, rejected = [], []
-    for i, record in enumerate(records):
-        cluster = int(found.assignments[i])
-        record = dataclasses.replace(record, cluster=cluster)
-        if chosen[i]:
-            kept.append(record)
-        else:
-            rejected.append(record.dropped(STAGE, "not_selected", f"cluster {cluster} of {len(found.centroids)}"))
-    return kept, rejected
+class Select(Stage):
+    """`budget.max_records` records spread over the clusters of their embeddings; deterministic per seed.
+    The seeds, paid for first, are chosen first; the rest of the rows go to the others."""
+
+    name = "select"
+    section = "quality.select"
+    whole_set = True
+
+    async def run(self, records: list[Record]) -> Outcome:
+        if not records:
+            return [], []
+        vectors = await self.context.vectors([show(r) for r in records])
+        size, seed = self.config.budget.max_records, self.config.random_seed
+        k = self.settings.clusters or choose_k(vectors, size, self.settings.silhouette_sample, seed)
+        scores = np.array([np.nan if r.quality_score is None else r.quality_score for r in records], dtype=np.float64)
+        # Quality weighs when there is any; a record without a score weighs as the average one.
+        weights = np.ones(len(records)) if np.isnan(scores).all() else np.nan_to_num(scores, nan=np.nanmean(scores))
+        seeds = np.flatnonzero([r.strategy == "seed" for r in records])[:size]
+        chosen = np.zeros(len(records), dtype=bool)
+        chosen[seeds] = True
+        chosen, found = select_indices(vectors, weights, size, k, self.settings.split, seed, chosen)
+        kept, rejected = [], []
+        for i, record in enumerate(records):
+            cluster = int(found.assignments[i])
+            record = dataclasses.replace(record, cluster=cluster)
+            if chosen[i]:
+                kept.append(record)
+            else:
+                rejected.append(record.dropped(self.name, "not_selected", f"cluster {cluster} of {len(found.centroids)}"))
+        return kept, rejected

@@ -1,4 +1,4 @@
-"""What the Prefect UI shows for a run: a progress artifact per LLM stage while it runs, then the
+"""What the Prefect UI shows for a run: a progress artifact of its LLM calls while it runs, then the
 report (markdown) and a sample of the dataset's rows (table). Wiring only: the content is the
 engine's (germinate.report, germinate.progress)."""
 
@@ -18,15 +18,15 @@ TEXT_LIMIT = 500  # characters of a long text shown in the sample table
 
 
 class StageProgress:
-    """A progress artifact for one stage: requests (or records) done of `total`, as a percentage."""
+    """A progress artifact: what `stage` counts (LLM calls) done of `total`, as a percentage."""
 
     def __init__(self, stage: str, total: int):
         self.stage, self.total = stage, total
         self.shown = 0.0
-        self.id = create_progress_artifact(0.0, description=f"{stage}: {total} to do", _sync=True)
+        self.id = create_progress_artifact(0.0, description=f"{stage}: {total} at most", _sync=True)
 
-    def update(self, final: bool = False) -> None:
-        share = 100.0 if final else min(100.0, 100.0 * progress.done(self.stage) / max(self.total, 1))
+    def update(self) -> None:
+        share = min(100.0, 100.0 * progress.done(self.stage) / max(self.total, 1))
         if share != self.shown:
             update_progress_artifact(self.id, share, _sync=True)
             self.shown = share

@@ -1,23 +1,27 @@
-"""Expansion strategies: one module each, behind one interface (`Strategy`).
+"""Expansion strategies: one module each, behind one interface (`Strategy`), found by `strategies()`;
+and the stage that answers what they write (respond.py).
 
 A strategy's share of the budget is split over its units (seeds; GLAN: disciplines),
-and each unit grows records within its own allowance. Every strategy writes the
-same Record schema and fills the provenance fields that apply to it.
+and each unit grows records within its own allowance, handing them on as soon as they
+are final, so they are answered and judged while the rest grows. Every strategy writes
+the same Record schema and fills the provenance fields that apply to it.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import sys
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Sequence
 
-from germinate.budget import Allowance
+from germinate.budget import EXPAND_STAGE, Allowance
 from germinate.config import RunConfig
+from germinate.executor import Emit
 from germinate.llm import LLM, Request, Result
 from germinate.prompts import Prompt
 from germinate.records import Record
-from germinate.runs import EXPAND_STAGE
+from germinate.stage import Context, Stage, discover
 
 STAGE = EXPAND_STAGE
 
@@ -27,13 +31,14 @@ class Strategy(ABC):
     prompts_hash: str  # of the templates its records went through: their provenance
     unit_cost: int  # the fewest LLM calls that grow one record from a unit (set by each strategy)
 
-    def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
-        """`llm` may be None to plan units only; `record_cost`: LLM calls a kept record without an
-        answer still needs after expansion (reserved when the record is made)."""
-        self.llm = llm
-        self.config = config
+    def __init__(self, context: Context, record_cost: int):
+        """`context.llm` may be None to plan units only; `record_cost`: LLM calls a kept record without
+        an answer still needs after expansion (reserved when the record is made)."""
+        self.llm = context.llm
+        self.vectors = context.vectors
+        self.config = context.config
         self.record_cost = record_cost
-        self.random_seed = config.random_seed
+        self.random_seed = context.config.random_seed
 
     def check(self) -> None:
         """Raise UserError for a fault in the strategy's own inputs (a library, a taxonomy),
@@ -50,9 +55,13 @@ class Strategy(ABC):
         chosen = random.Random(f"{self.random_seed}:{self.name}").sample(range(len(units)), count)
         return [units[i] for i in sorted(chosen)]
 
+    async def prepare(self, units: Sequence[Any], allowances: list[Allowance]) -> None:
+        """Work across a shard's units before they grow (TCIA's constraint pool). Default: none."""
+
     @abstractmethod
-    async def expand(self, units: Sequence[Any], allowances: list[Allowance]) -> tuple[list[Record], list[Record]]:
-        """Grow records from each unit within its allowance. Returns (kept, rejected)."""
+    async def grow(self, unit: Any, allowance: Allowance, emit: Emit) -> None:
+        """Grow records from one unit within its allowance. Hand each batch on with `emit(kept,
+        rejected)` as soon as it is final, in an order that does not depend on timing."""
 
     def written(self, result: Result, parse: Callable[[str], str] | None = None, **provenance: Any) -> Record:
         """A record of the instruction in `result`, with the call's model, tokens and finish reason."""
@@ -109,17 +118,15 @@ def fault(record: Record, result: Result) -> tuple[str, str | None] | None:
 
 
 def strategies() -> dict[str, type[Strategy]]:
-    # Imported here: each module imports this one for the base class.
-    from generators import aide, evol_instruct, glan, self_instruct, tcia
-
-    classes = (aide.AIDE, tcia.TCIA, glan.GLAN, self_instruct.SelfInstruct, evol_instruct.EvolInstruct)
-    return {cls.name: cls for cls in classes}
+    """Every strategy in this package, by name: a new one is a new module."""
+    return discover(sys.modules[__name__], Strategy)
 
 
-def make_strategy(name: str, llm: LLM | None, config: RunConfig, record_cost: int) -> Strategy:
-    return strategies()[name](llm, config, record_cost)
+def stages() -> dict[str, type[Stage]]:
+    """The stages this package brings (respond), by name."""
+    return discover(sys.modules[__name__], Stage)
 
 
 def check_strategies(config: RunConfig) -> None:
     for name in config.strategies:
-        make_strategy(name, None, config, 0).check()
+        strategies()[name](Context(config), 0).check()

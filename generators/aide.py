@@ -27,14 +27,15 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, create_model
 
-from filters.reflection import JUDGE, Rubric, Verdict, reflect
 from generators import STAGE, Strategy, fault, parse_instruction
 from germinate.budget import Allowance
-from germinate.config import DATA_DIR, RunConfig
-from germinate.embed import embed
-from germinate.llm import LLM, Request, Result
+from germinate.config import DATA_DIR
+from germinate.executor import Emit
+from germinate.judge import JUDGE, Rubric, Verdict, reflect
+from germinate.llm import Request, Result
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
+from germinate.stage import Context
 
 PERSONAS_FILE = DATA_DIR / "personas.txt"
 
@@ -98,33 +99,29 @@ class Job:
     topic: str
     operation: str  # one of OPERATION_GUIDES, or "persona"
     attribute: str | None = None
-    persona: str | None = None
+    persona: str | None = None  # filled in for a persona slot before its child is written
+    slot: int = 0
 
 
 def _float_or_none(value: int | None) -> float | None:
     return None if value is None else float(value)
 
 
-def relevant_personas(seeds: list[Record], count: int) -> dict[str, list[str]]:
-    """For each seed, the personas of data/personas.txt closest to it in embedding space:
-    a pool a little larger than `count`, from which each node samples its persona children."""
-    if count == 0:
-        return {}
-    personas = [line.strip() for line in PERSONAS_FILE.read_text().splitlines() if line.strip()]
-    similarity = embed([show(s) for s in seeds]) @ embed(personas).T
-    pool = 2 * count + 2
-    return {seed.id: [personas[i] for i in row.argsort()[::-1][:pool]] for seed, row in zip(seeds, similarity)}
+@functools.cache
+def personas() -> tuple[str, ...]:
+    return tuple(line.strip() for line in PERSONAS_FILE.read_text().splitlines() if line.strip())
 
 
 class AIDE(Strategy):
     name = "aide"
     prompts_hash = combine_hashes(EXTRACT.hash, SYNTHESIZE.hash, PERSONA.hash, REWRITE.hash, JUDGE.hash)
 
-    def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
-        super().__init__(llm, config, record_cost)
+    def __init__(self, context: Context, record_cost: int):
+        super().__init__(context, record_cost)
         self.child_cost = 2 + record_cost  # write + first judgement + downstream
         self.unit_cost = 1 + self.child_cost  # a node's extraction and one child
-        self.aide = config.aide
+        self.aide = context.config.aide
+        self.persona_slots = min(self.aide.personas, len(personas()))
 
     def _request(
         self, prompt: Prompt, hop: int, schema: type[BaseModel] | None = None, max_tokens: int | None = None, /,
@@ -132,15 +129,15 @@ class AIDE(Strategy):
     ) -> Request:
         return self.request(prompt, self.random_seed + hop, schema, max_tokens, **values)
 
-    async def expand(self, units: list[Record], allowances: list[Allowance]):
-        """Grow every seed's tree concurrently. Returns (kept, rejected), seeds' trees in seed order."""
-        self.personas = relevant_personas(units, self.aide.personas)
-        trees = await asyncio.gather(*(self._expand_seed(s, a) for s, a in zip(units, allowances)))
-        return [r for kept, _ in trees for r in kept], [r for _, rejected in trees for r in rejected]
+    async def _relevant_personas(self, seed: Record) -> list[str]:
+        """The personas of data/personas.txt closest to the seed in embedding space: a pool a little
+        larger than a node's persona children, from which each node samples them."""
+        found = await self.vectors([show(seed), *personas()])
+        similarity = found[1:] @ found[0]
+        return [personas()[i] for i in similarity.argsort()[::-1][: 2 * self.aide.personas + 2]]
 
-    async def _expand_seed(self, seed: Record, allowance: Allowance):
-        kept: list[Record] = []
-        rejected: list[Record] = []
+    async def grow(self, seed: Record, allowance: Allowance, emit: Emit) -> None:
+        """The seed's tree, hop by hop; each hop's children are handed on when they are judged."""
         rng = random.Random(f"{self.random_seed}:{seed.id}:{seed.instruction}")
         frontier = [seed]
         for hop in range(1, self.aide.hops + 1):
@@ -164,16 +161,12 @@ class AIDE(Strategy):
             affordable = min(len(jobs), (hop_calls - len(frontier)) // self.child_cost, hop_records)
             jobs = jobs[: max(0, affordable)]
             allowance.take(self.child_cost * len(jobs))
-            children, dropped = await self._children(seed, hop, jobs, allowance)
-            allowance.records -= len(children)
-            kept += children
-            rejected += dropped
-            frontier = children
-        return kept, rejected
+            frontier = await self._children(seed, hop, jobs, allowance, emit)
 
     def _plan(self, nodes: list[Record], extractions: list[Result], rng: random.Random) -> list[Job]:
         """Every (attribute x operation) and persona child of each node, interleaved across nodes
-        so that a budget cut keeps the tree broad."""
+        so that a budget cut keeps the tree broad. Persona children are slots here: who they are is
+        looked up (by embedding) while the other children are already being written."""
         per_node = []
         for node, result in zip(nodes, extractions):
             if not result.ok:
@@ -183,8 +176,7 @@ class AIDE(Strategy):
             unique = dict.fromkeys(a.strip() for a in result.parsed.attributes if a.strip())
             attributes = list(unique)[: self.aide.attributes]
             jobs = [Job(node, topic, op, attribute=a) for a in attributes for op in self.aide.operations]
-            pool = self.personas.get(node.seed_id or node.id, [])
-            jobs += [Job(node, topic, "persona", persona=p) for p in rng.sample(pool, min(self.aide.personas, len(pool)))]
+            jobs += [Job(node, topic, "persona", slot=k) for k in range(self.persona_slots)]
             rng.shuffle(jobs)
             per_node.append(jobs)
         return [job for job in chain.from_iterable(zip_longest(*per_node)) if job is not None]
@@ -196,55 +188,73 @@ class AIDE(Strategy):
             return self._request(PERSONA, hop, persona=job.persona, **values)
         return self._request(SYNTHESIZE, hop, attribute=job.attribute, guide=OPERATION_GUIDES[job.operation], **values)
 
-    async def _children(self, seed: Record, hop: int, jobs: list[Job], allowance: Allowance):
-        written = await self.llm.generate([self._synthesis_request(seed, hop, job) for job in jobs])
-        candidates, dropped = [], []
-        for job, result in zip(jobs, written):
-            child = self.written(
-                result,
-                id=record_id(job.parent.id, job.operation, job.attribute or job.persona),
-                seed_id=seed.id,
-                parent_id=job.parent.id,
-                hop=hop,
-                topic=job.topic,
-                attribute=job.attribute,
-                operation=job.operation,
-                persona=job.persona,
-            )
-            problem = fault(child, result)
-            if problem is None:
-                candidates.append(child)
-                continue
-            dropped.append(child.dropped(STAGE, *problem))
-            allowance.refund(self.child_cost - 1)  # no judgement, nothing downstream
-        plain = [c for c in candidates if c.operation != "persona"]
-        personas = [c for c in candidates if c.operation == "persona"]
+    async def _write_personas(self, seed: Record, hop: int, jobs: list[Job]) -> list[Result]:
+        """Who each persona child speaks for is looked up by embedding (the model may still be loading
+        at the start of a run), then the children are written."""
+        if not jobs:
+            return []
+        pool = await self._relevant_personas(seed)
+        for job in jobs:  # each node's draw is its own: the same whatever the budget cut
+            job.persona = random.Random(f"{self.random_seed}:{job.parent.id}:personas").sample(
+                pool, self.persona_slots)[job.slot]
+        return await self.llm.generate([self._synthesis_request(seed, hop, job) for job in jobs])
+
+    async def _children(self, seed: Record, hop: int, jobs: list[Job], allowance: Allowance, emit: Emit):
+        """The attribute children, then the persona children (written meanwhile): each group judged,
+        rewritten with the critique where it falls short, and handed on as soon as it is done. The
+        groups draw on one allowance one after the other, so a rerun spends it in the same order."""
         parents = {job.parent.id: job.parent for job in jobs}
-        # One after the other: both draw on one allowance, which a rerun must spend in the same order.
-        reflections = [
-            await self._reflect(seed, plain, RELEVANCE, parents, allowance),
-            await self._reflect(seed, personas, PERSONA_RELEVANCE, parents, allowance),
-        ]
+        plain = [job for job in jobs if job.operation != "persona"]
+        chosen = [job for job in jobs if job.operation == "persona"]
+        persona_results = asyncio.ensure_future(self._write_personas(seed, hop, chosen))
         kept = []
-        for state in chain.from_iterable(reflections):
-            child, verdict = state.item, state.verdict
-            if verdict is None:  # the judge failed, not the child: it stays, unjudged
-                kept.append(dataclasses.replace(child, reflection_critique=f"not judged: {state.error}"))
-                continue
-            child = dataclasses.replace(
-                child,
-                reflection_score=float(verdict.scores["relevance"]),
-                difference_score=_float_or_none(verdict.scores.get("difference")),
-                reflection_critique=verdict.critique,
-                reflection_tries=state.tries,
-            )
-            if not state.passed and self.aide.on_reflection_fail == "drop":
-                detail = f"score {verdict.score:.1f} < {self.aide.reflection_threshold:g}: {verdict.critique}"
-                dropped.append(child.dropped(STAGE, "low_reflection_score", detail))
-                allowance.refund(self.record_cost)  # nothing downstream
+        for group, rubric in ((plain, RELEVANCE), (chosen, PERSONA_RELEVANCE)):
+            if group is plain:
+                written = await self.llm.generate([self._synthesis_request(seed, hop, job) for job in group])
             else:
-                kept.append(child)
-        return kept, dropped
+                written = await persona_results
+            candidates, dropped = [], []
+            for job, result in zip(group, written):
+                child = self.written(
+                    result,
+                    id=record_id(job.parent.id, job.operation, job.attribute or job.persona),
+                    seed_id=seed.id,
+                    parent_id=job.parent.id,
+                    hop=hop,
+                    topic=job.topic,
+                    attribute=job.attribute,
+                    operation=job.operation,
+                    persona=job.persona,
+                )
+                problem = fault(child, result)
+                if problem is None:
+                    candidates.append(child)
+                    continue
+                dropped.append(child.dropped(STAGE, *problem))
+                allowance.refund(self.child_cost - 1)  # no judgement, nothing downstream
+            judged = []
+            for state in await self._reflect(seed, candidates, rubric, parents, allowance):
+                child, verdict = state.item, state.verdict
+                if verdict is None:  # the judge failed, not the child: it stays, unjudged
+                    judged.append(dataclasses.replace(child, reflection_critique=f"not judged: {state.error}"))
+                    continue
+                child = dataclasses.replace(
+                    child,
+                    reflection_score=float(verdict.scores["relevance"]),
+                    difference_score=_float_or_none(verdict.scores.get("difference")),
+                    reflection_critique=verdict.critique,
+                    reflection_tries=state.tries,
+                )
+                if not state.passed and self.aide.on_reflection_fail == "drop":
+                    detail = f"score {verdict.score:.1f} < {self.aide.reflection_threshold:g}: {verdict.critique}"
+                    dropped.append(child.dropped(STAGE, "low_reflection_score", detail))
+                    allowance.refund(self.record_cost)  # nothing downstream
+                else:
+                    judged.append(child)
+            allowance.records -= len(judged)
+            emit(judged, dropped)
+            kept += judged
+        return kept
 
     async def _reflect(
         self, seed: Record, children: list[Record], rubric: Rubric, parents: dict[str, Record], allowance: Allowance

@@ -10,18 +10,16 @@ punctuation. A failed step leaves the next one to evolve its parent again.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 
-from filters.dedup import normalize
 from generators import STAGE, Strategy, fault
 from generators.respond import answer_request, answered
 from germinate.budget import Allowance
-from germinate.config import RunConfig
-from germinate.llm import LLM
+from germinate.executor import Emit
 from germinate.prompts import Prompt, combine_hashes
-from germinate.records import Record, record_id, show
+from germinate.records import Record, normalize, record_id, show
+from germinate.stage import Context
 
 IN_DEPTH = Prompt(
     "I want you to act as a prompt rewriter. Rewrite the given prompt into a more complex version that is "
@@ -77,18 +75,14 @@ class EvolInstruct(Strategy):
     name = "evol-instruct"
     prompts_hash = combine_hashes(IN_DEPTH.hash, IN_BREADTH.hash)
 
-    def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
-        super().__init__(llm, config, record_cost)
-        self.evol = config.evol_instruct
+    def __init__(self, context: Context, record_cost: int):
+        super().__init__(context, record_cost)
+        self.evol = context.config.evol_instruct
         self.step_cost = self.unit_cost = 1 + record_cost  # evolve + answer (+ the judge's first look)
 
-    async def expand(self, units: list[Record], allowances: list[Allowance]):
-        done = await asyncio.gather(*(self._evolve(seed, a) for seed, a in zip(units, allowances)))
-        return [r for kept, _ in done for r in kept], [r for _, rejected in done for r in rejected]
-
-    async def _evolve(self, seed: Record, allowance: Allowance):
+    async def grow(self, seed: Record, allowance: Allowance, emit: Emit) -> None:
+        """A chain of evolutions from the seed; each step is handed on as soon as it is answered."""
         rng = random.Random(f"{self.random_seed}:{seed.id}")
-        kept, rejected = [], []
         parent = seed
         for generation in range(1, self.evol.generations + 1):
             if allowance.records < 1 or not allowance.take(self.step_cost):
@@ -120,9 +114,8 @@ class EvolInstruct(Strategy):
             else:
                 allowance.refund(self.record_cost)  # neither answered nor judged
             if verdict is not None:
-                rejected.append(child.dropped(STAGE, *verdict))
+                emit([], [child.dropped(STAGE, *verdict)])
                 continue
             allowance.records -= 1
-            kept.append(child)
+            emit([child], [])
             parent = child
-        return kept, rejected

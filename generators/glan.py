@@ -19,10 +19,10 @@ from pydantic import BaseModel, Field, create_model
 
 from generators import STAGE, Strategy, fault
 from germinate.budget import Allowance, allocate
-from germinate.config import RunConfig
-from germinate.llm import LLM
+from germinate.executor import Emit
 from germinate.prompts import Prompt, combine_hashes
-from germinate.records import Record, record_id
+from germinate.records import record_id
+from germinate.stage import Context
 from taxonomy import Discipline, load_taxonomy, select
 
 NAME_CHARS, CONCEPT_CHARS, MAX_CONCEPTS, MAX_SUBTOPICS = 60, 40, 4, 4
@@ -110,9 +110,9 @@ class GLAN(Strategy):
     name = "glan"
     prompts_hash = combine_hashes(SUBJECTS.hash, SYLLABUS.hash, QUESTION.hash)
 
-    def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
-        super().__init__(llm, config, record_cost)
-        self.glan = config.glan
+    def __init__(self, context: Context, record_cost: int):
+        super().__init__(context, record_cost)
+        self.glan = context.config.glan
         self.question_cost = 1 + record_cost  # write + downstream
         self.subject_cost = 1 + self.question_cost  # a syllabus and at least one question
         self.unit_cost = 1 + self.subject_cost  # a subjects list, then one subject
@@ -127,13 +127,11 @@ class GLAN(Strategy):
     def units(self, seeds: list[Record], calls: int, rows: int) -> list[Discipline]:
         return self.affordable(self._slice(), calls, rows)
 
-    async def expand(self, units: list[Discipline], allowances: list[Allowance]):
-        done = await asyncio.gather(*(self._discipline(d, a) for d, a in zip(units, allowances)))
-        return [r for kept, _ in done for r in kept], [r for _, rejected in done for r in rejected]
-
-    async def _discipline(self, discipline: Discipline, allowance: Allowance):
+    async def grow(self, discipline: Discipline, allowance: Allowance, emit: Emit) -> None:
+        """Subjects, then each subject's syllabus and questions; a subject's questions are handed on
+        in subject order once they are written."""
         if allowance.records < 1 or not allowance.take(1):
-            return [], []
+            return
         wanted = min(self.glan.subjects, allowance.calls // self.subject_cost, allowance.records)
         schema = subjects_schema(self.glan.subjects)
         tokens = 32 + self.glan.subjects * (NAME_CHARS + 40 + MAX_SUBTOPICS * (CONCEPT_CHARS + 8))
@@ -142,15 +140,13 @@ class GLAN(Strategy):
             sub_field=discipline.sub_field, count=self.glan.subjects,
         )])
         if not listed.ok:
-            return [], []  # a failed call, counted in the stage's stats; nothing was made to drop
+            return  # a failed call, counted in the stage's stats; nothing was made to drop
         subjects = list({s.name.strip(): s for s in listed.parsed.subjects if s.name.strip()}.values())[:wanted]
-        if not subjects:
-            return [], []
         shares = zip(allocate(allowance.calls, len(subjects)), allocate(allowance.records, len(subjects)))
-        done = await asyncio.gather(
-            *(self._subject(discipline, subject, Allowance(c, r)) for subject, (c, r) in zip(subjects, shares))
-        )
-        return [r for kept, _ in done for r in kept], [r for _, rejected in done for r in rejected]
+        subjects = [asyncio.ensure_future(self._subject(discipline, subject, Allowance(c, r)))
+                    for subject, (c, r) in zip(subjects, shares)]
+        for subject in subjects:
+            emit(*await subject)
 
     async def _subject(self, discipline: Discipline, subject, allowance: Allowance):
         if allowance.records < 1 or not allowance.take(1):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from germinate.config import GenerationConfig
-from germinate.llm import LLM, Request, Result
+from germinate.llm import Request, Result
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
-
-STAGE = "respond"
+from germinate.stage import Outcome, Stage
 
 RESPOND = Prompt(
     "$task",
@@ -40,22 +39,30 @@ def answered(record: Record, result: Result, model: str) -> Record:
     )
 
 
-async def respond(llm: LLM, records: list[Record], generation: GenerationConfig, random_seed: int = 0):
-    """Returns (kept, rejected): answered records, and those whose request failed after its retries."""
-    todo = [r for r in records if not r.output]
-    results = await llm.generate([answer_request(r, generation, random_seed) for r in todo])
-    answers = {r.id: result for r, result in zip(todo, results)}
-    kept, rejected = [], []
-    for record in records:
-        result = answers.get(record.id)
-        if result is None:  # came with an output (a seed with its answer, or answered while expanding)
-            kept.append(record)
-            continue
-        record = answered(record, result, llm.model)
-        if not result.ok:
-            rejected.append(record.dropped(STAGE, "llm_error", result.error))
-        elif not record.output:
-            rejected.append(record.dropped(STAGE, "empty_response"))
-        else:
-            kept.append(record)
-    return kept, rejected
+class Respond(Stage):
+    """Answers every instruction that has none yet, as soon as it is made. A request that failed
+    after its retries drops its record (`llm_error`, with the error)."""
+
+    name = "respond"
+    section = "generation"
+    calls_llm = True
+
+    async def run(self, records: list[Record]) -> Outcome:
+        llm = self.context.llm
+        todo = [r for r in records if not r.output]
+        results = await llm.generate([answer_request(r, self.settings, self.config.random_seed) for r in todo])
+        answers = {r.id: result for r, result in zip(todo, results)}
+        kept, rejected = [], []
+        for record in records:
+            result = answers.get(record.id)
+            if result is None:  # came with an output (a seed with its answer, or answered while expanding)
+                kept.append(record)
+                continue
+            record = answered(record, result, llm.model)
+            if not result.ok:
+                rejected.append(record.dropped(self.name, "llm_error", result.error))
+            elif not record.output:
+                rejected.append(record.dropped(self.name, "empty_response"))
+            else:
+                kept.append(record)
+        return kept, rejected

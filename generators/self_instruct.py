@@ -14,10 +14,10 @@ from typing import Sequence
 
 from generators import STAGE, Strategy, fault, parse_instruction
 from germinate.budget import Allowance
-from germinate.config import RunConfig
-from germinate.llm import LLM
+from germinate.executor import Emit
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
+from germinate.stage import Context
 
 GENERATE = Prompt(
     "Come up with a new task for an AI assistant. Here are some examples:\n\n$examples\n\n"
@@ -57,27 +57,21 @@ class SelfInstruct(Strategy):
     name = "self-instruct"
     prompts_hash = combine_hashes(GENERATE.hash)
 
-    def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
-        super().__init__(llm, config, record_cost)
-        self.settings = config.self_instruct
+    def __init__(self, context: Context, record_cost: int):
+        super().__init__(context, record_cost)
+        self.settings = context.config.self_instruct
         self.task_cost = self.unit_cost = 1 + record_cost  # write + downstream
 
     def units(self, seeds: list[Record], calls: int, rows: int) -> Sequence[tuple[Record, ...]]:
         """One unit: the whole seed pool (the pool grows as one, so it is not split)."""
         return self.affordable([tuple(seeds)] if seeds else [], calls, rows)
 
-    async def expand(self, units: Sequence[tuple[Record, ...]], allowances: list[Allowance]):
-        kept, rejected = [], []
-        for seeds, allowance in zip(units, allowances):
-            grown, dropped = await self._grow(list(seeds), allowance)
-            kept += grown
-            rejected += dropped
-        return kept, rejected
-
-    async def _grow(self, seeds: list[Record], allowance: Allowance):
+    async def grow(self, unit: tuple[Record, ...], allowance: Allowance, emit: Emit) -> None:
+        """Rounds of `batch` prompts; each round's tasks are handed on when the pool has taken them."""
+        seeds = list(unit)
         rng = random.Random(self.random_seed)
         pool = [(seed, tokens(show(seed))) for seed in seeds]
-        kept, rejected = [], []
+        kept: list[Record] = []
         round_ = 0
         while allowance.records >= 1 and allowance.calls >= self.task_cost:
             round_ += 1
@@ -88,6 +82,7 @@ class SelfInstruct(Strategy):
                 [self.request(GENERATE, self.random_seed + round_, examples=examples, number=number)
                  for examples, number in prompts]
             )
+            grown, rejected = [], []
             for i, result in enumerate(written):
                 record = self.written(
                     result, first_task, id=record_id("self-instruct", self.random_seed, round_, i), hop=round_
@@ -95,12 +90,13 @@ class SelfInstruct(Strategy):
                 reason, detail, duplicate = self._novelty(record, result, pool)
                 if reason is None:
                     allowance.records -= 1
-                    kept.append(record)
+                    grown.append(record)
                     pool.append((record, tokens(record.instruction)))
                     continue
                 rejected.append(dataclasses.replace(record.dropped(STAGE, reason, detail), duplicate_of=duplicate))
                 allowance.refund(self.record_cost)
-        return kept, rejected
+            kept += grown
+            emit(grown, rejected)
 
     def _prompt(self, seeds: list[Record], generated: list[Record], rng: random.Random) -> tuple[str, int]:
         shown = min(self.settings.machine_demonstrations, self.settings.demonstrations, len(generated))

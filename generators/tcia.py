@@ -11,7 +11,6 @@ checked constraint by constraint and refined with what it missed.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 import random
@@ -26,12 +25,12 @@ from pydantic import BaseModel, Field, create_model
 
 from generators import STAGE, Strategy, fault, parse_instruction
 from germinate.budget import Allowance
-from germinate.config import RunConfig
-from germinate.embed import embed
 from germinate.errors import UserError
-from germinate.llm import LLM, Result
+from germinate.executor import Emit
+from germinate.llm import Result
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
+from germinate.stage import Context
 
 Category = Literal["content", "numerical", "style_tone", "format", "language", "input_placeholder"]
 TaskType = Literal[
@@ -174,10 +173,9 @@ def search(start: frozenset[int], pool: Pool, states: int, moves: int, max_const
     return found
 
 
-def retrieve(query: str, own: list[Constraint], candidates: list[Constraint], size: int) -> Pool:
-    """The seed's own constraints plus the `size` candidates closest to its basic query."""
-    candidates = [c for c in dict.fromkeys(candidates) if c not in own]
-    vectors = embed([query] + [c.text for c in own + candidates])
+def retrieve(vectors: np.ndarray, own: list[Constraint], candidates: list[Constraint], size: int) -> Pool:
+    """The seed's own constraints plus the `size` candidates closest to its basic query; `vectors`
+    embeds the query, then the constraints, own first."""
     ranked = np.argsort(-(vectors[1 + len(own):] @ vectors[0]), kind="stable")[:size]
     chosen = own + [candidates[i] for i in ranked]
     chosen_vectors = np.concatenate([vectors[1 : 1 + len(own)], vectors[1 + len(own):][ranked]])
@@ -197,31 +195,27 @@ class TCIA(Strategy):
     name = "tcia"
     prompts_hash = combine_hashes(DECOMPOSE.hash, COMPOSE.hash, VERIFY.hash, REFINE.hash)
 
-    def __init__(self, llm: LLM | None, config: RunConfig, record_cost: int):
-        super().__init__(llm, config, record_cost)
-        self.tcia = config.tcia
+    def __init__(self, context: Context, record_cost: int):
+        super().__init__(context, record_cost)
+        self.tcia = context.config.tcia
         self.state_cost = 2 + record_cost  # compose + verify + downstream
         self.unit_cost = 1 + self.state_cost  # the decomposition and one state
 
     def check(self) -> None:
         load_library(self.tcia.library)
 
-    async def expand(self, units: list[Record], allowances: list[Allowance]):
-        decompositions = await self._decompose(units, allowances)
-        library = load_library(self.tcia.library)
-        # The pool: constraints decomposed from the seeds (of this shard) and the library.
-        from_seeds: dict[str, list[Constraint]] = {}
-        for parsed in decompositions.values():
-            from_seeds.setdefault(parsed.task_type, []).extend(self._own(parsed))
-        trees = await asyncio.gather(
-            *(
-                self._expand_seed(seed, allowance, decompositions[seed.id], library, from_seeds)
-                for seed, allowance in zip(units, allowances)
-                if seed.id in decompositions
-            )
-        )
+    async def prepare(self, units: list[Record], allowances: list[Allowance]) -> None:
+        """Every seed of the shard decomposed; the pool: their constraints and the library's."""
+        self.decompositions = await self._decompose(units, allowances)
+        self.library = load_library(self.tcia.library)
+        self.from_seeds: dict[str, list[Constraint]] = {}
+        for parsed in self.decompositions.values():
+            self.from_seeds.setdefault(parsed.task_type, []).extend(self._own(parsed))
+
+    async def grow(self, seed: Record, allowance: Allowance, emit: Emit) -> None:
         # A seed whose decomposition failed grows nothing; the failed call is counted in the stage's stats.
-        return [r for kept, _ in trees for r in kept], [r for _, dropped in trees for r in dropped]
+        if seed.id in self.decompositions:
+            emit(*await self._expand_seed(seed, allowance, self.decompositions[seed.id]))
 
     async def _decompose(self, seeds: list[Record], allowances: list[Allowance]) -> dict[str, Decomposition]:
         todo = [
@@ -239,15 +233,14 @@ class TCIA(Strategy):
         own = [Constraint(c.category, c.text.strip()) for c in parsed.constraints if c.text.strip()]
         return list(dict.fromkeys(own))
 
-    async def _expand_seed(
-        self, seed: Record, allowance: Allowance, parsed: Decomposition, library: dict[str, list[Constraint]],
-        from_seeds: dict[str, list[Constraint]],
-    ):
+    async def _expand_seed(self, seed: Record, allowance: Allowance, parsed: Decomposition):
         own = self._own(parsed)
-        candidates = from_seeds.get(parsed.task_type, []) + library.get(parsed.task_type, [])
-        candidates += library.get("general", [])
+        candidates = self.from_seeds.get(parsed.task_type, []) + self.library.get(parsed.task_type, [])
+        candidates += self.library.get("general", [])
+        candidates = [c for c in dict.fromkeys(candidates) if c not in own]
         query = parsed.basic_query.strip() or seed.instruction
-        pool = await asyncio.to_thread(retrieve, query, own, candidates, self.tcia.pool)
+        vectors = await self.vectors([query] + [c.text for c in own + candidates])
+        pool = retrieve(vectors, own, candidates, self.tcia.pool)
         rng = random.Random(f"{self.random_seed}:{seed.id}")
         found = search(frozenset(range(len(own))), pool, self.tcia.states, self.tcia.moves,
                        self.tcia.max_constraints, rng)

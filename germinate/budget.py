@@ -1,12 +1,17 @@
-"""The LLM-call and row budget: split deterministically, spent all or nothing."""
+"""The LLM-call and row budget: planned once per run, split deterministically into shards, spent
+all or nothing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
 
 from germinate.config import RunConfig
 from germinate.records import Record
-from germinate.runs import EXPAND_STAGE
+
+EXPAND_STAGE = "expand"  # the first stage of every run, whatever the strategy
+SEEDS = "seeds"  # the source of the first shard: the seeds themselves
 
 
 def allocate(total: int, parts: int) -> list[int]:
@@ -49,14 +54,64 @@ class Allowance:
         self.calls += calls
 
 
-def admit_seeds(seeds: list[Record], budget: Allowance, cost: int) -> tuple[list[Record], list[Record]]:
-    """Seeds are rows of the dataset too, paid for first (a seed that came with its answer needs
-    one call less); those past the budget are kept as rejected `over_budget`."""
-    kept, rejected = [], []
+class Planner(Protocol):
+    """What the plan asks of a strategy (generators.Strategy)."""
+
+    def units(self, seeds: list[Record], calls: int, rows: int) -> Sequence[Any]: ...
+
+
+@dataclass
+class ShardWork:
+    """One shard task's whole description: where its records come from, the units they grow from,
+    and what each unit may spend. Planned once; a shard task never recomputes it."""
+
+    index: int
+    source: str  # a strategy's name, or SEEDS
+    units: list[Any]
+    allowances: list[Allowance]
+    prime: list[Record] = field(default_factory=list)  # what ordered stages see first: the seeds, kept first
+
+
+@dataclass
+class Plan:
+    shards: list[ShardWork]
+    # each strategy's share of the budget: {name: {share, max_llm_calls, max_records}}
+    strategies: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def seed_allowances(seeds: list[Record], budget: Allowance, cost: int) -> list[Allowance]:
+    """Seeds are rows of the dataset too, paid for first (a seed that came with its answer needs one
+    call less). A seed past the budget gets nothing, and is kept as rejected `over_budget`."""
+    allowances = []
     for seed in seeds:
-        if budget.records >= 1 and budget.take(cost - bool(seed.output)):
+        need = cost - bool(seed.output)
+        if budget.records >= 1 and budget.take(need):
             budget.records -= 1
-            kept.append(seed)
+            allowances.append(Allowance(need, 1))
         else:
-            rejected.append(seed.dropped(EXPAND_STAGE, "over_budget"))
-    return kept, rejected
+            allowances.append(Allowance(0, 0))
+    return allowances
+
+
+def plan(config: RunConfig, seeds: list[Record], strategies: dict[str, Planner]) -> Plan:
+    """Seeds first (shard 0); what is left is split by the strategies' shares, then over each
+    strategy's units (seeds, disciplines), so a unit's share does not depend on the sharding."""
+    # With selection on, expansion grows a pool larger than the dataset to choose from.
+    pool = config.quality.select.pool if config.quality.select.enabled else 1.0
+    budget = Allowance(config.budget.max_llm_calls, math.ceil(config.budget.max_records * pool))
+    cost = record_cost(config)
+    shown = seeds if config.include_seeds else []
+    shards = [ShardWork(0, SEEDS, shown, seed_allowances(shown, budget, cost))]
+    admitted = [seed for seed, allowance in zip(shown, shards[0].allowances) if allowance.records]
+    calls, rows = apportion(budget.calls, config.shares), apportion(budget.records, config.shares)
+    summary = {}
+    for name, strategy in strategies.items():
+        summary[name] = {"share": round(config.shares[name], 4), "max_llm_calls": calls[name],
+                         "max_records": rows[name]}
+        units = list(strategy.units(seeds, calls[name], rows[name]))
+        allowances = [Allowance(c, r) for c, r in zip(allocate(calls[name], len(units)),
+                                                     allocate(rows[name], len(units)))]
+        for start in range(0, len(units), config.shard_size):
+            stop = start + config.shard_size
+            shards.append(ShardWork(len(shards), name, units[start:stop], allowances[start:stop], admitted))
+    return Plan(shards, summary)

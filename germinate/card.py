@@ -105,7 +105,7 @@ def dataset_card(config: RunConfig, report: dict[str, Any], images: list[str]) -
     where = config.hub.repo_id or "path/to/this/folder"
     budget = report["budget"]
     problem = report["problem"]
-    partial = f"\n**Partial:** {problem}; written because partial results were asked for.\n" if problem else ""
+    partial = f"\n**Partial:** {problem}.\n" if problem else ""
     return f"""---
 {yaml.safe_dump(metadata, sort_keys=False)}---
 

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 from rich.table import Table
@@ -63,7 +64,7 @@ class RichProgress:
 
 class _WarningLine(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        errors.print(f"[yellow]warning:[/] {record.getMessage()}", highlight=False)
+        errors.print(f"[yellow]warning:[/] {escape(record.getMessage())}", highlight=False)
 
 
 def _show_warnings() -> None:
@@ -74,8 +75,17 @@ def _show_warnings() -> None:
     logger.propagate = False
 
 
+def _prefect_server() -> bool:
+    """Whether runs go to a Prefect server (PREFECT_API_URL, or a Prefect profile that names one): then
+    a run is a Prefect flow run, shown in its UI. Otherwise nothing would show it, and the run starts
+    at once instead of after Prefect's ephemeral API server (10-30 s)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
 def _fail(exc: UserError) -> typer.Exit:
-    errors.print(f"[red]error:[/] {exc}", highlight=False)
+    errors.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
     return typer.Exit(2)
 
 
@@ -101,7 +111,7 @@ def _summary(report: dict[str, Any]) -> None:
             console.print(f"  {s['stage']} dropped: {reasons}")
     console.print(f"  diversity: {describe_metrics(report['metrics'])}")
     if report["problem"]:
-        console.print(f"[yellow]partial:[/] {report['problem']}; written because --allow-partial was given")
+        console.print(f"[yellow]partial:[/] {escape(report['problem'])}", highlight=False)
     console.print(
         f"[bold]{report['rows']} rows[/] in [bold]{report['dataset']}[/] "
         f"({report['llm_calls']}/{report['budget']['max_llm_calls']} LLM calls, {report['wall_seconds']:.0f}s wall); "
@@ -173,12 +183,17 @@ def run(
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     _show_warnings()
     try:
-        from flows.build import build_dataset, check_run
+        from germinate.embed import warm
         from germinate.runs import prepare_run
 
         resolved = build_config(config, values, RUN_FLAGS)
+        if resolved.orchestration.task_runner == "ray" or _prefect_server():
+            from flows.build import build_dataset as build, check_run
+        else:
+            from flows.pipeline import build_here as build, check_run
         check_run(resolved)
-        resolved, run = prepare_run(resolved)
+        warm(resolved.embedding)  # torch takes seconds to load: meanwhile the seeds and the server are checked
+        resolved, run = prepare_run(resolved.model_copy(update={"output_dir": resolved.output_dir.resolve()}))
 
         with run.locked(), Progress(
             TextColumn("{task.description:>14}"),
@@ -189,7 +204,7 @@ def run(
             console=console,
         ) as bars:
             progress.set_listener(RichProgress(bars))
-            report = build_dataset(resolved)
+            report = build(resolved)
     except UserError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:
@@ -446,7 +461,7 @@ def main() -> int:
         return app(standalone_mode=False) or 0
     except TyperException as exc:  # a usage error: an unknown option, a value that is not a number...
         if exc.format_message():  # empty when the help was shown instead (no command given)
-            errors.print(f"[red]error:[/] {exc.format_message()}", highlight=False)
+            errors.print(f"[red]error:[/] {escape(exc.format_message())}", highlight=False)
         return 2
     except typer.Abort:
         return 130

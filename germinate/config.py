@@ -32,6 +32,9 @@ LEAKAGE = (
     "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|assistant|>", "<|user|>",
 )
 
+# The stages after expansion (generators/respond.py, filters/), in their default order.
+STAGES = ("respond", "heuristics", "exact_dedup", "near_dedup", "reflect", "semantic_dedup", "select")
+
 Operation = Literal["reasoning", "concretizing", "constraining"]
 StrategyName = Literal["aide", "tcia", "glan", "self-instruct", "evol-instruct"]
 EvolOperation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"]
@@ -159,9 +162,15 @@ class BudgetConfig(Section):
 class EmbeddingConfig(Section):
     model: str = Field(
         "all-MiniLM-L6-v2",
-        description="any sentence-transformers model by name or path (default: the offline all-MiniLM-L6-v2)",
+        description="any sentence-transformers model by name or path (default: the offline all-MiniLM-L6-v2); "
+        "with base_url, the model the server embeds with",
     )
     batch_size: int = Field(64, ge=1)
+    base_url: str | None = Field(
+        None, description="an OpenAI-compatible /v1/embeddings server (vLLM, text-embeddings-inference) "
+        "instead of the local model, e.g. http://localhost:8001/v1",
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with that server's API key")
 
 
 class Stage(Section):
@@ -244,7 +253,11 @@ class OrchestrationConfig(Section):
     ray_address: str | None = Field(
         None, description="Ray cluster: 'auto' (this node's), ray://head:10001; unset: a local Ray for the run"
     )
-    workers: int = Field(4, ge=1, le=256, description="threads: shard tasks at once")
+    workers: int = Field(
+        16, ge=1, le=256,
+        description="threads: shard tasks at once; their units all grow at the same time, so enough of them keep "
+        "llm.concurrency requests in flight",
+    )
     task_retries: int = Field(2, ge=0, le=10, description="retries of an LLM stage's shard task that fails on an error")
     retry_delay_s: float = Field(10.0, ge=0, description="first task retry delay; doubles each retry, with jitter")
 
@@ -266,6 +279,11 @@ class RunConfig(Section):
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    stages: list[str] = Field(
+        default_factory=lambda: list(STAGES),
+        description="what happens to each record after expansion, in order: the stages that work record by record "
+        "(as records are made), then those that compare the whole set; each switched in its section",
+    )
     include_seeds: bool = Field(True, description="seeds are rows of the dataset too")
     output_dir: Path = Path("data/runs")
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

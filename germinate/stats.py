@@ -58,22 +58,14 @@ class StageStats:
     resumed: bool = False  # every shard was finished by an earlier invocation
     unsealed: int = 0  # shards left open for a rerun: a request went unanswered, or their input was open
 
-    @classmethod
-    def of(cls, stage: str, records_in: int, kept: list, rejected: list, usage: Usage, seconds: float) -> StageStats:
-        return cls(
-            stage=stage,
-            records_in=records_in,
-            kept=len(kept),
-            dropped=Counter(r.drop_reason for r in rejected),
-            llm_calls=usage.calls,
-            cached_calls=usage.cached,
-            failed_calls=usage.failed,
-            unanswered_calls=usage.unanswered,
-            errors=Counter(usage.errors),
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            seconds=seconds,
-        )
+    def add_usage(self, usage: Usage) -> None:
+        self.llm_calls += usage.calls
+        self.cached_calls += usage.cached
+        self.failed_calls += usage.failed
+        self.unanswered_calls += usage.unanswered
+        self.errors += usage.errors
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
 
     def __add__(self, other: StageStats) -> StageStats:
         merged = StageStats(self.stage, resumed=self.resumed and other.resumed)
@@ -87,4 +79,4 @@ class StageStats:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageStats:
-        return cls(**{**data, "dropped": Counter(data["dropped"]), "errors": Counter(data["errors"])})
+        return cls(**{**data, "dropped": Counter(data["dropped"]), "errors": Counter(data.get("errors", {}))})

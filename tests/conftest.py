@@ -1,3 +1,4 @@
+import asyncio
 import json
 import os
 import subprocess
@@ -15,6 +16,8 @@ os.environ["PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"] = "CRITICAL"  # as the CLI 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 from germinate.config import RunConfig  # noqa: E402
+from germinate.embed import embed  # noqa: E402
+from germinate.stage import Context, Stage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -69,3 +72,35 @@ def tiny_config(seeds: Path, output_dir: Path, **changes) -> RunConfig:
 @pytest.fixture
 def make_config(seeds_file: Path, tmp_path: Path):
     return lambda **changes: tiny_config(seeds_file, tmp_path / "runs", **changes)
+
+
+def make_stage(cls: type[Stage], llm=None, **settings) -> Stage:
+    """A stage as a run builds it, with the run's config made of `settings` ("__" for nesting) and
+    real embeddings."""
+
+    async def vectors(texts):
+        return embed(texts)
+
+    data = {}
+    for dotted, value in settings.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return cls(Context(RunConfig.model_validate(data), llm, vectors))
+
+
+def run_stage(stage: Stage, records: list):
+    """(kept, rejected) of one call of the stage."""
+    return asyncio.run(stage.run(records))
+
+
+def build(config: RunConfig) -> dict:
+    """A run as `germinate run` makes it without a Prefect server: in this process, shards on threads."""
+    from flows.pipeline import build_here, check_run
+    from germinate.runs import prepare_run
+
+    check_run(config)
+    config, _ = prepare_run(config)
+    return build_here(config)

@@ -44,6 +44,12 @@ def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None, pick: i
     return f"{tag} a concise answer about the task".strip()[: schema.get("maxLength")]
 
 
+def vector(text: str, dim: int = 8) -> list[float]:
+    """A deterministic, not normalised embedding of `text`."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return [digest[i] - 127.5 for i in range(dim)]
+
+
 class JSONHandler(BaseHTTPRequestHandler):
     """HTTP/1.1 keep-alive, quiet, answers in JSON."""
 
@@ -141,6 +147,7 @@ class FaultyServer(LoopbackServer):
         self.outage_s = outage_s
         self.chat_status = chat_status
         self.seeds: dict[str, list[int]] = {}
+        self.embedded: list[list[str]] = []  # the inputs of each /embeddings request
         self.attempts: dict[str, int] = {}
         self.failed_once = 0
         self.in_flight = 0
@@ -209,6 +216,12 @@ class FaultyServer(LoopbackServer):
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path.endswith("/embeddings"):
+                    server.embedded.append(body["input"])
+                    self._send(200, json.dumps({"object": "list", "data": [
+                        {"object": "embedding", "index": i, "embedding": vector(text)}
+                        for i, text in enumerate(body["input"])]}).encode())
+                    return
                 with server.lock:
                     server.requests += 1
                     going_down = server.requests == server.outage_after

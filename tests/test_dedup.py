@@ -2,10 +2,11 @@
 
 import numpy as np
 
-from filters.dedup import exact_dedup, near_dedup, normalize, semantic_dedup, semantic_duplicates
-from germinate.config import NearDedupConfig, SemanticDedupConfig
-from germinate.embed import embed
-from germinate.records import Record, show
+from conftest import make_stage, run_stage
+from filters.exact_dedup import ExactDedup
+from filters.near_dedup import NearDedup
+from filters.semantic_dedup import SemanticDedup, semantic_duplicates
+from germinate.records import Record, normalize
 
 EVENS = ("Write a Python function that takes a list of integers and returns a new list containing only "
          "the even numbers, keeping their original order.")
@@ -28,39 +29,32 @@ def test_normalize_ignores_case_whitespace_and_punctuation():
 
 
 def test_exact_dedup_merges_only_normalised_copies():
-    kept, rejected = exact_dedup(records(PLANTED))
+    kept, rejected = run_stage(make_stage(ExactDedup), records(PLANTED))
     assert [r.id for r in kept] == ["evens", "evens-word", "evens-swap", "longest", "haiku"]
     (copy,) = rejected
     assert (copy.id, copy.duplicate_of, copy.drop_stage, copy.drop_reason) == (
         "evens-punct", "evens", "exact_dedup", "duplicate")
 
 
-def test_exact_dedup_keeps_the_seed_of_a_group():
-    generated = Record(id="gen", instruction="Write a haiku about autumn.", strategy="aide", hop=1)
-    seed = Record(id="seed", instruction="write a haiku about autumn", strategy="seed")
-    kept, rejected = exact_dedup([generated, seed])
-    assert [r.id for r in kept] == ["seed"] and rejected[0].duplicate_of == "seed"
+def test_exact_dedup_is_online_first_come_first_kept():
+    stage = make_stage(ExactDedup)
+    first, _ = run_stage(stage, records({"a": "Write a haiku about autumn.", "b": "Name three rivers."}))
+    kept, rejected = run_stage(stage, records({"c": "write a haiku about AUTUMN", "d": "Name four rivers."}))
+    assert [r.id for r in first + kept] == ["a", "b", "d"] and rejected[0].duplicate_of == "a"
 
 
 def test_near_dedup_merges_word_swaps_and_keeps_distinct_tasks():
-    kept, rejected = near_dedup(records(PLANTED), NearDedupConfig())
+    kept, rejected = run_stage(make_stage(NearDedup), records(PLANTED))
     assert [r.id for r in kept] == ["evens", "longest", "haiku"]
     assert {r.id: r.duplicate_of for r in rejected} == {"evens-punct": "evens", "evens-word": "evens", "evens-swap": "evens"}
     assert all(r.drop_detail.startswith("jaccard ") for r in rejected)
 
 
 def test_near_dedup_threshold_is_configurable():
-    kept, _ = near_dedup(records(PLANTED), NearDedupConfig(threshold=0.95))
+    kept, _ = run_stage(make_stage(NearDedup, quality__near_dedup__threshold=0.95), records(PLANTED))
     assert {"evens-word", "evens-swap"} <= {r.id for r in kept}  # similar, not similar enough
-    kept, _ = near_dedup(records(PLANTED), NearDedupConfig(threshold=0.2))
+    kept, _ = run_stage(make_stage(NearDedup, quality__near_dedup__threshold=0.2), records(PLANTED))
     assert "longest" not in {r.id for r in kept}  # shares "write a python function that takes a list of"
-
-
-def test_near_dedup_prefers_higher_quality():
-    low, high = records({"low": EVENS, "high": EVENS.replace("integers", "numbers")})
-    low.quality_score, high.quality_score = 3.0, 8.0
-    kept, rejected = near_dedup([low, high], NearDedupConfig())
-    assert [r.id for r in kept] == ["high"] and rejected[0].duplicate_of == "high"
 
 
 PARAPHRASES = [  # all-MiniLM-L6-v2 cosine above 0.95
@@ -80,8 +74,20 @@ DISTINCT = ["How do I reverse a linked list in Java?", "Write a limerick about a
 def semantic(pairs, eps: float):
     texts = {f"p{i}-{j}": text for i, pair in enumerate(pairs) for j, text in enumerate(pair)}
     texts |= {f"d{i}": text for i, text in enumerate(DISTINCT)}
-    rows = records(texts)
-    return semantic_dedup(rows, embed([show(r) for r in rows]), SemanticDedupConfig(eps=eps, cluster_size=4))
+    stage = make_stage(SemanticDedup, quality__semantic_dedup__eps=eps, quality__semantic_dedup__cluster_size=4)
+    return run_stage(stage, records(texts))
+
+
+def test_semantic_dedup_keeps_the_seed_then_the_better_answer():
+    seed = Record(id="seed", instruction=PARAPHRASES[0][0], strategy="seed")
+    low, high = (Record(id=key, instruction=PARAPHRASES[0][1], strategy="aide", quality_score=score)
+                 for key, score in (("low", 3.0), ("high", 8.0)))
+    other = Record(id="other", instruction=PARAPHRASES[1][0], strategy="aide", quality_score=2.0)
+    kept, rejected = run_stage(make_stage(SemanticDedup, quality__semantic_dedup__cluster_size=4),
+                               [low, high, other, seed])
+    assert {r.id for r in kept} == {"seed", "other"} and {r.duplicate_of for r in rejected} == {"seed"}
+    kept, rejected = run_stage(make_stage(SemanticDedup, quality__semantic_dedup__cluster_size=4), [low, high, other])
+    assert {r.id for r in kept} == {"high", "other"} and rejected[0].duplicate_of == "high"
 
 
 def test_semantic_dedup_merges_paraphrases_and_keeps_distinct_tasks():

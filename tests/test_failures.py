@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import GATE_OFF, germinate, tiny_config
+from conftest import GATE_OFF, build, germinate, tiny_config
 from flows.build import build_dataset
 from germinate.errors import RunFailed
 from germinate.runs import Run, prepare_run
@@ -50,7 +50,7 @@ def folder(tmp_path_factory) -> Path:
 def reference(folder):
     """The uninterrupted run on a server that never fails, and how many requests it took."""
     with FaultyServer(delay_s=0.02) as server:
-        report = build_dataset(config_for(server, folder, run_id="reference"))
+        report = build(config_for(server, folder, run_id="reference"))
     assert report["status"] == "complete" and report["failed_calls"] == 0
     return dataset(report), server.requests
 
@@ -59,7 +59,7 @@ def test_an_outage_the_run_waits_out_costs_nothing(folder, reference, caplog):
     table, requests = reference
     with FaultyServer(delay_s=0.02, outage_after=requests // 2, outage_s=2.0) as server:
         with caplog.at_level(logging.WARNING, logger="germinate.llm"):
-            report = build_dataset(config_for(server, folder, run_id="outage"))
+            report = build(config_for(server, folder, run_id="outage"))
     said = [r.getMessage() for r in caplog.records]
     assert sum("stopped answering" in m for m in said) == 1 and sum("answers again" in m for m in said) == 1
     assert report["failed_calls"] == 0 and dataset(report).equals(table)
@@ -83,8 +83,7 @@ def test_a_server_gone_for_good_fails_the_run_and_a_rerun_recovers_it(folder, re
     assert not (run / "dataset").exists() and not (run / "report.json").exists()
 
     with FaultyServer(delay_s=0.02) as back:  # another port: where the server is does not shape the data
-        report = build_dataset(config.model_copy(update={"llm": config.llm.model_copy(update={
-            "base_url": back.base_url})}))
+        report = build(config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": back.base_url})}))
     assert report["status"] == "complete" and dataset(report).equals(table)
     assert back.requests < requests  # what was answered before came from the cache
 
@@ -95,7 +94,7 @@ def test_transport_faults_change_nothing_in_the_data(folder, reference):
     table, _ = reference
     with FaultyServer(delay_s=0.02, fail_share=0.2, kinds=("rate_limit", "server_error", "slow"),
                       timeout_s=0.5) as server:
-        report = build_dataset(config_for(server, folder, run_id="faults"))
+        report = build(config_for(server, folder, run_id="faults"))
     assert server.failed_once >= 3 and report["failed_calls"] == 0
     assert dataset(report).equals(table)
 
@@ -149,12 +148,15 @@ with Run(__import__('pathlib').Path({str(run.root)!r})).locked():
     time.sleep(600)
 """], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "locked\n"
-    left = [run.root / ".report.json.tmp-99999", run.root / "stages" / "expand" / ".00001.done.json.tmp-99999",
-            run.root / "stages" / "respond" / "kept-00007.parquet"]  # the last one without its marker
-    for path in left:
+    dead = 2**22 + 1  # above Linux's default pid_max: no live process has it
+    left = [run.root / f".report.json.tmp-{dead}", run.root / "shards" / f".00001.done.json.tmp-{dead}",
+            run.root / "stages" / "respond" / "rejected-00007.parquet"]  # the last one without its marker
+    finished = [run.root / "shards" / "00003.done.json", run.root / "stages" / "respond" / "rejected-00003.parquet"]
+    for path in left + finished:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("half")
+        path.write_text("written")
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     with run.locked():
         assert not any(path.exists() for path in left)
+        assert all(path.exists() for path in finished)  # a finished shard's outputs stay

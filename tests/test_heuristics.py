@@ -1,12 +1,18 @@
 """Each heuristic rule on hand-written examples that must fail it and examples that must pass."""
 
+import asyncio
 import dataclasses
 
 import pytest
 
 from filters.heuristics import Heuristics
-from germinate.config import HeuristicsConfig
+from germinate.config import RunConfig
 from germinate.records import Record
+from germinate.stage import Context
+
+
+def heuristics(**settings) -> Heuristics:
+    return Heuristics(Context(RunConfig(quality={"heuristics": settings})))
 
 GOOD = Record(
     id="good",
@@ -19,7 +25,7 @@ GOOD = Record(
 
 def verdict(**changes) -> str | None:
     """The rule that drops GOOD with `changes`, or None."""
-    failed = Heuristics(HeuristicsConfig()).check(dataclasses.replace(GOOD, **changes))
+    failed = heuristics().check(dataclasses.replace(GOOD, **changes))
     return failed[0] if failed else None
 
 
@@ -69,16 +75,16 @@ def test_rule_keeps_its_negative(changes):
 def test_rules_are_configurable():
     french = Record(id="fr", instruction="Écrivez une fonction Python qui vérifie si un nombre est premier.",
                     output="def est_premier(n): ...")
-    assert Heuristics(HeuristicsConfig(languages=["en", "fr"])).check(french) is None
-    assert Heuristics(HeuristicsConfig(languages=[])).check(french) is None
+    assert heuristics(languages=["en", "fr"]).check(french) is None
+    assert heuristics(languages=[]).check(french) is None
     short = Record(id="s", instruction="Summarise.", output="Fine.")
-    assert Heuristics(HeuristicsConfig(min_words=1)).check(short) is None
-    assert Heuristics(HeuristicsConfig(refusals=["Fine"])).check(short)[0] == "too_short"
+    assert heuristics(min_words=1).check(short) is None
+    assert heuristics(refusals=["Fine"]).check(short)[0] == "too_short"
 
 
 def test_each_drop_keeps_its_rule_and_what_matched():
     records = [GOOD, Record(id="r", instruction=GOOD.instruction, output="I am sorry, I cannot do that.")]
-    kept, rejected = Heuristics(HeuristicsConfig())(records)
+    kept, rejected = asyncio.run(heuristics().run(records))
     assert [r.id for r in kept] == ["good"]
     (dropped,) = rejected
     assert (dropped.drop_stage, dropped.drop_reason, dropped.drop_detail) == ("heuristics", "refusal", "I am sorry")

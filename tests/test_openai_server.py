@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel
 
-from conftest import GATE_OFF, TINY_SEEDS, tiny_config
-from flows.build import build_dataset
+from conftest import GATE_OFF, TINY_SEEDS, build, tiny_config
 from germinate.config import LLMConfig
 from germinate.llm import Request, check_llm, make_llm
 from germinate.llm.llamacpp import default_model_path
@@ -74,7 +73,7 @@ def test_pipeline_runs_against_the_server(llama_server, tmp_path):
     config = tiny_config(seeds, tmp_path / "runs", llm={"backend": "openai", "base_url": llama_server},
                          aide__hops=1, aide__personas=0, aide__on_reflection_fail="keep",
                          budget__max_llm_calls=12, budget__max_records=6, quality=GATE_OFF)
-    report = build_dataset(config)
+    report = build(config)
     expand, respond = report["stages"]
     assert expand["llm_calls"] >= 4 and expand["failed_calls"] == 0  # every JSON answer parsed
     assert respond["llm_calls"] == respond["records_in"] - 1 and respond["failed_calls"] == 0

@@ -1,5 +1,7 @@
-"""End to end: seeds -> AIDE expand -> respond -> quality gate -> dataset, under the Prefect flow."""
+"""End to end: seeds -> AIDE expand -> respond -> quality gate -> dataset, as `germinate run` makes
+it (in this process), and under the Prefect flow."""
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -8,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
-from conftest import GATE_OFF, TINY_SEEDS, tiny_config
-from flows.build import GATE, build_dataset
-from generators import respond
+from conftest import GATE_OFF, TINY_SEEDS, build, tiny_config
+from flows.build import build_dataset
+from germinate.config import STAGES
 from germinate.errors import UserError
 from germinate.records import DATASET_SCHEMA
 from germinate.report import describe_metrics
@@ -31,7 +33,7 @@ def embedded_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("embedded")
     config = tiny_config(write_seeds(folder), folder / "runs", aide__on_reflection_fail="keep", budget__max_records=6,
                          generation__response_max_tokens=160)  # room to finish: cut-off answers are dropped
-    report = build_dataset(config)
+    report = build(config)
     return config, report, Run(Path(report["dataset"]).parent)
 
 
@@ -48,15 +50,19 @@ def test_dataset_loads_with_datasets_and_has_the_schema(embedded_run):
 
 
 def test_provenance_is_consistent(embedded_run):
+    """Over everything the expansion made: each record's parent, seed, hop and operation fit; the
+    dataset's rows are among them, and every seed is a row (paid for first, chosen first)."""
     config, report, run = embedded_run
-    rows = {r["id"]: r for r in pq.read_table(run.dataset_dir / "data").to_pylist()}
+    rows = {r.id: dataclasses.asdict(r) for r in run.kept("expand")}
+    dataset = {r["id"] for r in pq.read_table(run.dataset_dir / "data").to_pylist()}
     seeds = {s["id"] for s in TINY_SEEDS}
+    assert seeds <= dataset <= set(rows)
     hops = set()
     for row in rows.values():
         if row["strategy"] == "seed":
             assert row["id"] in seeds and row["hop"] == 0 and row["parent_id"] is None
             continue
-        parent = rows[row["parent_id"]]  # every parent is in the dataset
+        parent = rows[row["parent_id"]]  # every parent was made first
         assert row["hop"] == parent["hop"] + 1
         assert row["seed_id"] == (parent["id"] if parent["hop"] == 0 else parent["seed_id"])
         assert row["strategy"] == "aide" and row["topic"] and row["prompt_hash"] and row["model"]
@@ -86,16 +92,20 @@ def test_whole_gate_runs_and_no_record_disappears(embedded_run):
     reason on disk, and the dataset is what the last stage kept."""
     config, report, run = embedded_run
     stages = report["stages"]
-    assert [s["stage"] for s in stages] == ["expand", "respond", *GATE]
+    assert [s["stage"] for s in stages] == ["expand", *STAGES]
     for before, after in zip(stages, stages[1:]):
         assert before["kept"] == after["records_in"]
     for stage in stages:
         rejected = run.rejected(stage["stage"])
         if stage["stage"] != "expand":  # expansion grows trees from seeds; every later stage keeps or drops
             assert stage["kept"] + len(rejected) == stage["records_in"]
-        assert len(run.kept(stage["stage"])) == stage["kept"]
         assert all(r.drop_stage == stage["stage"] and r.drop_reason for r in rejected)
         assert sum(stage["dropped"].values()) == len(rejected)
+    # What the expansion made, what came through the per-record stages, what each whole-set stage kept:
+    per_record = {s["stage"]: s for s in stages}
+    assert len(run.kept("expand")) == per_record["expand"]["kept"]
+    assert len(run.survivors()) == per_record["reflect"]["kept"]
+    assert len(run.kept("semantic_dedup")) == per_record["semantic_dedup"]["kept"]
     select = stages[-1]
     assert select["kept"] == report["rows"] == min(config.budget.max_records, select["records_in"])
     assert select["dropped"].get("not_selected", 0) == select["records_in"] - select["kept"]
@@ -127,7 +137,7 @@ def test_failed_requests_become_rejected_records(tmp_path):
             aide__personas=0, budget__allow_partial=True,
             quality=GATE_OFF,  # this test is about failures
         )
-        report = build_dataset(config)
+        report = build(config)
     assert report["status"] == "partial" and "(http_500 2)" in report["problem"]
     run = Run(Path(report["dataset"]).parent)
     rejected = run.rejected("expand") + run.rejected("respond")
@@ -143,18 +153,18 @@ def test_failed_requests_become_rejected_records(tmp_path):
 
 @pytest.mark.parametrize("error", [OSError("disk hiccup"), UserError("seeds.jsonl:3: bad line")])
 def test_a_failed_shard_task_is_retried_unless_the_user_must_fix_something(tmp_path, monkeypatch, error):
-    """Fault injected: each respond shard task raises once, as a crashed worker or a locked cache
-    would. Prefect retries such a task; a UserError fails the run at once, with no retry."""
+    """Under the Prefect flow, fault injected: each shard task fails once as it writes its output, as a
+    full disk or a crashed worker would. Prefect retries such a task; a UserError fails the run at once."""
     attempts = Counter()
-    answer = respond.respond
+    write_shard = Run.write_shard
 
-    def fails_once(llm, records, *args):
-        attempts[records[0].id] += 1
-        if attempts[records[0].id] == 1:
+    def fails_once(run, index, *args):
+        attempts[index] += 1
+        if attempts[index] == 1:
             raise error
-        return answer(llm, records, *args)
+        return write_shard(run, index, *args)
 
-    monkeypatch.setattr(respond, "respond", fails_once)
+    monkeypatch.setattr(Run, "write_shard", fails_once)
     with FaultyServer() as server:
         config = tiny_config(
             write_seeds(tmp_path), tmp_path / "runs", llm={"backend": "openai", "base_url": server.base_url},
@@ -166,6 +176,6 @@ def test_a_failed_shard_task_is_retried_unless_the_user_must_fix_something(tmp_p
             assert set(attempts.values()) == {1}
             return
         report = build_dataset(config)
-    assert len(attempts) == -(-report["stages"][1]["records_in"] // config.shard_size) > 1  # every shard ...
-    assert set(attempts.values()) == {2}  # ... failed once and passed on its retry
+    assert len(attempts) == 1 + -(-len(TINY_SEEDS) // config.shard_size) > 1  # the seeds' shard and AIDE's ...
+    assert set(attempts.values()) == {2}  # ... each failed once and passed on its retry
     assert report["rows"] == report["stages"][1]["kept"]

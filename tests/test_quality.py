@@ -1,31 +1,65 @@
 """The quality gate's shared parts: the embedding cache, FAISS k-means (GPU path), the response judge."""
 
+import hashlib
+import sqlite3
+
 import numpy as np
 import pytest
 
 import germinate.embed
-from filters.heuristics import Heuristics
-from filters.reflection import judge_responses
-from germinate.budget import Allowance
-from germinate.config import GenerationConfig, HeuristicsConfig, LLMConfig, ResponseReflectionConfig
-from germinate.embed import embed
+from conftest import make_stage
+from filters.reflection import Judge
+from germinate.config import EmbeddingConfig, LLMConfig
+from germinate.embed import Embedder, embed
 from germinate.kmeans import gpus, spherical_kmeans
 from germinate.llm import make_llm
 from germinate.records import Record
 from servers import FaultyServer
 
 
-def test_embeddings_are_cached_so_a_resumed_run_does_not_embed_twice(tmp_path, monkeypatch):
+def judged(llm, records, calls: int, **settings):
+    """The judge as a shard uses it: a first look at each answer, then, with `calls` left, its last look."""
+    judge = make_stage(Judge, llm, **settings)
+
+    async def both():
+        first, _ = await judge.run(records)
+        return await judge.finish(first, calls)
+
+    return llm.run(both())
+
+
+def test_embeddings_are_cached_so_a_resumed_run_does_not_embed_twice(tmp_path):
+    """Vectors go to the run's embeddings.sqlite; a new embedding process (a resumed run) reads them
+    back instead of encoding again: a vector planted in the cache is what it returns."""
     cache = tmp_path / "embeddings.sqlite"
     first = embed(["sort a list", "bake bread", "sort a list"], cache=cache)
-    encoded = []
-    real_encode = germinate.embed._encode
-    monkeypatch.setattr(germinate.embed, "_encode", lambda texts, *a: encoded.extend(texts) or real_encode(texts, *a))
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5) and np.array_equal(first[0], first[2])
+    planted = np.zeros(first.shape[1], dtype=np.float32)
+    planted[0] = 1.0
+    with sqlite3.connect(cache) as db:
+        assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 2
+        db.execute("UPDATE vectors SET vector = ? WHERE key = ?", (planted.tobytes(), embedding_key("bake bread")))
+    for worker in germinate.embed._workers.values():  # as if this were the next process
+        worker.process.kill()
+        worker.process.wait()
     again = embed(["bake bread", "plan a trip", "sort a list"], cache=cache)
-    assert encoded == ["plan a trip"]
-    np.testing.assert_array_equal(again[0], first[1])
+    np.testing.assert_array_equal(again[0], planted)
     np.testing.assert_array_equal(again[2], first[0])
-    assert np.allclose(np.linalg.norm(again, axis=1), 1.0, atol=1e-5)
+
+
+def embedding_key(text: str) -> str:
+    return hashlib.sha1(f"all-MiniLM-L6-v2\x1f{text}".encode()).hexdigest()
+
+
+def test_an_embeddings_server_can_stand_in_for_the_local_model():
+    """embedding.base_url: an OpenAI-compatible /v1/embeddings server (here a loopback one) embeds
+    instead of the local model; its vectors come back normalised, in the order asked."""
+    with FaultyServer() as server:
+        embedder = Embedder(EmbeddingConfig(model="bench-embedder", base_url=server.base_url, batch_size=2))
+        vectors = embedder.vectors_sync(["a", "b", "c", "a"])
+    assert server.embedded == [["a", "b"], ["c"]]  # in batches, each text once
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0) and np.array_equal(vectors[0], vectors[3])
+    assert not np.allclose(vectors[0], vectors[1])
 
 
 def clustered(n: int, k: int, d: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -61,13 +95,12 @@ def test_response_judge_scores_every_answer_and_never_rewrites_the_users(tmp_pat
         Record(id="model", instruction="What is 12 times 12?", output="12 times 12 is 144.", model="m"),
         Record(id="user", instruction="Name the largest planet.", output="Jupiter."),
     ]
-    config = ResponseReflectionConfig(threshold=10, on_fail="drop", tries=1)
-    budget = Allowance(calls=2, records=0)
+    calls = []
     try:
-        kept, rejected = llm.run(
-            judge_responses(llm, records, config, GenerationConfig(response_max_tokens=40), budget.take,
-                            acceptable=lambda r: True))
+        kept, rejected = judged(llm, records, 2, quality__reflect__threshold=10, quality__reflect__on_fail="drop",
+                                quality__reflect__tries=1, generation__response_max_tokens=40)
     finally:
+        calls = llm.cache._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
         llm.close()
     assert {r.id for r in kept + rejected} == {"model", "user"}
     by_id = {r.id: r for r in kept + rejected}
@@ -75,8 +108,8 @@ def test_response_judge_scores_every_answer_and_never_rewrites_the_users(tmp_pat
     assert by_id["user"].output == "Jupiter." and by_id["user"].quality_revisions == 0
     for record in rejected:
         assert record.drop_reason == "low_quality_score" and "< 10" in record.drop_detail
-    if by_id["model"] in rejected:
-        assert by_id["model"].quality_revisions == 1 and budget.calls == 0  # revised once, then judged
+    if by_id["model"] in rejected:  # revised once, then judged again: both calls the shard had left
+        assert by_id["model"].quality_revisions == 1 and calls == 2 + 2
 
 
 @pytest.mark.parametrize("leaks", [False, True])
@@ -85,14 +118,11 @@ def test_a_revision_replaces_its_draft_only_if_it_passes_the_heuristics(leaks):
     leaves the draft in place. The server's judge gives the draft 1 and anything else 10."""
     draft = Record(id="r", instruction="Explain why the sky is blue.", output="Rayleigh scattering.", model="m")
     leakage = ["careful answer"] if leaks else []
-    checks = Heuristics(HeuristicsConfig(leakage=leakage, min_words=1))
     with FaultyServer(low_when=draft.output) as server:
         llm = make_llm(LLMConfig(backend="openai", base_url=server.base_url, cache=False), None)
         try:
-            kept, _ = llm.run(judge_responses(
-                llm, [draft], ResponseReflectionConfig(threshold=5, tries=1), GenerationConfig(),
-                Allowance(calls=5, records=0).take, acceptable=lambda r: checks.check(r) is None,
-            ))
+            kept, _ = judged(llm, [draft], 5, quality__reflect__threshold=5, quality__reflect__tries=1,
+                             quality__heuristics__leakage=leakage, quality__heuristics__min_words=1)
         finally:
             llm.close()
     (record,) = kept

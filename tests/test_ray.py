@@ -26,7 +26,7 @@ def test_ray_gives_the_threads_result_for_the_same_cache(tmp_path, caplog):
         threads = build_dataset(config)
         answered = server.requests
         shutil.copytree(tmp_path / "threads" / "same", tmp_path / "ray" / "same",
-                        ignore=shutil.ignore_patterns("stages", "dataset", "report.json"))
+                        ignore=shutil.ignore_patterns("stages", "shards", "dataset", "report.json"))
         with caplog.at_level(logging.INFO, logger="prefect"):
             on_ray = build_dataset(config.model_copy(update={
                 "output_dir": tmp_path / "ray", "orchestration": OrchestrationConfig(task_runner="ray"),

@@ -1,5 +1,6 @@
-"""Kill a run after its expand stage, start it again with the same run id: nothing is paid
-twice and the dataset equals that of an uninterrupted run, through the whole quality gate."""
+"""Kill a run midway (kill -9, its whole process group), start it again with the same run id: what
+was answered is not asked again, and the dataset equals that of an uninterrupted run, through the
+whole quality gate. The server is a loopback OpenAI-compatible one, slow enough to be caught midway."""
 
 import contextlib
 import json
@@ -14,6 +15,12 @@ import pyarrow.parquet as pq
 import yaml
 
 from conftest import ROOT, tiny_config
+from servers import FaultyServer
+from test_pipeline import write_seeds
+
+SEEDS = [{"id": f"s{i}", "instruction": f"Write a short story about a {animal} who learns to {skill}."}
+         for i, (animal, skill) in enumerate([("fox", "swim"), ("crow", "count"), ("whale", "sing"),
+                                              ("mole", "paint"), ("goat", "climb"), ("owl", "cook")])]
 
 
 def cache_rows(run_dir) -> int:
@@ -25,43 +32,48 @@ def command(config_path, run_id):
     return [sys.executable, "-m", "germinate.cli", "run", "--config", str(config_path), "--run-id", run_id]
 
 
-def test_resume_after_kill_repeats_no_call_and_matches_an_uninterrupted_run(seeds_file, tmp_path):
-    config = tiny_config(seeds_file, tmp_path / "runs", aide__personas=0, aide__hops=1,
-                         generation__response_max_tokens=160)  # room to finish: cut-off answers are dropped
-    config_path = tmp_path / "run.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+def test_resume_after_kill_asks_nothing_twice_and_matches_an_uninterrupted_run(tmp_path):
+    seeds = write_seeds(tmp_path)
+    seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS))
     runs = tmp_path / "runs"
     env = {**os.environ, "COLUMNS": "200"}
+    with FaultyServer(delay_s=0.05) as server:
+        config = tiny_config(seeds, runs, llm={"backend": "openai", "base_url": server.base_url, "concurrency": 2},
+                             aide__personas=1, shard_size=1, orchestration={"workers": 2},
+                             budget={"max_llm_calls": 90, "max_records": 14})
+        config_path = tmp_path / "run.yaml"
+        config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
 
-    # Its own process group: the kill takes Prefect's ephemeral API server (a child) down with it.
-    first = subprocess.Popen(command(config_path, "resumed"), cwd=ROOT, env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    expand = runs / "resumed" / "stages" / "expand"
-    deadline = time.monotonic() + 900  # generous: a busy machine is slow, not wrong
-    try:
-        while len(list(expand.glob("*.done.json"))) < 3:  # the seeds' shard, then 3 seeds in AIDE shards of 2
-            assert first.poll() is None, "the run ended before it could be interrupted"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # it may have ended on its own (then the test fails)
-            os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
-    assert not (runs / "resumed" / "dataset").exists()
-    cached_before_resume = cache_rows(runs / "resumed")
+        # Its own process group: the kill takes every child with it.
+        first = subprocess.Popen(command(config_path, "resumed"), cwd=ROOT, env=env, start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shards = runs / "resumed" / "shards"
+        deadline = time.monotonic() + 300  # generous: a busy machine is slow, not wrong
+        try:
+            while len(list(shards.glob("*.done.json"))) < 3:  # the seeds' shard and two seeds' trees
+                assert first.poll() is None, "the run ended before it could be interrupted"
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # it may have ended on its own (then the test fails)
+                os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        assert not (runs / "resumed" / "dataset").exists()
+        assert len(list(shards.glob("*.done.json"))) < 7  # caught midway: some shards were not finished
+        cached_before_resume = cache_rows(runs / "resumed")
 
-    resumed = subprocess.run(command(config_path, "resumed"), cwd=ROOT, env=env, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    whole = subprocess.run(command(config_path, "whole"), cwd=ROOT, env=env, capture_output=True, text=True)
-    assert whole.returncode == 0, whole.stderr
+        asked = server.requests
+        resumed = subprocess.run(command(config_path, "resumed"), cwd=ROOT, env=env, capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr
+        sent_after_resume = server.requests - asked - 1  # besides its one-token check of the server
+        whole = subprocess.run(command(config_path, "whole"), cwd=ROOT, env=env, capture_output=True, text=True)
+        assert whole.returncode == 0, whole.stderr
 
     reports = {name: json.loads((runs / name / "report.json").read_text()) for name in ("resumed", "whole")}
-    expand, *later = reports["resumed"]["stages"]
-    assert expand["resumed"] is True  # the finished stage was not run again
-    assert [s["llm_calls"] for s in later] == [s["llm_calls"] for s in reports["whole"]["stages"][1:]]
+    assert [s["llm_calls"] for s in reports["resumed"]["stages"]] == [s["llm_calls"] for s in reports["whole"]["stages"]]
     # Every request the second process sent was new to the cache: none was sent twice.
-    sent_after_resume = sum(s["llm_calls"] - s["cached_calls"] for s in later)
+    assert 0 < cached_before_resume and 0 < sent_after_resume
     assert cached_before_resume + sent_after_resume == cache_rows(runs / "resumed") == cache_rows(runs / "whole")
     tables = {name: pq.read_table(runs / name / "dataset" / "data") for name in ("resumed", "whole")}
-    assert tables["resumed"].num_rows > 3
+    assert tables["resumed"].num_rows > len(SEEDS)
     assert tables["resumed"].equals(tables["whole"])

@@ -5,10 +5,17 @@ import itertools
 import numpy as np
 import pytest
 
-from filters.select import choose_k, select_diverse, split_budget, weighted_sample
-from germinate.config import SelectConfig
+from conftest import make_stage, run_stage
+from filters.select import Select, choose_k, split_budget, weighted_sample
 from germinate.embed import embed
 from germinate.records import Record
+
+
+def select_diverse(records, size: int, seed: int, **settings):
+    """kMQ as a run does it: `size` rows, selection `settings`, embeddings of the records' tasks."""
+    stage = make_stage(Select, budget__max_records=size, random_seed=seed,
+                       **{f"quality__select__{key}": value for key, value in settings.items()})
+    return run_stage(stage, records)
 
 # Eight kinds of task, each many ways: 320 instructions with a cluster structure a user would recognise.
 FAMILIES = [
@@ -48,8 +55,7 @@ def coverage(ids, cluster_of) -> int:
 @pytest.mark.parametrize("split", ["proportional", "equal"])
 def test_selection_covers_more_clusters_than_random(pool, split):
     records, vectors = pool
-    config = SelectConfig(clusters=24, split=split)
-    kept, rejected = select_diverse(records, vectors, 24, config, seed=0)
+    kept, rejected = select_diverse(records, 24, 0, clusters=24, split=split)
     assert len(kept) == 24 and len(kept) + len(rejected) == len(records)
     cluster_of = {r.id: r.cluster for r in kept + rejected}
     rng = np.random.default_rng(1)
@@ -63,10 +69,9 @@ def test_selection_covers_more_clusters_than_random(pool, split):
 
 def test_selection_is_deterministic_per_seed(pool):
     records, vectors = pool
-    config = SelectConfig(clusters=8)
-    first = [r.id for r in select_diverse(records, vectors, 30, config, seed=3)[0]]
-    again = [r.id for r in select_diverse(records, vectors, 30, config, seed=3)[0]]
-    other = [r.id for r in select_diverse(records, vectors, 30, config, seed=4)[0]]
+    first = [r.id for r in select_diverse(records, 30, 3, clusters=8)[0]]
+    again = [r.id for r in select_diverse(records, 30, 3, clusters=8)[0]]
+    other = [r.id for r in select_diverse(records, 30, 4, clusters=8)[0]]
     assert first == again and first != other
 
 
@@ -79,7 +84,7 @@ def test_quality_weighs_inside_a_cluster(pool):
     records, vectors = pool
     for i, record in enumerate(records):
         record.quality_score = 9.0 if i % 2 else 1.0
-    kept, _ = select_diverse(records, vectors, 40, SelectConfig(clusters=8), seed=0)
+    kept, _ = select_diverse(records, 40, 0, clusters=8)
     assert sum(r.quality_score == 9.0 for r in kept) >= 30  # chance alone would give about 20
     for record in records:
         record.quality_score = None

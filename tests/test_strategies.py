@@ -10,8 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import GATE_OFF
-from flows.build import build_dataset
+from conftest import GATE_OFF, build
 from generators.glan import concept_sets, sample_concepts
 from generators.self_instruct import rouge_l, tokens
 from generators.tcia import Constraint, Pool, load_library, search
@@ -133,7 +132,7 @@ def strategy_runs(tmp_path_factory):
         if name not in cache:
             settings = {"budget__max_llm_calls": 30, "budget__max_records": 10, **TINY[name]}
             config = tiny_config(seeds, folder / "runs", quality=GATE_OFF, strategies={name: 1.0}, **settings)
-            report = build_dataset(config)
+            report = build(config)
             cache[name] = report, pq.read_table(Path(report["dataset"]) / "data").to_pylist()
         return cache[name]
 
@@ -193,7 +192,7 @@ def test_mixed_run_respects_the_shares_of_the_budget(tmp_path, seeds_file):
     shares = {"aide": 0.5, "tcia": 0.3, "glan": 0.2}
     config = tiny_config(seeds_file, tmp_path / "runs", quality=GATE_OFF, strategies=shares,
                          budget__max_llm_calls=60, budget__max_records=14, **TINY["tcia"], **TINY["glan"])
-    report = build_dataset(config)
+    report = build(config)
     split = report["strategies"]
     seed_calls = 2  # three seeds, one with its answer: two answers reserved first
     assert sum(s["max_llm_calls"] for s in split.values()) == 60 - seed_calls
@@ -212,6 +211,7 @@ def test_a_prompt_template_may_name_its_own_seed():
     """AIDE's rewrite prompt fills $seed with the seed task; the request's random seed stays apart from it."""
     from generators.aide import AIDE, REWRITE
     from germinate.config import RunConfig
+    from germinate.stage import Context
 
-    request = AIDE(None, RunConfig(), 1)._request(REWRITE, 2, seed="Sum a list of numbers.", draft="d", critique="c")
+    request = AIDE(Context(RunConfig()), 1)._request(REWRITE, 2, seed="Sum a list of numbers.", draft="d", critique="c")
     assert "Sum a list of numbers." in request.messages[-1]["content"] and request.seed == 2

@@ -11,7 +11,7 @@ from germinate.errors import UserError
 from germinate.llm.base import LLM, Backend, Completion, Request, Result
 from germinate.llm.cache import ResponseCache
 
-__all__ = ["LLM", "Backend", "Completion", "Request", "Result", "check_llm", "make_llm"]
+__all__ = ["LLM", "Backend", "Completion", "Request", "Result", "check_llm", "checked", "make_llm"]
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,15 @@ def check_llm(config: LLMConfig) -> LLMConfig:
     return config.model_copy(update={"model": model, "structured_output": structured})
 
 
+def checked(config: LLMConfig) -> LLMConfig:
+    """The config as `check_llm` leaves it: a run's servers are asked once, before its shards, not
+    again by every process that opens the run's LLM (a Ray worker)."""
+    found = config.backend == "openai" and config.model is not None and config.structured_output != "auto"
+    return config if found else check_llm(config)
+
+
 def make_llm(config: LLMConfig, cache_path: Path | None) -> LLM:
-    if config.backend != "openai" or config.model is None or config.structured_output == "auto":
-        config = check_llm(config)  # a run's config was checked once, before its shards (on Ray workers too)
+    config = checked(config)
     backend: Backend
     concurrency = config.concurrency
     if config.backend == "llamacpp":

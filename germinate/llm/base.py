@@ -11,6 +11,7 @@ not answer for llm.outage_timeout_s).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -19,7 +20,7 @@ import random
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Coroutine, Iterator, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -31,8 +32,18 @@ from germinate.stats import Usage
 
 T = TypeVar("T")
 
-# The Usage of the stage shard whose coroutine is running; set by LLM.run.
+# The Usage of the stage whose coroutine is running: its requests count there.
 _usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("germinate_usage", default=None)
+
+
+@contextlib.contextmanager
+def counted(usage: Usage | None) -> Iterator[None]:
+    """Requests made inside (and in tasks started inside) count into `usage`."""
+    token = _usage.set(usage)
+    try:
+        yield
+    finally:
+        _usage.reset(token)
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ class LLM:
         self.cache = cache
         self.max_retries = max_retries
         self.backoff_s = backoff_s
-        self._outage = Outage(backend.ping, backend.location, outage_timeout_s)
+        self._outage = Outage(backend.ping, backend.location, outage_timeout_s, on_pause=self._flush_cache)
         # Binds to the loop on first use (Python >= 3.10), which is the LLM's own loop.
         self._semaphore = asyncio.Semaphore(concurrency)
         self._loop = asyncio.new_event_loop()
@@ -136,16 +147,20 @@ class LLM:
         """Run a coroutine on the LLM's loop from any thread; its requests count into `usage`."""
 
         async def with_usage() -> T:
-            _usage.set(usage)
-            return await coro
+            with counted(usage):
+                return await coro
 
         return asyncio.run_coroutine_threadsafe(with_usage(), self._loop).result()
 
     async def generate(self, requests: list[Request]) -> list[Result]:
-        results = list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
+        try:
+            return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
+        finally:
+            self._flush_cache()
+
+    def _flush_cache(self) -> None:
         if self.cache:
             self.cache.flush()
-        return results
 
     async def _generate_one(self, request: Request) -> Result:
         schema = json_schema(request.schema) if request.schema else None
@@ -177,12 +192,12 @@ class LLM:
     async def _call_with_retries(self, request: Request, schema: dict[str, Any] | None) -> Result:
         error, tries, redraws, unanswered = "unknown", 0, 0, False
         while True:
-            await self._outage.ready()  # waits out an outage; raises ServerLost after llm.outage_timeout_s
             # Only an answer that came back invalid draws a new seed (a deterministic sampler would repeat it);
             # a try the server never answered keeps it, so faults on the way do not change the data.
             sent = dataclasses.replace(request, seed=request.seed + redraws) if redraws else request
             try:
                 async with self._semaphore:
+                    await self._outage.ready()  # waits out an outage; raises ServerLost past the patience
                     completion = await self.backend.complete(sent, schema)
             except TransientError as exc:
                 error, unanswered = str(exc), True
@@ -199,7 +214,7 @@ class LLM:
                 result = self._result(request, completion, cached=False)
                 if result.ok:
                     return result
-                error, unanswered, redraws = result.error or error, False, redraws + 1
+                error, unanswered, redraws = result.error, False, redraws + 1
             tries += 1
             if tries > self.max_retries:
                 return Result(request, error=f"{error} (after {tries} tries)", unanswered=unanswered)
@@ -233,15 +248,23 @@ class LLM:
             "completion_tokens": result.completion_tokens,
         }
 
+    async def _cancel_all(self) -> None:
+        self._outage.stop(UserError("the run was stopped"))
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def abort(self) -> None:
+        """Stop every request now (a failed or interrupted run): what waits, even out an outage, raises;
+        what is in flight is cancelled. Threads waiting in `run` get their answer at once."""
+        asyncio.run_coroutine_threadsafe(self._cancel_all(), self._loop).result()
+
     def close(self) -> None:
-        """Cancel what is still in flight (a failed or interrupted run), then release the backend."""
+        """Cancel what is still in flight, then release the backend."""
 
         async def shutdown() -> None:
-            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            await self._outage.close()
+            await self._cancel_all()
             await self.backend.close()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result()

@@ -15,6 +15,7 @@ import logging
 import time
 from typing import Awaitable, Callable
 
+from germinate.errors import UserError
 from germinate.llm.errors import ServerLost, TransientError
 
 log = logging.getLogger(__name__)
@@ -24,17 +25,20 @@ MAX_PING_INTERVAL_S = 30.0
 
 
 class Outage:
-    def __init__(self, ping: Callable[[], Awaitable[object]], where: str, patience_s: float):
-        """`ping` raises TransientError while the server does not answer; `where` names it for the user."""
+    def __init__(
+        self, ping: Callable[[], Awaitable[object]], where: str, patience_s: float, on_pause: Callable[[], None]
+    ):
+        """`ping` raises TransientError while the server does not answer; `where` names it for the user;
+        `on_pause` runs when requests start to wait (the cache is flushed then)."""
         self._ping = ping
+        self._on_pause = on_pause
         self.where = where
         self.patience_s = patience_s
         self._failures = 0  # unanswered requests since the last answer
         self._check: asyncio.Future[bool] | None = None  # a ping in flight: does the server answer?
         self._running = asyncio.Event()
         self._running.set()
-        self._stopped: ServerLost | None = None
-        self._watch: asyncio.Task | None = None
+        self._stopped: UserError | None = None
 
     async def ready(self) -> None:
         """Return when a request may be sent; raise ServerLost once the patience has run out."""
@@ -49,7 +53,7 @@ class Outage:
     async def counts(self) -> bool:
         """Whether an unanswered try counts against its request's retries. False during an outage:
         the request then waits in `ready()` and is sent again when the server is back."""
-        if not self._running.is_set():
+        if not self._running.is_set() or self._stopped is not None:
             return False
         self._failures += 1
         if self._failures < FAILURES_TO_CHECK:
@@ -73,14 +77,15 @@ class Outage:
         return await asyncio.shield(self._check)
 
     def _pause(self, error: str) -> None:
-        if not self._running.is_set():
+        if not self._running.is_set() or self._stopped is not None:
             return
         self._running.clear()
         log.warning(
             "%s stopped answering (%s); requests wait for it, up to %gs (llm.outage_timeout_s)",
             self.where, error.rstrip("."), self.patience_s,
         )
-        self._watch = asyncio.ensure_future(self._wait_for_server(error, time.monotonic()))
+        self._on_pause()
+        asyncio.ensure_future(self._wait_for_server(error, time.monotonic()))
 
     async def _wait_for_server(self, error: str, since: float) -> None:
         interval = 1.0
@@ -97,12 +102,13 @@ class Outage:
             self._failures = 0
             self._running.set()
             return
-        self._stopped = ServerLost(
+        self.stop(ServerLost(
             f"llm: {self.where} did not answer for {self.patience_s:g}s (llm.outage_timeout_s; last: "
             f"{error.rstrip('.')}); what finished is kept: run the same command again to resume"
-        )
-        self._running.set()
+        ))
 
-    async def close(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
+    def stop(self, reason: UserError) -> None:
+        """No request goes out any more: those waiting, and every later one, raise `reason`."""
+        if self._stopped is None:
+            self._stopped = reason
+        self._running.set()

@@ -1,0 +1,54 @@
+"""Near dedup, online: MinHash over word n-grams in an LSH index that grows. A record whose
+estimated Jaccard similarity with a kept one reaches the threshold is dropped; records come in the
+run's fixed order, seeds first, so the first of a group is the one kept."""
+
+from __future__ import annotations
+
+import functools
+
+# Imported with the module, before a run's first request (datasketch brings scipy: a second's import).
+from datasketch import MinHash, MinHashLSH
+
+from filters.dedup import duplicate
+from germinate.records import Record, normalize, show
+from germinate.stage import Context, Outcome, Stage
+
+
+def shingles(text: str, n: int) -> set[bytes]:
+    words = normalize(text).split()
+    if len(words) <= n:
+        return {" ".join(words).encode()}
+    return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
+
+
+@functools.lru_cache(maxsize=65536)  # every shard meets the seeds first
+def signature(text: str, ngram: int, num_perm: int) -> MinHash:
+    found = MinHash(num_perm=num_perm, seed=1)
+    found.update_batch(list(shingles(text, ngram)))
+    return found
+
+
+class NearDedup(Stage):
+    name = "near_dedup"
+    section = "quality.near_dedup"
+    ordered = True
+
+    def __init__(self, context: Context):
+        super().__init__(context)
+        self.index = MinHashLSH(threshold=self.settings.threshold, num_perm=self.settings.num_perm)
+        self.signatures = {}  # id of a kept record -> its MinHash
+
+    async def run(self, records: list[Record]) -> Outcome:
+        kept, rejected = [], []
+        for record in records:
+            found = signature(show(record), self.settings.ngram, self.settings.num_perm)
+            similar = [(found.jaccard(self.signatures[key]), key) for key in self.index.query(found)]
+            best, twin = max(similar, default=(0.0, ""))
+            if best >= self.settings.threshold:
+                rejected.append(duplicate(record, self.name, twin, f"jaccard {best:.2f}"))
+                continue
+            if record.id not in self.signatures:
+                self.index.insert(record.id, found)
+                self.signatures[record.id] = found
+            kept.append(record)
+        return kept, rejected

@@ -1,0 +1,226 @@
+"""A run as plain Python: stages found by name, shards planned once and handed to a runner (threads
+here; Prefect tasks, on threads or Ray, in flows/build.py), then the whole-set stages, the report
+and the dataset. Wiring only: it names no stage, and imports no Prefect.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Protocol
+
+import filters
+import generators
+from germinate import progress
+from germinate.budget import EXPAND_STAGE, SEEDS, ShardWork, plan, record_cost
+from germinate.card import dataset_card, plots
+from germinate.config import RunConfig
+from germinate.embed import Embedder
+from germinate.errors import RunFailed, UserError
+from germinate.executor import Seeds, run_whole_set, stream_shard
+from germinate.hub import check_token, publish
+from germinate.io import write_atomic
+from germinate.llm import LLM, make_llm
+from germinate.metrics import run_metrics
+from germinate.records import Record, show
+from germinate.report import build_report, not_written, shortfall
+from germinate.runs import Run
+from germinate.stage import Context, Stage
+from germinate.stats import StageStats
+
+CALLS = "LLM calls"  # the progress of the whole run against its budget
+
+_services: dict[Path, tuple[LLM, Embedder]] = {}
+_services_lock = threading.Lock()
+
+
+def services(config: RunConfig, run: Run) -> tuple[LLM, Embedder]:
+    """One LLM (one client, one concurrency limit) and one embedder per run and process, shared by
+    every shard task in it. The embedding model starts loading at once, in its own process."""
+    with _services_lock:
+        if run.root not in _services:
+            _services[run.root] = (make_llm(config.llm, run.cache_path), Embedder(config.embedding, run.embeddings_path))
+        return _services[run.root]
+
+
+def close_services(run: Run, failed: bool = False) -> None:
+    with _services_lock:
+        found = _services.pop(run.root, None)
+    if found is not None:
+        llm, _ = found
+        if failed:
+            llm.abort()
+        llm.close()
+
+
+def stage_classes(config: RunConfig) -> tuple[list[type[Stage]], list[type[Stage]]]:
+    """The config's stages, switched on, in its order: (per-record, whole-set)."""
+    known = {**generators.stages(), **filters.stages()}
+    chosen = []
+    for name in config.stages:
+        if name not in known:
+            raise UserError(f"stages: no stage '{name}' (known: {', '.join(sorted(known))})")
+        if known[name].enabled(config):
+            chosen.append(known[name])
+    per_record = [cls for cls in chosen if not cls.whole_set]
+    whole_set = [cls for cls in chosen if cls.whole_set]
+    if chosen != per_record + whole_set:
+        late = next(cls.name for cls in chosen[len(per_record):] if not cls.whole_set)
+        raise UserError(f"stages: '{late}' works record by record; put it before the stages that compare the "
+                        f"whole set ({', '.join(cls.name for cls in whole_set)})")
+    with_last_look = [cls for cls in per_record if cls.finish is not Stage.finish]
+    if with_last_look and per_record[-1] is not with_last_look[-1] or len(with_last_look) > 1:
+        raise UserError(f"stages: '{with_last_look[0].name}' takes a last look at the end of each shard; "
+                        "it must be the last stage that works record by record")
+    return per_record, whole_set
+
+
+def _notify(stage: str) -> None:
+    progress.advance(stage)
+    progress.advance(CALLS)
+
+
+def run_shard(config: RunConfig, work: ShardWork) -> list[StageStats]:
+    """One shard, streamed through every per-record stage, unless an earlier invocation finished it."""
+    run = Run(config.output_dir / config.run_id)
+    finished = run.finished_shard(work.index)
+    if finished is not None:
+        return finished
+    llm, embedder = services(config, run)
+    context = Context(config, llm, embedder.vectors)
+    stages = [cls(context) for cls in stage_classes(config)[0]]
+    source = Seeds() if work.source == SEEDS else generators.strategies()[work.source](context, record_cost(config))
+    output = llm.run(stream_shard(
+        source, work.units, work.allowances, stages, prime=work.prime, on_call=_notify,
+        on_made=lambda records: embedder.submit([show(r) for r in records]),
+    ))
+    sealed = not any(s.unanswered_calls for s in output.stats)
+    return run.write_shard(work.index, output.made, output.kept, output.rejected, output.stats, sealed)
+
+
+def run_stage(config: RunConfig, stage: str, source: str | None, sealed_input: bool) -> StageStats:
+    """A whole-set stage, on what the previous one kept (`source`; None: what the shards let through)."""
+    run = Run(config.output_dir / config.run_id)
+    finished = run.finished_stage(stage)
+    if finished is not None:
+        return finished
+    records = run.kept(source) if source else run.survivors()
+    llm, embedder = services(config, run)
+    found = {cls.name: cls for cls in stage_classes(config)[1]}[stage](Context(config, llm, embedder.vectors))
+    progress.start(stage, len(records))
+    (kept, rejected), stats = llm.run(run_whole_set(found, records))
+    progress.advance(stage, len(records))
+    progress.finish(stage)
+    return run.write_stage(stage, kept, rejected, stats, sealed_input and not stats.unanswered_calls)
+
+
+class Runner(Protocol):
+    """Where shard tasks run: `submit` one, `wait` for several (showing progress meanwhile)."""
+
+    def submit(self, name: str, task: Callable[..., Any], **parameters: Any) -> Any: ...
+
+    def wait(self, futures: list[Any]) -> None: ...
+
+
+class Threads:
+    """Shard tasks on threads of this process, all sharing its one LLM client and limit."""
+
+    def __init__(self, workers: int):
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="germinate-shard")
+
+    def submit(self, name: str, task: Callable[..., Any], **parameters: Any) -> Future:
+        return self.pool.submit(task, **parameters)
+
+    def wait(self, futures: list[Future]) -> None:
+        for future in futures:
+            future.result()
+
+    def __enter__(self) -> Threads:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[dict, list[Record]]:
+    """Every shard, then the whole-set stages in order; writes the dataset and the report."""
+    per_record, whole_set = stage_classes(config)
+    planners = {name: generators.strategies()[name](Context(config), record_cost(config))
+                for name in config.strategies}
+    work = plan(config, run.seeds(), planners)
+    services(config, run)  # the embedding model starts loading while the first requests go out
+    progress.start(CALLS, config.budget.max_llm_calls)
+    for name in [EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]:
+        progress.start(name, 0)
+    futures = [runner.submit(f"shard-{w.index}-{w.source}", run_shard, config=config, work=w) for w in work.shards]
+    runner.wait(futures)
+    by_shard = [future.result() for future in futures]
+    stages = [functools.reduce(operator.add, column) for column in zip(*by_shard)]
+    for name in [CALLS, EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]:
+        progress.finish(name)
+    source = None
+    for cls in whole_set:
+        sealed = not any(s.unsealed for s in stages)
+        future = runner.submit(cls.name, run_stage, config=config, stage=cls.name, source=source, sealed_input=sealed)
+        runner.wait([future])
+        stages.append(future.result())
+        source = cls.name
+    final = run.kept(source) if source else run.survivors()
+    strategies = {}
+    for name, share in work.strategies.items():
+        expand = [stats[0] for w, stats in zip(work.shards, by_shard) if w.source == name]
+        strategies[name] = {**share, "expand_calls": sum(s.llm_calls for s in expand),
+                            "records": sum(s.kept for s in expand)}
+    problem = shortfall(config, stages, final)
+    if problem and not config.budget.allow_partial:
+        report = build_report(config, stages, strategies, len(run.seeds()), final, None, None,
+                              time.perf_counter() - start, problem)
+        run.drop_dataset()
+        write_atomic(run.report_path, json.dumps(report, indent=2).encode())
+        raise RunFailed(not_written(problem, stages))
+    _, embedder = services(config, run)
+    metrics = run_metrics(run, final, embedder.vectors_sync)
+    report = build_report(config, stages, strategies, len(run.seeds()), final, metrics, str(run.dataset_dir),
+                          time.perf_counter() - start, problem)
+    images = plots(final)
+    run.write_dataset(final, {"README.md": dataset_card(config, report, list(images)).encode(), **images})
+    write_atomic(run.report_path, json.dumps(report, indent=2).encode())
+    if config.hub.repo_id:  # after the report: a failed upload loses nothing, and a rerun retries it
+        report["published"] = publish(run, config.hub.repo_id, config.hub.private, config.hub.revision)
+        write_atomic(run.report_path, json.dumps(report, indent=2).encode())
+    return report, final
+
+
+def check_run(config: RunConfig) -> None:
+    """What a user can get wrong beyond the config's own checks, found before anything is written."""
+    generators.check_strategies(config)
+    stage_classes(config)
+    if config.hub.repo_id:
+        check_token()
+
+
+def execute(config: RunConfig, runner: ContextManager[Runner]) -> tuple[dict, list[Record]]:
+    """The run, under its lock, on `runner`; `config` has been through `prepare_run`."""
+    start = time.perf_counter()
+    run = Run(config.output_dir / config.run_id)
+    try:
+        with run.locked(), runner as opened:
+            try:
+                return build(config, run, opened, start)
+            except BaseException:
+                close_services(run, failed=True)  # what waits on a server stops now, not after its patience
+                raise
+    finally:
+        close_services(run)
+
+
+def build_here(config: RunConfig) -> dict:
+    """The run in this process, shard tasks on threads: no orchestrator to start, so the first request
+    goes out at once."""
+    report, _ = execute(config, Threads(config.orchestration.workers))
+    return report

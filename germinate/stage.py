@@ -1,0 +1,111 @@
+"""The one shape of a step of a run: records in, (kept, rejected) out.
+
+A stage is one class in one file (generators/, filters/). The executor (germinate/executor.py)
+runs any stage the same way, counts what it keeps and drops, times it, writes its rejected
+records with their reasons, and knows none of them by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Awaitable, Callable, ClassVar, TypeVar
+
+from germinate.config import RunConfig
+from germinate.records import Record
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from germinate.llm import LLM
+
+Outcome = tuple[list[Record], list[Record]]  # (kept, rejected: each with its stage and reason)
+T = TypeVar("T")
+
+
+@dataclass
+class Context:
+    """What a stage or a strategy may use: the run's config, its LLM and unit vectors of texts
+    (embedded off the critical path, cached in the run directory); None where nothing uses them
+    (planning a run's units)."""
+
+    config: RunConfig
+    llm: LLM | None = None
+    vectors: Callable[[list[str]], Awaitable[np.ndarray]] | None = None
+
+
+def discover(package: ModuleType, base: type[T]) -> dict[str, type[T]]:
+    """Every concrete subclass of `base` in the modules of `package`, by its `name`: adding a filter or
+    a strategy is adding a module."""
+    found = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, base) and value.__module__ == module.__name__
+                    and not inspect.isabstract(value)):
+                found[value.name] = value
+    return found
+
+
+class Stage(ABC):
+    """`name` is the stage's name in the config's `stages` list, its stats and its folder.
+
+    Per-record stages (the default) run while records are made, each record on its own as it
+    arrives; an `ordered` one (online dedup) takes them one at a time in the run's fixed order, so
+    first come is first kept the same way every run. A `whole_set` stage runs once, after every
+    per-record stage, on all the records that came through (semantic dedup, selection).
+    """
+
+    name: ClassVar[str]
+    section: ClassVar[str | None] = None  # its settings in the config, dotted ("quality.heuristics")
+    whole_set: ClassVar[bool] = False
+    ordered: ClassVar[bool] = False
+    calls_llm: ClassVar[bool] = False
+
+    def __init__(self, context: Context):
+        self.context = context
+        self.config = context.config
+        self.settings = self.settings_in(context.config)
+
+    @classmethod
+    def settings_in(cls, config: RunConfig):
+        """This stage's section of `config` (None when it has none)."""
+        found = config
+        for part in cls.section.split(".") if cls.section else []:
+            found = getattr(found, part)
+        return found if cls.section else None
+
+    @classmethod
+    def enabled(cls, config: RunConfig) -> bool:
+        settings = cls.settings_in(config)
+        return getattr(settings, "enabled", True)
+
+    @abstractmethod
+    async def run(self, records: list[Record]) -> Outcome: ...
+
+    async def finish(self, records: list[Record], calls: int) -> Outcome:
+        """At the end of a shard, with the records this stage kept there and the LLM calls the shard
+        has left: a last look (the judge revises the weakest answers with them). Default: keep all."""
+        return records, []
+
+
+class Filter(Stage):
+    """A per-record decision and nothing else: `check` says why a record is dropped, or None."""
+
+    @abstractmethod
+    def check(self, record: Record) -> tuple[str, str | None] | None:
+        """(reason, detail) when the record is dropped; None when it is kept."""
+
+    async def run(self, records: list[Record]) -> Outcome:
+        kept, rejected = [], []
+        for record in records:
+            why = self.check(record)
+            if why is None:
+                kept.append(record)
+            else:
+                rejected.append(record.dropped(self.name, *why))
+        return kept, rejected
