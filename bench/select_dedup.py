@@ -23,7 +23,7 @@ from sklearn.cluster import MiniBatchKMeans  # imported before any clock starts,
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from filters.dedup import semantic_duplicates  # noqa: E402
+from filters.semantic_dedup import semantic_duplicates  # noqa: E402
 from filters.select import select_indices, split_budget, weighted_sample  # noqa: E402
 import germinate.kmeans  # noqa: E402
 from germinate.kmeans import gpus  # noqa: E402
@@ -78,6 +78,8 @@ def sklearn_run(vectors, eps, dedup_k, select_k, size, seed):
     kept_mask = np.ones(len(vectors), dtype=bool)
     for c in range(dedup_k):
         members = np.flatnonzero(labels == c)
+        if len(members) < 2:  # MiniBatchKMeans may leave a cluster empty at 1M points
+            continue
         cosines = vectors[members] @ vectors[members].T  # dense, the whole cluster at once
         cosines[np.tril_indices(len(members))] = -np.inf  # only earlier items count
         kept_mask[members[cosines.max(axis=0) > 1.0 - eps]] = False

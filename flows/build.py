@@ -61,10 +61,22 @@ class PrefectTasks:
     def __enter__(self) -> "PrefectTasks":
         self.runner = _task_runner(self.config).__enter__()
         self.shown = StageProgress(pipeline.CALLS, self.config.budget.max_llm_calls)
+        self.state = None
+        if self.config.orchestration.task_runner == "ray":  # Ray is up: the run's shared slots and progress
+            from flows import ray_run
+
+            self.state = ray_run.start(self.config)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.runner.__exit__(*exc)
+
+    def _collect(self) -> None:
+        if self.state is not None:
+            from flows import ray_run
+
+            ray_run.collect(self.state)
+        self.shown.update()
 
     def submit(self, name: str, function: Callable[..., Any], **parameters: Any):
         return self.runner.submit(self.tasks[function].with_options(task_run_name=name), parameters)
@@ -73,8 +85,8 @@ class PrefectTasks:
         """While waiting, the run's LLM calls against its budget advance in the UI."""
         for future in futures:  # one future at a time: each wait leaves a callback on what it waits for
             while not wait([future], timeout=PROGRESS_INTERVAL_S).done:
-                self.shown.update()
-        self.shown.update()
+                self._collect()
+        self._collect()
 
 
 def check_run(config: RunConfig) -> None:

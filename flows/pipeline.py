@@ -5,6 +5,8 @@ and the dataset. Wiring only: it names no stage, and imports no Prefect.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import functools
 import json
 import operator
@@ -35,24 +37,33 @@ from germinate.stats import StageStats
 
 CALLS = "LLM calls"  # the progress of the whole run against its budget
 
-_services: dict[Path, tuple[LLM, Embedder]] = {}
-_services_lock = threading.Lock()
+_llms: dict[Path, LLM] = {}
+_llms_lock = threading.Lock()
 
 
-def services(config: RunConfig, run: Run) -> tuple[LLM, Embedder]:
-    """One LLM (one client, one concurrency limit) and one embedder per run and process, shared by
-    every shard task in it. The embedding model starts loading at once, in its own process."""
-    with _services_lock:
-        if run.root not in _services:
-            _services[run.root] = (make_llm(config.llm, run.cache_path), Embedder(config.embedding, run.embeddings_path))
-        return _services[run.root]
+def llm_for(config: RunConfig, run: Run) -> LLM:
+    """One LLM per run and process (one client, one limit), shared by every shard task in it. On Ray,
+    the limit is the run's, shared by every worker (flows/ray_run.py)."""
+    with _llms_lock:
+        if run.root not in _llms:
+            slots = None
+            if config.orchestration.task_runner == "ray":
+                from flows import ray_run
+
+                slots = ray_run.attach(config)
+            _llms[run.root] = make_llm(config.llm, run.cache_path, slots)
+        return _llms[run.root]
 
 
-def close_services(run: Run, failed: bool = False) -> None:
-    with _services_lock:
-        found = _services.pop(run.root, None)
-    if found is not None:
-        llm, _ = found
+def embedder_for(config: RunConfig, run: Run) -> Embedder:
+    """The run's vectors, cached in its directory; the model starts loading at once, in its own process."""
+    return Embedder(config.embedding, run.embeddings_path)
+
+
+def close_llm(run: Run, failed: bool = False) -> None:
+    with _llms_lock:
+        llm = _llms.pop(run.root, None)
+    if llm is not None:
         if failed:
             llm.abort()
         llm.close()
@@ -91,15 +102,20 @@ def run_shard(config: RunConfig, work: ShardWork) -> list[StageStats]:
     finished = run.finished_shard(work.index)
     if finished is not None:
         return finished
-    llm, embedder = services(config, run)
+    llm, embedder = llm_for(config, run), embedder_for(config, run)
     context = Context(config, llm, embedder.vectors)
     stages = [cls(context) for cls in stage_classes(config)[0]]
     source = Seeds() if work.source == SEEDS else generators.strategies()[work.source](context, record_cost(config))
+    allowances = [dataclasses.replace(a) for a in work.allowances]  # a retried task starts from the plan again
     output = llm.run(stream_shard(
-        source, work.units, work.allowances, stages, prime=work.prime, on_call=_notify,
+        source, work.units, allowances, stages, prime=work.prime, on_call=_notify,
         on_made=lambda records: embedder.submit([show(r) for r in records]),
     ))
     sealed = not any(s.unanswered_calls for s in output.stats)
+    if config.orchestration.task_runner == "ray":
+        from flows import ray_run
+
+        ray_run.settle()
     return run.write_shard(work.index, output.made, output.kept, output.rejected, output.stats, sealed)
 
 
@@ -110,10 +126,12 @@ def run_stage(config: RunConfig, stage: str, source: str | None, sealed_input: b
     if finished is not None:
         return finished
     records = run.kept(source) if source else run.survivors()
-    llm, embedder = services(config, run)
-    found = {cls.name: cls for cls in stage_classes(config)[1]}[stage](Context(config, llm, embedder.vectors))
+    cls = {cls.name: cls for cls in stage_classes(config)[1]}[stage]
+    llm = llm_for(config, run) if cls.calls_llm else None
+    found = cls(Context(config, llm, embedder_for(config, run).vectors))
     progress.start(stage, len(records))
-    (kept, rejected), stats = llm.run(run_whole_set(found, records))
+    whole = run_whole_set(found, records)
+    (kept, rejected), stats = llm.run(whole) if llm else asyncio.run(whole)
     progress.advance(stage, len(records))
     progress.finish(stage)
     return run.write_stage(stage, kept, rejected, stats, sealed_input and not stats.unanswered_calls)
@@ -153,7 +171,7 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[di
     planners = {name: generators.strategies()[name](Context(config), record_cost(config))
                 for name in config.strategies}
     work = plan(config, run.seeds(), planners)
-    services(config, run)  # the embedding model starts loading while the first requests go out
+    embedder = embedder_for(config, run)  # the embedding model loads while the first requests go out
     progress.start(CALLS, config.budget.max_llm_calls)
     for name in [EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]:
         progress.start(name, 0)
@@ -183,7 +201,6 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[di
         run.drop_dataset()
         write_atomic(run.report_path, json.dumps(report, indent=2).encode())
         raise RunFailed(not_written(problem, stages))
-    _, embedder = services(config, run)
     metrics = run_metrics(run, final, embedder.vectors_sync)
     report = build_report(config, stages, strategies, len(run.seeds()), final, metrics, str(run.dataset_dir),
                           time.perf_counter() - start, problem)
@@ -213,10 +230,10 @@ def execute(config: RunConfig, runner: ContextManager[Runner]) -> tuple[dict, li
             try:
                 return build(config, run, opened, start)
             except BaseException:
-                close_services(run, failed=True)  # what waits on a server stops now, not after its patience
+                close_llm(run, failed=True)  # what waits on a server stops now, not after its patience
                 raise
     finally:
-        close_services(run)
+        close_llm(run)
 
 
 def build_here(config: RunConfig) -> dict:

@@ -207,54 +207,65 @@ class AIDE(Strategy):
         plain = [job for job in jobs if job.operation != "persona"]
         chosen = [job for job in jobs if job.operation == "persona"]
         persona_results = asyncio.ensure_future(self._write_personas(seed, hop, chosen))
-        kept = []
-        for group, rubric in ((plain, RELEVANCE), (chosen, PERSONA_RELEVANCE)):
-            if group is plain:
-                written = await self.llm.generate([self._synthesis_request(seed, hop, job) for job in group])
-            else:
-                written = await persona_results
-            candidates, dropped = [], []
-            for job, result in zip(group, written):
-                child = self.written(
-                    result,
-                    id=record_id(job.parent.id, job.operation, job.attribute or job.persona),
-                    seed_id=seed.id,
-                    parent_id=job.parent.id,
-                    hop=hop,
-                    topic=job.topic,
-                    attribute=job.attribute,
-                    operation=job.operation,
-                    persona=job.persona,
-                )
-                problem = fault(child, result)
-                if problem is None:
-                    candidates.append(child)
-                    continue
-                dropped.append(child.dropped(STAGE, *problem))
-                allowance.refund(self.child_cost - 1)  # no judgement, nothing downstream
-            judged = []
-            for state in await self._reflect(seed, candidates, rubric, parents, allowance):
-                child, verdict = state.item, state.verdict
-                if verdict is None:  # the judge failed, not the child: it stays, unjudged
-                    judged.append(dataclasses.replace(child, reflection_critique=f"not judged: {state.error}"))
-                    continue
-                child = dataclasses.replace(
-                    child,
-                    reflection_score=float(verdict.scores["relevance"]),
-                    difference_score=_float_or_none(verdict.scores.get("difference")),
-                    reflection_critique=verdict.critique,
-                    reflection_tries=state.tries,
-                )
-                if not state.passed and self.aide.on_reflection_fail == "drop":
-                    detail = f"score {verdict.score:.1f} < {self.aide.reflection_threshold:g}: {verdict.critique}"
-                    dropped.append(child.dropped(STAGE, "low_reflection_score", detail))
-                    allowance.refund(self.record_cost)  # nothing downstream
+        try:
+            kept = []
+            for group, rubric in ((plain, RELEVANCE), (chosen, PERSONA_RELEVANCE)):
+                if group is plain:
+                    written = await self.llm.generate([self._synthesis_request(seed, hop, job) for job in group])
                 else:
-                    judged.append(child)
-            allowance.records -= len(judged)
-            emit(judged, dropped)
-            kept += judged
-        return kept
+                    written = await persona_results
+                judged, dropped = await self._judged(seed, hop, group, written, rubric, parents, allowance)
+                allowance.records -= len(judged)
+                emit(judged, dropped)
+                kept += judged
+            return kept
+        finally:  # a failed shard stops it too
+            persona_results.cancel()
+
+    async def _judged(
+        self, seed: Record, hop: int, jobs: list[Job], written: list[Result], rubric: Rubric,
+        parents: dict[str, Record], allowance: Allowance,
+    ) -> tuple[list[Record], list[Record]]:
+        """The group's children as written, judged and rewritten: (kept, dropped)."""
+        candidates, dropped = [], []
+        for job, result in zip(jobs, written):
+            child = self.written(
+                result,
+                id=record_id(job.parent.id, job.operation, job.attribute or job.persona),
+                seed_id=seed.id,
+                parent_id=job.parent.id,
+                hop=hop,
+                topic=job.topic,
+                attribute=job.attribute,
+                operation=job.operation,
+                persona=job.persona,
+            )
+            problem = fault(child, result)
+            if problem is None:
+                candidates.append(child)
+                continue
+            dropped.append(child.dropped(STAGE, *problem))
+            allowance.refund(self.child_cost - 1)  # no judgement, nothing downstream
+        kept = []
+        for state in await self._reflect(seed, candidates, rubric, parents, allowance):
+            child, verdict = state.item, state.verdict
+            if verdict is None:  # the judge failed, not the child: it stays, unjudged
+                kept.append(dataclasses.replace(child, reflection_critique=f"not judged: {state.error}"))
+                continue
+            child = dataclasses.replace(
+                child,
+                reflection_score=float(verdict.scores["relevance"]),
+                difference_score=_float_or_none(verdict.scores.get("difference")),
+                reflection_critique=verdict.critique,
+                reflection_tries=state.tries,
+            )
+            if not state.passed and self.aide.on_reflection_fail == "drop":
+                detail = f"score {verdict.score:.1f} < {self.aide.reflection_threshold:g}: {verdict.critique}"
+                dropped.append(child.dropped(STAGE, "low_reflection_score", detail))
+                allowance.refund(self.record_cost)  # nothing downstream
+            else:
+                kept.append(child)
+        return kept, dropped
 
     async def _reflect(
         self, seed: Record, children: list[Record], rubric: Rubric, parents: dict[str, Record], allowance: Allowance

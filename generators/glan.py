@@ -142,11 +142,17 @@ class GLAN(Strategy):
         if not listed.ok:
             return  # a failed call, counted in the stage's stats; nothing was made to drop
         subjects = list({s.name.strip(): s for s in listed.parsed.subjects if s.name.strip()}.values())[:wanted]
+        if not subjects:
+            return
         shares = zip(allocate(allowance.calls, len(subjects)), allocate(allowance.records, len(subjects)))
-        subjects = [asyncio.ensure_future(self._subject(discipline, subject, Allowance(c, r)))
-                    for subject, (c, r) in zip(subjects, shares)]
-        for subject in subjects:
-            emit(*await subject)
+        written = [asyncio.ensure_future(self._subject(discipline, subject, Allowance(c, r)))
+                   for subject, (c, r) in zip(subjects, shares)]
+        try:
+            for subject in written:
+                emit(*await subject)
+        finally:  # a failed shard stops them too
+            for subject in written:
+                subject.cancel()
 
     async def _subject(self, discipline: Discipline, subject, allowance: Allowance):
         if allowance.records < 1 or not allowance.take(1):

@@ -109,6 +109,8 @@ def plan(config: RunConfig, seeds: list[Record], strategies: dict[str, Planner])
         summary[name] = {"share": round(config.shares[name], 4), "max_llm_calls": calls[name],
                          "max_records": rows[name]}
         units = list(strategy.units(seeds, calls[name], rows[name]))
+        if not units:  # its share cannot grow a record from anything
+            continue
         allowances = [Allowance(c, r) for c, r in zip(allocate(calls[name], len(units)),
                                                      allocate(rows[name], len(units)))]
         for start in range(0, len(units), config.shard_size):

@@ -165,7 +165,10 @@ class EmbeddingConfig(Section):
         description="any sentence-transformers model by name or path (default: the offline all-MiniLM-L6-v2); "
         "with base_url, the model the server embeds with",
     )
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(
+        16, ge=1, description="texts per forward pass; fixed (empty rows fill it) so that a text's vector does not "
+        "depend on the texts it was embedded with; larger on a GPU",
+    )
     base_url: str | None = Field(
         None, description="an OpenAI-compatible /v1/embeddings server (vLLM, text-embeddings-inference) "
         "instead of the local model, e.g. http://localhost:8001/v1",

@@ -96,19 +96,22 @@ class Embedder:
     def __init__(self, config: EmbeddingConfig, cache: Path | None = None):
         self.config = config
         self.cache = cache
-        self.worker = _worker(config)
+        _worker(config)  # it starts loading the model now
+
+    def _send(self, priority: int, texts: list[str]) -> Future:
+        return _worker(self.config).send(priority, texts, self.cache)  # a worker that died is replaced
 
     def submit(self, texts: list[str]) -> None:
         """Embed and cache these, in the background: nobody waits for them yet."""
         if texts:
-            self.worker.send(BACKGROUND, texts, self.cache)
+            self._send(BACKGROUND, texts)
 
     def vectors_sync(self, texts: list[str]) -> np.ndarray:
         """float32 array (len(texts), dim) of unit vectors: a dot product is a cosine."""
-        return self.worker.send(WAITED, texts, self.cache).result()
+        return self._send(WAITED, texts).result()
 
     async def vectors(self, texts: list[str]) -> np.ndarray:
-        return await asyncio.wrap_future(self.worker.send(WAITED, texts, self.cache))
+        return await asyncio.wrap_future(self._send(WAITED, texts))
 
 
 class _Worker:
@@ -118,8 +121,8 @@ class _Worker:
     main module) is copied or run again there."""
 
     def __init__(self, config: EmbeddingConfig):
-        to_child, self.inbox_fd = os.pipe()
-        self.outbox_fd, from_child = os.pipe()
+        to_child, inbox_fd = os.pipe()
+        outbox_fd, from_child = os.pipe()
         self.process = subprocess.Popen(
             [sys.executable, "-c", f"import germinate.embed as e; e._serve({to_child}, {from_child})"],
             # Nothing of this process's output is held: a command that ends leaves no child on its pipes.
@@ -128,15 +131,16 @@ class _Worker:
         )
         os.close(to_child)
         os.close(from_child)
-        self.inbox = os.fdopen(self.inbox_fd, "wb")
+        self.inbox = os.fdopen(inbox_fd, "wb")
         self.waiting: dict[int, Future] = {}
         self.lock = threading.Lock()
         self.order = itertools.count()
+        self.receiving = True
         self._put(config)
-        threading.Thread(target=self._receive, daemon=True, name="germinate-embed-results").start()
+        threading.Thread(target=self._receive, args=(outbox_fd,), daemon=True, name="germinate-embed-results").start()
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.receiving and self.process.poll() is None
 
     def _put(self, message: object) -> None:
         pickle.dump(message, self.inbox, protocol=pickle.HIGHEST_PROTOCOL)
@@ -145,40 +149,48 @@ class _Worker:
     def send(self, priority: int, texts: list[str], cache: Path | None) -> Future:
         found: Future = Future()
         with self.lock:
+            if not self.alive():
+                found.set_exception(RuntimeError("the embedding process stopped"))
+                return found
             job = next(self.order)
             self.waiting[job] = found
             try:
                 self._put((priority, job, texts, cache))
-            except OSError:  # it died: the receiver fails what waits, this included
-                pass
+            except OSError:
+                del self.waiting[job]
+                found.set_exception(RuntimeError("the embedding process stopped"))
         return found
 
-    def _receive(self) -> None:
-        with os.fdopen(self.outbox_fd, "rb") as outbox:
-            while True:
-                try:
+    def _receive(self, outbox_fd: int) -> None:
+        try:
+            with os.fdopen(outbox_fd, "rb") as outbox:
+                while True:
                     job, vectors, failure = pickle.load(outbox)
-                except (EOFError, OSError, pickle.UnpicklingError):
-                    break
-                with self.lock:
-                    found = self.waiting.pop(job)
-                if failure is None:
-                    found.set_result(vectors)
-                else:
-                    found.set_exception(failure)
+                    with self.lock:
+                        found = self.waiting.pop(job)
+                    if found.done():  # its waiter was cancelled (a failed shard): nobody to tell
+                        continue
+                    if failure is None:
+                        found.set_result(vectors)
+                    else:
+                        found.set_exception(failure)
+        except Exception:  # the worker is gone, or said something unreadable: fail what waits
+            pass
         with self.lock:
+            self.receiving = False
             pending, self.waiting = self.waiting, {}
         for found in pending.values():
-            found.set_exception(RuntimeError("the embedding process stopped"))
+            if not found.done():
+                found.set_exception(RuntimeError("the embedding process stopped"))
 
 
-_workers: dict[tuple[str, str | None], _Worker] = {}
+_workers: dict[str, _Worker] = {}
 _workers_lock = threading.Lock()
 
 
 def _worker(config: EmbeddingConfig) -> _Worker:
-    """One worker per model, for the life of this process: every run and stage in it shares it."""
-    key = (config.model, config.base_url)
+    """One worker per embedding config, for the life of this process: every run in it shares it."""
+    key = config.model_dump_json()
     with _workers_lock:
         if key not in _workers or not _workers[key].alive():
             _workers[key] = _Worker(config)
@@ -191,8 +203,8 @@ def warm(config: EmbeddingConfig) -> None:
 
 
 def _serve(inbox_fd: int, outbox_fd: int) -> None:
-    """The worker process: loads the model at once, then answers jobs, those someone waits for first,
-    until its parent closes the pipe (then what is left is nobody's any more)."""
+    """The worker process: loads the model at once, then embeds what it is sent, what someone waits
+    for first, until its parent closes the pipe (then what is left is nobody's any more)."""
     inbox, outbox = os.fdopen(inbox_fd, "rb"), os.fdopen(outbox_fd, "wb")
     config: EmbeddingConfig = pickle.load(inbox)
     jobs: list = []
@@ -214,9 +226,8 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
     try:
         encoder: object = _Remote(config) if config.base_url else _load(config.model)
     except Exception as exc:  # a model that will not load: every job hears why
-        encoder = exc
+        encoder = RuntimeError(f"embedding model {config.model}: {exc}")
     caches: dict[Path, sqlite3.Connection] = {}
-    memory: dict[str, np.ndarray] = {}
     while True:
         with arrived:
             while not jobs:
@@ -224,55 +235,99 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
             if None in jobs:
                 return
             jobs.sort(key=lambda j: (j[0], j[1]))
-            _, job, texts, cache = jobs.pop(0)
-        try:
-            if isinstance(encoder, Exception):
-                raise encoder
-            if cache is not None and cache not in caches:
-                cache.parent.mkdir(parents=True, exist_ok=True)
-                caches[cache] = sqlite3.connect(cache)
-                caches[cache].execute("CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
-            answer = (job, _embed(config, texts, encoder, caches.get(cache), memory), None)
-        except Exception as exc:
-            answer = (job, None, exc)
-        try:
-            pickle.dump(answer, outbox, protocol=pickle.HIGHEST_PROTOCOL)
-            outbox.flush()
-        except OSError:  # the parent is gone
-            return
+            if jobs[0][0] == WAITED:  # one at a time, in order: the first to ask is the first to go on
+                taken = jobs[:1]
+            else:  # background work in small helpings: a wait that comes meanwhile is not held up long
+                taken, texts = [], 0
+                while jobs[len(taken):] and texts < 4 * config.batch_size:
+                    taken.append(jobs[len(taken)])
+                    texts += len(taken[-1][2])
+            jobs[:] = jobs[len(taken):]
+        for cache in dict.fromkeys(cache for *_, cache in taken):
+            together = [j for j in taken if j[3] == cache]  # encoded in one go: fewer, fuller batches
+            try:
+                if isinstance(encoder, Exception):
+                    raise encoder
+                if cache is not None and cache not in caches:
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    caches[cache] = sqlite3.connect(cache)
+                    caches[cache].execute(
+                        "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
+                found = _embed(config, [t for j in together for t in j[2]], encoder, caches.get(cache))
+                answers = [(job, _stacked([found[t] for t in texts], encoder), None) for _, job, texts, _ in together]
+            except Exception as exc:  # said as text: not every exception pickles
+                answers = [(job, None, RuntimeError(f"embedding failed: {exc}")) for _, job, _, _ in together]
+            try:
+                for answer in answers:
+                    pickle.dump(answer, outbox, protocol=pickle.HIGHEST_PROTOCOL)
+                outbox.flush()
+            except OSError:  # the parent is gone
+                return
 
 
-def _embed(config: EmbeddingConfig, texts: list[str], encoder, db, memory: dict[str, np.ndarray]) -> np.ndarray:
-    keys = [hashlib.sha1(f"{config.model}\x1f{t}".encode()).hexdigest() for t in texts]
-    missing = [k for k in dict.fromkeys(keys) if k not in memory]
-    if missing and db is not None:
-        for start in range(0, len(missing), 500):  # SQLite bounds the parameters of one statement
-            chunk = missing[start : start + 500]
+def _stacked(vectors: list[np.ndarray], encoder) -> np.ndarray:
+    if vectors:
+        return np.stack(vectors)
+    return np.zeros((0, 0 if isinstance(encoder, _Remote) else encoder.get_embedding_dimension()), dtype=np.float32)
+
+
+def _embed(config: EmbeddingConfig, texts: list[str], encoder, db) -> dict[str, np.ndarray]:
+    """Each distinct text's vector: from the run's cache, or encoded (and cached)."""
+    # The batch's size is in the key: the same text in batches of another size gets other last digits.
+    keys = {t: hashlib.sha1(f"{config.model}\x1f{config.batch_size}\x1f{t}".encode()).hexdigest()
+            for t in dict.fromkeys(texts)}
+    found: dict[str, np.ndarray] = {}
+    if db is not None:
+        by_key = {k: t for t, k in keys.items()}
+        wanted = list(by_key)
+        for start in range(0, len(wanted), 500):  # SQLite bounds the parameters of one statement
+            chunk = wanted[start : start + 500]
             rows = db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-            memory.update((key, np.frombuffer(blob, dtype=np.float32)) for key, blob in rows)
-    todo = list({k: t for k, t in zip(keys, texts) if k not in memory}.items())
-    for start in range(0, len(todo), 1024):
-        batch = todo[start : start + 1024]
-        fresh = _encode(config, [t for _, t in batch], encoder)
-        memory.update((k, v) for (k, _), v in zip(batch, fresh))
+            found.update((by_key[key], np.frombuffer(blob, dtype=np.float32)) for key, blob in rows)
+    todo = [t for t in keys if t not in found]
+    for start in range(0, len(todo), 4096):
+        batch = todo[start : start + 4096]
+        fresh = _encode(config, batch, encoder)
+        found.update(zip(batch, fresh))
         if db is not None:
             with db:
                 db.executemany("INSERT OR REPLACE INTO vectors (key, vector) VALUES (?, ?)",
-                               [(k, v.tobytes()) for (k, _), v in zip(batch, fresh)])
-    if not texts:
-        dim = 0 if isinstance(encoder, _Remote) else encoder.get_embedding_dimension()
-        return np.zeros((0, dim), dtype=np.float32)
-    return np.stack([memory[k] for k in keys])
+                               [(keys[t], v.tobytes()) for t, v in zip(batch, fresh)])
+    return found
+
+
+LENGTHS = (16, 32, 64, 128, 256, 512)  # token lengths a text is padded to: its own bucket
 
 
 def _encode(config: EmbeddingConfig, texts: list[str], encoder) -> np.ndarray:
+    """Unit vectors, each a function of its text alone. A model's numbers change (in the 7th digit)
+    with the shape of the batch a text is in, and that depends on which texts came together; so
+    every batch has the same shape here: `batch_size` rows (empty ones fill it) of the text's
+    length bucket. Then a rerun, a resume, or a text embedded in another company gets the same
+    vector, and what dedup and k-means decide does not move."""
     if isinstance(encoder, _Remote):
         return np.concatenate([encoder.encode(texts[i : i + config.batch_size])
                                for i in range(0, len(texts), config.batch_size)])
-    vectors = encoder.encode(texts, batch_size=config.batch_size, normalize_embeddings=True, show_progress_bar=False)
-    return np.asarray(vectors, dtype=np.float32)
+    import torch
+
+    tokenizer, limit = encoder.tokenizer, encoder.max_seq_length
+    buckets: dict[int, list[int]] = {}
+    for i, ids in enumerate(tokenizer(texts, truncation=True, max_length=limit)["input_ids"]):
+        length = next((b for b in LENGTHS if b >= len(ids)), limit)
+        buckets.setdefault(min(length, limit), []).append(i)
+    vectors = np.zeros((len(texts), encoder.get_embedding_dimension()), dtype=np.float32)
+    for length, members in buckets.items():
+        for start in range(0, len(members), config.batch_size):
+            rows = members[start : start + config.batch_size]
+            batch = [texts[i] for i in rows] + [""] * (config.batch_size - len(rows))
+            features = tokenizer(batch, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+            with torch.inference_mode():
+                found = encoder({k: v.to(encoder.device) for k, v in features.items()})["sentence_embedding"]
+            found = torch.nn.functional.normalize(found[: len(rows)], dim=1)
+            vectors[rows] = found.float().cpu().numpy()
+    return vectors
 
 
-def embed(texts: list[str], model: str = DEFAULT_MODEL, batch_size: int = 64, cache: Path | None = None) -> np.ndarray:
+def embed(texts: list[str], model: str = DEFAULT_MODEL, cache: Path | None = None) -> np.ndarray:
     """Vectors of `texts` outside a run (comparing finished runs, tests)."""
-    return Embedder(EmbeddingConfig(model=model, batch_size=batch_size), cache).vectors_sync(texts)
+    return Embedder(EmbeddingConfig(model=model), cache).vectors_sync(texts)

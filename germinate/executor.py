@@ -173,6 +173,7 @@ async def stream_shard(
     survivors: dict[tuple[int, int], Record] = {}
     walks: set[asyncio.Task] = set()
     counts = [0] * len(units)  # records each unit has made
+    closed = [False] * len(units)
     planned = sum(a.calls for a in allowances)
     broken = asyncio.get_running_loop().create_future()  # the first failure of a record's walk or a queue
 
@@ -198,6 +199,8 @@ async def stream_shard(
 
     def emitter(unit: int) -> Emit:
         def emit(kept: list[Record], rejected: list[Record]) -> None:
+            if closed[unit]:
+                raise RuntimeError(f"{type(source).__name__} handed on records after its unit {unit} ended")
             on_made(kept + rejected)
             made_rejected.extend(rejected)
             for record in kept:
@@ -216,6 +219,7 @@ async def stream_shard(
         try:
             await source.grow(units[unit], allowances[unit], emitter(unit))
         finally:
+            closed[unit] = True
             for queue in turns.values():
                 queue.close(unit)
 

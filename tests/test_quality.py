@@ -1,5 +1,6 @@
 """The quality gate's shared parts: the embedding cache, FAISS k-means (GPU path), the response judge."""
 
+import asyncio
 import hashlib
 import sqlite3
 
@@ -47,8 +48,30 @@ def test_embeddings_are_cached_so_a_resumed_run_does_not_embed_twice(tmp_path):
     np.testing.assert_array_equal(again[2], first[0])
 
 
+def test_a_vector_depends_on_its_text_alone():
+    """Embedded alone, in another company, or in another order, a text gets the very same vector:
+    which texts a run happens to embed together never moves what dedup and k-means decide."""
+    texts = [f"Write {n} short lines about the {thing}." for n, thing in
+             [(3, "sea"), (12, "quiet winter mornings in a small town by the river"), (1, "moon"), (7, "coffee")]]
+    together = embed(texts)
+    assert np.array_equal(embed(texts[::-1])[::-1], together)
+    assert all(np.array_equal(embed([text])[0], vector) for text, vector in zip(texts, together))
+
+
+def test_a_wait_given_up_leaves_the_embedder_working():
+    """A shard that fails while it waits for vectors cancels the wait; later waits still get theirs."""
+    embedder = Embedder(EmbeddingConfig())
+
+    async def impatient():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(embedder.vectors([f"text {i}" for i in range(300)]), timeout=0.001)
+
+    asyncio.run(impatient())
+    assert embedder.vectors_sync(["still here"]).shape == (1, 384)
+
+
 def embedding_key(text: str) -> str:
-    return hashlib.sha1(f"all-MiniLM-L6-v2\x1f{text}".encode()).hexdigest()
+    return hashlib.sha1(f"all-MiniLM-L6-v2\x1f16\x1f{text}".encode()).hexdigest()
 
 
 def test_an_embeddings_server_can_stand_in_for_the_local_model():

@@ -1,8 +1,12 @@
 import pytest
 
+from conftest import tiny_config
+from germinate.budget import SEEDS, allocate, plan
 from germinate.errors import UserError
-from germinate.budget import allocate
+from germinate.io import load_seeds
 from germinate.runs import prepare_run
+from germinate.stage import Context
+from generators import strategies
 
 
 def test_allocate_splits_evenly_and_exactly():
@@ -34,3 +38,13 @@ def test_a_folder_that_is_not_a_run_is_never_overwritten(make_config, tmp_path):
     with pytest.raises(UserError, match="exists but is not a germinate run"):
         prepare_run(make_config(run_id="mine"))
     assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_a_share_too_small_to_grow_anything_plans_no_shard(seeds_file, tmp_path):
+    """The seeds take the whole budget: the strategies' shards are left out, not planned empty."""
+    config = tiny_config(seeds_file, tmp_path, strategies={"evol-instruct": 0.99, "self-instruct": 0.01},
+                         budget__max_llm_calls=2, quality__reflect__enabled=False)
+    planners = {name: strategies()[name](Context(config), 1) for name in config.strategies}
+    work = plan(config, load_seeds(seeds_file), planners)
+    assert [w.source for w in work.shards] == [SEEDS]
+    assert set(work.strategies) == {"evol-instruct", "self-instruct"}  # each share is still reported

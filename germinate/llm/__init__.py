@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import AsyncContextManager
 
 from germinate.config import LLMConfig
 from germinate.errors import UserError
 from germinate.llm.base import LLM, Backend, Completion, Request, Result
 from germinate.llm.cache import ResponseCache
 
-__all__ = ["LLM", "Backend", "Completion", "Request", "Result", "check_llm", "checked", "make_llm"]
+__all__ = ["LLM", "Backend", "Completion", "Request", "Result", "check_llm", "checked", "concurrency", "make_llm"]
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,17 @@ def checked(config: LLMConfig) -> LLMConfig:
     return config if found else check_llm(config)
 
 
-def make_llm(config: LLMConfig, cache_path: Path | None) -> LLM:
+def concurrency(config: LLMConfig) -> int:
+    """Requests in flight at most: llm.concurrency, or with several servers the sum of theirs."""
+    if config.backend != "openai" or not config.endpoints:
+        return config.concurrency
+    return sum(server.concurrency or config.concurrency for server in config.endpoints)
+
+
+def make_llm(config: LLMConfig, cache_path: Path | None, slots: AsyncContextManager | None = None) -> LLM:
+    """`slots`: the run's request slots when it shares them across processes (Ray)."""
     config = checked(config)
     backend: Backend
-    concurrency = config.concurrency
     if config.backend == "llamacpp":
         from germinate.llm.llamacpp import LlamaCppBackend, resolve_model_path
 
@@ -90,13 +98,13 @@ def make_llm(config: LLMConfig, cache_path: Path | None) -> LLM:
             for server in config.servers
         ]
         backend = SpreadBackend(servers)
-        concurrency = sum(server.concurrency for server in servers)
     cache = ResponseCache(cache_path) if (config.cache and cache_path) else None
     return LLM(
         backend,
         cache,
-        concurrency=concurrency,
+        concurrency=concurrency(config),
         max_retries=config.max_retries,
         backoff_s=config.backoff_s,
         outage_timeout_s=config.outage_timeout_s,
+        slots=slots,
     )

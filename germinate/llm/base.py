@@ -20,7 +20,7 @@ import random
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Coroutine, Iterator, TypeVar
+from typing import Any, AsyncContextManager, Coroutine, Iterator, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -127,14 +127,17 @@ class LLM:
         max_retries: int = 4,
         backoff_s: float = 0.5,
         outage_timeout_s: float = 300.0,
+        slots: AsyncContextManager | None = None,
     ):
+        """`slots` bounds the requests in flight when they are shared with other processes (Ray
+        workers of one run); by default this LLM's own `concurrency`."""
         self.backend = backend
         self.cache = cache
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self._outage = Outage(backend.ping, backend.location, outage_timeout_s, on_pause=self._flush_cache)
         # Binds to the loop on first use (Python >= 3.10), which is the LLM's own loop.
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self._slots = slots or asyncio.Semaphore(concurrency)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="germinate-llm", daemon=True)
         self._thread.start()
@@ -196,7 +199,7 @@ class LLM:
             # a try the server never answered keeps it, so faults on the way do not change the data.
             sent = dataclasses.replace(request, seed=request.seed + redraws) if redraws else request
             try:
-                async with self._semaphore:
+                async with self._slots:
                     await self._outage.ready()  # waits out an outage; raises ServerLost past the patience
                     completion = await self.backend.complete(sent, schema)
             except TransientError as exc:
