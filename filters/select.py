@@ -35,6 +35,8 @@ def split_budget(sizes: list[int], budget: int, how: str) -> list[int]:
     """Rows per cluster, never more than a cluster has. Proportional: largest remainders;
     equal: the same share each, what small clusters cannot use going to the others."""
     budget = min(budget, sum(sizes))
+    if not budget:  # nothing to choose from (only seeds came through), or no room left
+        return [0] * len(sizes)
     if how == "proportional":
         exact = [budget * s / sum(sizes) for s in sizes]
         shares = [int(x) for x in exact]

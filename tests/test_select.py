@@ -101,3 +101,4 @@ def test_budget_split():
     assert sum(split_budget([7, 5, 1], 6, "proportional")) == 6
     assert split_budget([50, 3, 1], 9, "equal") == [5, 3, 1]  # small clusters give what they cannot use
     assert split_budget([2, 2], 10, "equal") == [2, 2]  # never more than there is
+    assert split_budget([0, 0], 5, "proportional") == [0, 0]  # only seeds came through: nothing to choose
