@@ -156,7 +156,7 @@ class _Turns:
 
 async def stream_shard(
     source: Source, units: Sequence[Any], allowances: list[Allowance], stages: list[Stage], *,
-    name: str = EXPAND_STAGE, prime: list[Record] = (), on_call: Callable[[str], None] = lambda stage: None,
+    name: str = EXPAND_STAGE, prime: Sequence[Record] = (), on_call: Callable[[str], None] = lambda stage: None,
     on_made: Callable[[list[Record]], None] = lambda records: None,
 ) -> ShardOutput:
     """Grow the shard's records and take each through `stages` (per-record ones) as it is made.
@@ -251,6 +251,8 @@ async def stream_shard(
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        if broken.done():
+            broken.exception()  # seen: the one raised is enough
         raise
 
     kept = [survivors[p] for p in sorted(survivors)]
