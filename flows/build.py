@@ -61,14 +61,18 @@ class PrefectTasks:
     def __enter__(self) -> "PrefectTasks":
         self.runner = _task_runner(self.config).__enter__()
         self.shown = StageProgress(pipeline.CALLS, self.config.budget.max_llm_calls)
-        self.state = None
+        self.shared = self.state = None
         if self.config.orchestration.task_runner == "ray":  # Ray is up: the run's shared slots and progress
             from flows import ray_run
 
-            self.state = ray_run.start(self.config)
+            self.shared, self.state = ray_run.start(self.config)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.state is not None:
+            from flows import ray_run
+
+            ray_run.stop(self.state)
         self.runner.__exit__(*exc)
 
     def _collect(self) -> None:
@@ -79,6 +83,8 @@ class PrefectTasks:
         self.shown.update()
 
     def submit(self, name: str, function: Callable[..., Any], **parameters: Any):
+        if self.shared:
+            parameters["shared"] = self.shared
         return self.runner.submit(self.tasks[function].with_options(task_run_name=name), parameters)
 
     def wait(self, futures: list) -> None:

@@ -37,22 +37,22 @@ from germinate.stats import StageStats
 
 CALLS = "LLM calls"  # the progress of the whole run against its budget
 
-_llms: dict[Path, LLM] = {}
+_llms: dict[tuple[Path, str | None], LLM] = {}
 _llms_lock = threading.Lock()
 
 
-def llm_for(config: RunConfig, run: Run) -> LLM:
+def llm_for(config: RunConfig, run: Run, shared: str | None = None) -> LLM:
     """One LLM per run and process (one client, one limit), shared by every shard task in it. On Ray,
-    the limit is the run's, shared by every worker (flows/ray_run.py)."""
+    `shared` names the run's state: the limit is the run's, shared by every worker (flows/ray_run.py)."""
     with _llms_lock:
-        if run.root not in _llms:
+        if (run.root, shared) not in _llms:
             slots = None
-            if config.orchestration.task_runner == "ray":
+            if shared:
                 from flows import ray_run
 
-                slots = ray_run.attach(config)
-            _llms[run.root] = make_llm(config.llm, run.cache_path, slots)
-        return _llms[run.root]
+                slots = ray_run.attach(shared)
+            _llms[run.root, shared] = make_llm(config.llm, run.cache_path, slots)
+        return _llms[run.root, shared]
 
 
 def embedder_for(config: RunConfig, run: Run) -> Embedder:
@@ -62,7 +62,7 @@ def embedder_for(config: RunConfig, run: Run) -> Embedder:
 
 def close_llm(run: Run, failed: bool = False) -> None:
     with _llms_lock:
-        llm = _llms.pop(run.root, None)
+        llm = _llms.pop((run.root, None), None)
     if llm is not None:
         if failed:
             llm.abort()
@@ -96,13 +96,21 @@ def _notify(stage: str) -> None:
     progress.advance(CALLS)
 
 
-def run_shard(config: RunConfig, work: ShardWork) -> list[StageStats]:
-    """One shard, streamed through every per-record stage, unless an earlier invocation finished it."""
+def _settle(shared: str | None) -> None:
+    if shared:
+        from flows import ray_run
+
+        ray_run.settle()
+
+
+def run_shard(config: RunConfig, work: ShardWork, shared: str | None = None) -> list[StageStats]:
+    """One shard, streamed through every per-record stage, unless an earlier invocation finished it.
+    `shared`: on Ray, the name of the run's state (request slots, progress)."""
     run = Run(config.output_dir / config.run_id)
     finished = run.finished_shard(work.index)
     if finished is not None:
         return finished
-    llm, embedder = llm_for(config, run), embedder_for(config, run)
+    llm, embedder = llm_for(config, run, shared), embedder_for(config, run)
     context = Context(config, llm, embedder.vectors)
     stages = [cls(context) for cls in stage_classes(config)[0]]
     source = Seeds() if work.source == SEEDS else generators.strategies()[work.source](context, record_cost(config))
@@ -112,14 +120,13 @@ def run_shard(config: RunConfig, work: ShardWork) -> list[StageStats]:
         on_made=lambda records: embedder.submit([show(r) for r in records]),
     ))
     sealed = not any(s.unanswered_calls for s in output.stats)
-    if config.orchestration.task_runner == "ray":
-        from flows import ray_run
-
-        ray_run.settle()
+    _settle(shared)
     return run.write_shard(work.index, output.made, output.kept, output.rejected, output.stats, sealed)
 
 
-def run_stage(config: RunConfig, stage: str, source: str | None, sealed_input: bool) -> StageStats:
+def run_stage(
+    config: RunConfig, stage: str, source: str | None, sealed_input: bool, shared: str | None = None
+) -> StageStats:
     """A whole-set stage, on what the previous one kept (`source`; None: what the shards let through)."""
     run = Run(config.output_dir / config.run_id)
     finished = run.finished_stage(stage)
@@ -127,13 +134,14 @@ def run_stage(config: RunConfig, stage: str, source: str | None, sealed_input: b
         return finished
     records = run.kept(source) if source else run.survivors()
     cls = {cls.name: cls for cls in stage_classes(config)[1]}[stage]
-    llm = llm_for(config, run) if cls.calls_llm else None
+    llm = llm_for(config, run, shared) if cls.calls_llm else None
     found = cls(Context(config, llm, embedder_for(config, run).vectors))
     progress.start(stage, len(records))
     whole = run_whole_set(found, records)
     (kept, rejected), stats = llm.run(whole) if llm else asyncio.run(whole)
     progress.advance(stage, len(records))
     progress.finish(stage)
+    _settle(shared)
     return run.write_stage(stage, kept, rejected, stats, sealed_input and not stats.unanswered_calls)
 
 

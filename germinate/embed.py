@@ -22,7 +22,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 
 import numpy as np
@@ -168,12 +168,13 @@ class _Worker:
                     job, vectors, failure = pickle.load(outbox)
                     with self.lock:
                         found = self.waiting.pop(job)
-                    if found.done():  # its waiter was cancelled (a failed shard): nobody to tell
-                        continue
-                    if failure is None:
-                        found.set_result(vectors)
-                    else:
-                        found.set_exception(failure)
+                    try:
+                        if failure is None:
+                            found.set_result(vectors)
+                        else:
+                            found.set_exception(failure)
+                    except InvalidStateError:  # its waiter was cancelled (a failed shard): nobody to tell
+                        pass
         except Exception:  # the worker is gone, or said something unreadable: fail what waits
             pass
         with self.lock:
@@ -193,6 +194,8 @@ def _worker(config: EmbeddingConfig) -> _Worker:
     key = config.model_dump_json()
     with _workers_lock:
         if key not in _workers or not _workers[key].alive():
+            if key in _workers:
+                _workers[key].process.kill()  # it stopped answering: it goes for good
             _workers[key] = _Worker(config)
         return _workers[key]
 
@@ -273,8 +276,10 @@ def _stacked(vectors: list[np.ndarray], encoder) -> np.ndarray:
 
 def _embed(config: EmbeddingConfig, texts: list[str], encoder, db) -> dict[str, np.ndarray]:
     """Each distinct text's vector: from the run's cache, or encoded (and cached)."""
-    # The batch's size is in the key: the same text in batches of another size gets other last digits.
-    keys = {t: hashlib.sha1(f"{config.model}\x1f{config.batch_size}\x1f{t}".encode()).hexdigest()
+    # What the last digits depend on is in the key: the batch's size and where it ran (a CPU, a GPU,
+    # a server); a resumed run elsewhere embeds again rather than mix the two.
+    where = config.base_url or str(encoder.device)
+    keys = {t: hashlib.sha1(f"{config.model}\x1f{config.batch_size}\x1f{where}\x1f{t}".encode()).hexdigest()
             for t in dict.fromkeys(texts)}
     found: dict[str, np.ndarray] = {}
     if db is not None:
@@ -296,9 +301,6 @@ def _embed(config: EmbeddingConfig, texts: list[str], encoder, db) -> dict[str, 
     return found
 
 
-LENGTHS = (16, 32, 64, 128, 256, 512)  # token lengths a text is padded to: its own bucket
-
-
 def _encode(config: EmbeddingConfig, texts: list[str], encoder) -> np.ndarray:
     """Unit vectors, each a function of its text alone. A model's numbers change (in the 7th digit)
     with the shape of the batch a text is in, and that depends on which texts came together; so
@@ -310,11 +312,10 @@ def _encode(config: EmbeddingConfig, texts: list[str], encoder) -> np.ndarray:
                                for i in range(0, len(texts), config.batch_size)])
     import torch
 
-    tokenizer, limit = encoder.tokenizer, encoder.max_seq_length
-    buckets: dict[int, list[int]] = {}
+    tokenizer, limit = encoder.tokenizer, encoder.max_seq_length or 512
+    buckets: dict[int, list[int]] = {}  # a text is padded to the power of two above its length
     for i, ids in enumerate(tokenizer(texts, truncation=True, max_length=limit)["input_ids"]):
-        length = next((b for b in LENGTHS if b >= len(ids)), limit)
-        buckets.setdefault(min(length, limit), []).append(i)
+        buckets.setdefault(min(limit, 1 << max(4, (len(ids) - 1).bit_length())), []).append(i)
     vectors = np.zeros((len(texts), encoder.get_embedding_dimension()), dtype=np.float32)
     for length, members in buckets.items():
         for start in range(0, len(members), config.batch_size):

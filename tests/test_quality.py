@@ -1,7 +1,6 @@
 """The quality gate's shared parts: the embedding cache, FAISS k-means (GPU path), the response judge."""
 
 import asyncio
-import hashlib
 import sqlite3
 
 import numpy as np
@@ -33,13 +32,16 @@ def test_embeddings_are_cached_so_a_resumed_run_does_not_embed_twice(tmp_path):
     """Vectors go to the run's embeddings.sqlite; a new embedding process (a resumed run) reads them
     back instead of encoding again: a vector planted in the cache is what it returns."""
     cache = tmp_path / "embeddings.sqlite"
-    first = embed(["sort a list", "bake bread", "sort a list"], cache=cache)
-    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5) and np.array_equal(first[0], first[2])
-    planted = np.zeros(first.shape[1], dtype=np.float32)
+    first = embed(["sort a list", "sort a list"], cache=cache)
+    assert np.allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5) and np.array_equal(first[0], first[1])
+    with sqlite3.connect(cache) as db:
+        (sorting,) = [key for (key,) in db.execute("SELECT key FROM vectors")]
+    baking = embed(["bake bread"], cache=cache)[0]
+    planted = np.zeros(len(baking), dtype=np.float32)
     planted[0] = 1.0
     with sqlite3.connect(cache) as db:
         assert db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0] == 2
-        db.execute("UPDATE vectors SET vector = ? WHERE key = ?", (planted.tobytes(), embedding_key("bake bread")))
+        db.execute("UPDATE vectors SET vector = ? WHERE key != ?", (planted.tobytes(), sorting))
     for worker in germinate.embed._workers.values():  # as if this were the next process
         worker.process.kill()
         worker.process.wait()
@@ -53,9 +55,11 @@ def test_a_vector_depends_on_its_text_alone():
     which texts a run happens to embed together never moves what dedup and k-means decide."""
     texts = [f"Write {n} short lines about the {thing}." for n, thing in
              [(3, "sea"), (12, "quiet winter mornings in a small town by the river"), (1, "moon"), (7, "coffee")]]
-    together = embed(texts)
+    texts += [f"Task {i}: " + "compare the two lists and explain the difference " * (i % 5) for i in range(20)]
+    texts.append("Summarise this report: " + "the committee met again and discussed the budget " * 80)  # truncated
+    together = embed(texts)  # more texts than a batch, of many lengths
     assert np.array_equal(embed(texts[::-1])[::-1], together)
-    assert all(np.array_equal(embed([text])[0], vector) for text, vector in zip(texts, together))
+    assert all(np.array_equal(embed([text])[0], vector) for text, vector in list(zip(texts, together))[::5])
 
 
 def test_a_wait_given_up_leaves_the_embedder_working():
@@ -68,10 +72,6 @@ def test_a_wait_given_up_leaves_the_embedder_working():
 
     asyncio.run(impatient())
     assert embedder.vectors_sync(["still here"]).shape == (1, 384)
-
-
-def embedding_key(text: str) -> str:
-    return hashlib.sha1(f"all-MiniLM-L6-v2\x1f16\x1f{text}".encode()).hexdigest()
 
 
 def test_an_embeddings_server_can_stand_in_for_the_local_model():
