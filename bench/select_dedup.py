@@ -23,9 +23,9 @@ from sklearn.cluster import MiniBatchKMeans  # imported before any clock starts,
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from filters.semantic_dedup import semantic_duplicates  # noqa: E402
-from filters.select import select_indices, split_budget, weighted_sample  # noqa: E402
 import germinate.kmeans  # noqa: E402
+from germinate.filters.select import select_indices, split_budget, weighted_sample  # noqa: E402
+from germinate.filters.semantic_dedup import semantic_duplicates  # noqa: E402
 from germinate.kmeans import gpus  # noqa: E402
 
 

@@ -3,7 +3,7 @@ punctuation are normalised is dropped. Records come in the run's fixed order, se
 
 from __future__ import annotations
 
-from filters.dedup import duplicate
+from germinate.filters.dedup import duplicate
 from germinate.records import Record, normalize, show
 from germinate.stage import Context, Outcome, Stage
 

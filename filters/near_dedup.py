@@ -9,7 +9,7 @@ import functools
 # Imported with the module, before a run's first request (datasketch brings scipy: a second's import).
 from datasketch import MinHash, MinHashLSH
 
-from filters.dedup import duplicate
+from germinate.filters.dedup import duplicate
 from germinate.records import Record, normalize, show
 from germinate.stage import Context, Outcome, Stage
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from filters.heuristics import Heuristics
 from germinate.budget import Allowance
+from germinate.filters.heuristics import Heuristics
 from germinate.judge import JUDGE, Reflection, Rubric, Verdict, reflect
 from germinate.llm import Request, Result
 from germinate.prompts import Prompt, combine_hashes

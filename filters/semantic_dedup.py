@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from filters.dedup import duplicate, rank
+from germinate.filters.dedup import duplicate, rank
 from germinate.kmeans import spherical_kmeans
 from germinate.records import Record, show
 from germinate.stage import Outcome, Stage

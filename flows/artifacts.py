@@ -4,14 +4,16 @@ engine's (germinate.report, germinate.progress)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact
-from prefect.artifacts import update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from germinate import progress
 from germinate.records import Record
-from germinate.report import report_markdown
+from germinate.report import Report, report_markdown
 
 SAMPLE_ROWS = 20
 TEXT_LIMIT = 500  # characters of a long text shown in the sample table
@@ -37,9 +39,9 @@ def _clip(text: str | None) -> str:
     return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "…"
 
 
-def report_artifacts(report: dict[str, Any], rows: list[Record]) -> None:
+def report_artifacts(report: Report, rows: list[Record]) -> None:
     create_markdown_artifact(
-        report_markdown(report), key="germinate-report", description=f"run {report['run_id']}", _sync=True
+        report_markdown(report), key="germinate-report", description=f"run {report.run_id}", _sync=True
     )
     sample = [
         {
@@ -49,6 +51,6 @@ def report_artifacts(report: dict[str, Any], rows: list[Record]) -> None:
         for r in rows[:: max(1, len(rows) // SAMPLE_ROWS)][:SAMPLE_ROWS]  # spread over the dataset
     ]
     create_table_artifact(
-        sample, key="germinate-sample", description=f"run {report['run_id']}: {len(sample)} of {len(rows)} rows",
+        sample, key="germinate-sample", description=f"run {report.run_id}: {len(sample)} of {len(rows)} rows",
         _sync=True,
     )

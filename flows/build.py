@@ -12,11 +12,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from flows import pipeline
-from flows.artifacts import StageProgress, report_artifacts
 from germinate.config import RunConfig
 from germinate.errors import UserError
-from germinate.runs import prepare_run
+from germinate.flows import pipeline
+from germinate.flows.artifacts import StageProgress, report_artifacts
+from germinate.report import Report
 
 PROGRESS_INTERVAL_S = 2.0  # how often the progress artifact is updated
 
@@ -63,21 +63,21 @@ class PrefectTasks:
         self.shown = StageProgress(pipeline.CALLS, self.config.budget.max_llm_calls)
         self.shared = self.state = None
         if self.config.orchestration.task_runner == "ray":  # Ray is up: the run's shared slots and progress
-            from flows import ray_run
+            from germinate.flows import ray_run
 
             self.shared, self.state = ray_run.start(self.config)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.state is not None:
-            from flows import ray_run
+            from germinate.flows import ray_run
 
             ray_run.stop(self.state)
         self.runner.__exit__(*exc)
 
     def _collect(self) -> None:
         if self.state is not None:
-            from flows import ray_run
+            from germinate.flows import ray_run
 
             ray_run.collect(self.state)
         self.shown.update()
@@ -96,17 +96,17 @@ class PrefectTasks:
 
 
 def check_run(config: RunConfig) -> None:
+    """What `germinate serve` checks before it schedules runs (each run checks its seeds and servers)."""
     pipeline.check_run(config)
     _task_runner(config)
 
 
 @flow(name="build-dataset", persist_result=False, log_prints=True)
-def build_dataset(config: RunConfig) -> dict:
+def build_dataset(config: RunConfig) -> Report:
     """Seeds -> expand (the configured strategies) -> the per-record stages, as records are made ->
     the whole-set stages -> Hugging Face dataset folder. Resumes finished shards."""
-    check_run(config)
-    # Shard tasks may run in other processes (Ray): they get the run directory as an absolute path.
-    config, _ = prepare_run(config.model_copy(update={"output_dir": config.output_dir.resolve()}))
+    _task_runner(config)
+    config, _ = pipeline.prepare(config)
     report, final = pipeline.execute(config, PrefectTasks(config))
     report_artifacts(report, final)
     return report

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import operator
 import threading
 import time
@@ -16,9 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol
 
-import filters
-import generators
-from germinate import progress
+from germinate import filters, generators, progress
 from germinate.budget import EXPAND_STAGE, SEEDS, ShardWork, plan, record_cost
 from germinate.card import dataset_card, plots
 from germinate.config import RunConfig
@@ -26,12 +23,11 @@ from germinate.embed import Embedder
 from germinate.errors import RunFailed, UserError
 from germinate.executor import Seeds, run_whole_set, stream_shard
 from germinate.hub import check_token, publish
-from germinate.io import write_atomic
 from germinate.llm import LLM, make_llm
 from germinate.metrics import run_metrics
 from germinate.records import Record, show
-from germinate.report import build_report, not_written, shortfall
-from germinate.runs import Run
+from germinate.report import Report, StrategyReport, build_report, not_written, shortfall
+from germinate.runs import Run, prepare_run
 from germinate.stage import Context, Stage
 from germinate.stats import StageStats
 
@@ -48,7 +44,7 @@ def llm_for(config: RunConfig, run: Run, shared: str | None = None) -> LLM:
         if (run.root, shared) not in _llms:
             slots = None
             if shared:
-                from flows import ray_run
+                from germinate.flows import ray_run
 
                 slots = ray_run.attach(shared)
             _llms[run.root, shared] = make_llm(config.llm, run.cache_path, slots)
@@ -98,7 +94,7 @@ def _notify(stage: str) -> None:
 
 def _settle(shared: str | None) -> None:
     if shared:
-        from flows import ray_run
+        from germinate.flows import ray_run
 
         ray_run.settle()
 
@@ -173,7 +169,7 @@ class Threads:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[dict, list[Record]]:
+def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Report, list[Record]]:
     """Every shard, then the whole-set stages in order; writes the dataset and the report."""
     per_record, whole_set = stage_classes(config)
     planners = {name: generators.strategies()[name](Context(config), record_cost(config))
@@ -200,24 +196,24 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[di
     strategies = {}
     for name, share in work.strategies.items():
         expand = [stats[0] for w, stats in zip(work.shards, by_shard) if w.source == name]
-        strategies[name] = {**share, "expand_calls": sum(s.llm_calls for s in expand),
-                            "records": sum(s.kept for s in expand)}
+        strategies[name] = StrategyReport(**share, expand_calls=sum(s.llm_calls for s in expand),
+                                          records=sum(s.kept for s in expand))
     problem = shortfall(config, stages, final)
     if problem and not config.budget.allow_partial:
         report = build_report(config, stages, strategies, len(run.seeds()), final, None, None,
                               time.perf_counter() - start, problem)
         run.drop_dataset()
-        write_atomic(run.report_path, json.dumps(report, indent=2).encode())
+        report.write(run.report_path)
         raise RunFailed(not_written(problem, stages))
     metrics = run_metrics(run, final, embedder.vectors_sync)
     report = build_report(config, stages, strategies, len(run.seeds()), final, metrics, str(run.dataset_dir),
                           time.perf_counter() - start, problem)
     images = plots(final)
     run.write_dataset(final, {"README.md": dataset_card(config, report, list(images)).encode(), **images})
-    write_atomic(run.report_path, json.dumps(report, indent=2).encode())
+    report.write(run.report_path)
     if config.hub.repo_id:  # after the report: a failed upload loses nothing, and a rerun retries it
-        report["published"] = publish(run, config.hub.repo_id, config.hub.private, config.hub.revision)
-        write_atomic(run.report_path, json.dumps(report, indent=2).encode())
+        report.published = publish(run, config.hub.repo_id, config.hub.private, config.hub.revision)
+        report.write(run.report_path)
     return report, final
 
 
@@ -229,7 +225,16 @@ def check_run(config: RunConfig) -> None:
         check_token()
 
 
-def execute(config: RunConfig, runner: ContextManager[Runner]) -> tuple[dict, list[Record]]:
+def prepare(config: RunConfig) -> tuple[RunConfig, Run]:
+    """A run's one check, then its directory (created, or reopened to resume). Its servers are asked
+    once, here, before anything is written; what they said (the model, its JSON dialect) travels in
+    the returned config to every shard, so no worker asks again. Shard tasks may run in other
+    processes (Ray): the run directory becomes an absolute path."""
+    check_run(config)
+    return prepare_run(config.model_copy(update={"output_dir": config.output_dir.resolve()}))
+
+
+def execute(config: RunConfig, runner: ContextManager[Runner]) -> tuple[Report, list[Record]]:
     """The run, under its lock, on `runner`; `config` has been through `prepare_run`."""
     start = time.perf_counter()
     run = Run(config.output_dir / config.run_id)
@@ -244,8 +249,9 @@ def execute(config: RunConfig, runner: ContextManager[Runner]) -> tuple[dict, li
         close_llm(run)
 
 
-def build_here(config: RunConfig) -> dict:
+def build_here(config: RunConfig) -> Report:
     """The run in this process, shard tasks on threads: no orchestrator to start, so the first request
     goes out at once."""
+    config, _ = prepare(config)
     report, _ = execute(config, Threads(config.orchestration.workers))
     return report

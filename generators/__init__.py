@@ -1,6 +1,10 @@
 """Expansion strategies: one module each, behind one interface (`Strategy`), found by `strategies()`;
 and the stage that answers what they write (respond.py).
 
+A strategy's module holds all of it: its prompts, its settings section (`Settings`, in the run's
+config under `section`) and its `Strategy` subclass. A module added here is found; a strategy in
+another package is found through its entry point in the group `germinate.strategies`.
+
 A strategy's share of the budget is split over its units (seeds; GLAN: disciplines),
 and each unit grows records within its own allowance, handing them on as soon as they
 are final, so they are answered and judged while the rest grows. Every strategy writes
@@ -13,22 +17,30 @@ import random
 import re
 import sys
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
+from functools import cache
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from germinate.budget import EXPAND_STAGE, Allowance
-from germinate.config import RunConfig
 from germinate.executor import Emit
-from germinate.llm import LLM, Request, Result
+from germinate.llm import Request, Result
 from germinate.prompts import Prompt
 from germinate.records import Record
-from germinate.stage import Context, Stage, discover
+from germinate.settings import Section
+from germinate.stage import Context, Stage, defined_in, discover
+
+if TYPE_CHECKING:
+    from germinate.config import RunConfig
 
 STAGE = EXPAND_STAGE
+ENTRY_POINTS = "germinate.strategies"
 
 
 class Strategy(ABC):
-    name: str
-    prompts_hash: str  # of the templates its records went through: their provenance
+    name: ClassVar[str]  # as the config's `strategies` and the records' `strategy` name it
+    section: ClassVar[str]  # the key of its settings in the run's config
+    Settings: ClassVar[type[Section]]  # its settings section
+    prompts_hash: ClassVar[str]  # of the templates its records went through: their provenance
     unit_cost: int  # the fewest LLM calls that grow one record from a unit (set by each strategy)
 
     def __init__(self, context: Context, record_cost: int):
@@ -37,8 +49,14 @@ class Strategy(ABC):
         self.llm = context.llm
         self.vectors = context.vectors
         self.config = context.config
+        self.settings = getattr(context.config, self.section)
         self.record_cost = record_cost
         self.random_seed = context.config.random_seed
+
+    @classmethod
+    def summary(cls) -> str:
+        """What it does, in a line (of its class's or its module's docstring): its section's description."""
+        return (cls.__doc__ or sys.modules[cls.__module__].__doc__ or cls.name).strip().splitlines()[0]
 
     def check(self) -> None:
         """Raise UserError for a fault in the strategy's own inputs (a library, a taxonomy),
@@ -117,9 +135,17 @@ def fault(record: Record, result: Result) -> tuple[str, str | None] | None:
     return None
 
 
+@cache
 def strategies() -> dict[str, type[Strategy]]:
-    """Every strategy in this package, by name: a new one is a new module."""
-    return discover(sys.modules[__name__], Strategy)
+    """Every strategy, by name, in the order of their names: this package's modules and those that
+    other installed packages name under the entry point group `germinate.strategies` (a module, or
+    module:Class)."""
+    found = discover(sys.modules[__name__], Strategy)
+    for point in entry_points(group=ENTRY_POINTS):
+        loaded = point.load()
+        classes = [loaded] if isinstance(loaded, type) else defined_in(loaded, Strategy)
+        found.update({cls.name: cls for cls in classes})
+    return dict(sorted(found.items()))
 
 
 def stages() -> dict[str, type[Stage]]:

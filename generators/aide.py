@@ -22,19 +22,18 @@ import functools
 import random
 from dataclasses import dataclass
 from itertools import chain, zip_longest
-
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from generators import STAGE, Strategy, fault, parse_instruction
 from germinate.budget import Allowance
-from germinate.config import DATA_DIR
 from germinate.executor import Emit
+from germinate.generators import STAGE, Strategy, fault, parse_instruction
 from germinate.judge import JUDGE, Rubric, Verdict, reflect
 from germinate.llm import Request, Result
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
+from germinate.settings import DATA_DIR, Section
 from germinate.stage import Context
 
 PERSONAS_FILE = DATA_DIR / "personas.txt"
@@ -112,16 +111,32 @@ def personas() -> tuple[str, ...]:
     return tuple(line.strip() for line in PERSONAS_FILE.read_text().splitlines() if line.strip())
 
 
+Operation = Literal["reasoning", "concretizing", "constraining"]
+
+
+class AIDEConfig(Section):
+    hops: int = Field(2, ge=1, le=10, description="K: depth of the synthesis tree below each seed")
+    attributes: int = Field(2, ge=1, le=10, description="N: key attributes extracted per node")
+    operations: list[Operation] = Field(
+        default_factory=lambda: ["reasoning", "concretizing", "constraining"], min_length=1
+    )
+    personas: int = Field(1, ge=0, le=10, description="persona children per node")
+    reflection_threshold: float = Field(5.0, ge=1, le=10, description="judge score (1-10) to pass")
+    reflection_tries: int = Field(1, ge=0, le=5, description="R: rewrites of a failing instruction")
+    on_reflection_fail: Literal["drop", "keep"] = "drop"
+
+
 class AIDE(Strategy):
     name = "aide"
+    section = "aide"
+    Settings = AIDEConfig
     prompts_hash = combine_hashes(EXTRACT.hash, SYNTHESIZE.hash, PERSONA.hash, REWRITE.hash, JUDGE.hash)
 
     def __init__(self, context: Context, record_cost: int):
         super().__init__(context, record_cost)
         self.child_cost = 2 + record_cost  # write + first judgement + downstream
         self.unit_cost = 1 + self.child_cost  # a node's extraction and one child
-        self.aide = context.config.aide
-        self.persona_slots = min(self.aide.personas, len(personas()))
+        self.persona_slots = min(self.settings.personas, len(personas()))
 
     def _request(
         self, prompt: Prompt, hop: int, schema: type[BaseModel] | None = None, max_tokens: int | None = None, /,
@@ -134,16 +149,16 @@ class AIDE(Strategy):
         larger than a node's persona children, from which each node samples them."""
         found = await self.vectors([show(seed), *personas()])
         similarity = found[1:] @ found[0]
-        return [personas()[i] for i in similarity.argsort()[::-1][: 2 * self.aide.personas + 2]]
+        return [personas()[i] for i in similarity.argsort()[::-1][: 2 * self.settings.personas + 2]]
 
     async def grow(self, seed: Record, allowance: Allowance, emit: Emit) -> None:
         """The seed's tree, hop by hop; each hop's children are handed on when they are judged."""
         rng = random.Random(f"{self.random_seed}:{seed.id}:{seed.instruction}")
         frontier = [seed]
-        for hop in range(1, self.aide.hops + 1):
+        for hop in range(1, self.settings.hops + 1):
             # An even share of what is left for each remaining hop, but never less than one
             # node's extraction and one child: a small budget buys a shallow tree, not nothing.
-            hops_left = self.aide.hops - hop + 1
+            hops_left = self.settings.hops - hop + 1
             hop_calls = max(allowance.calls // hops_left, min(allowance.calls, 1 + self.child_cost))
             hop_records = max(allowance.records // hops_left, min(allowance.records, 1))
             rng.shuffle(frontier)
@@ -152,10 +167,10 @@ class AIDE(Strategy):
                 break
             allowance.take(len(frontier))
             # A token is at least one character: the schema's bounds make the JSON always fit.
-            extraction_tokens = 24 + TOPIC_CHARS + self.aide.attributes * (ATTRIBUTE_CHARS + 8)
+            extraction_tokens = 24 + TOPIC_CHARS + self.settings.attributes * (ATTRIBUTE_CHARS + 8)
             extractions = await self.llm.generate(
-                [self._request(EXTRACT, hop, topic_and_attributes(self.aide.attributes), extraction_tokens,
-                               count=self.aide.attributes, task=show(n)) for n in frontier]
+                [self._request(EXTRACT, hop, topic_and_attributes(self.settings.attributes), extraction_tokens,
+                               count=self.settings.attributes, task=show(n)) for n in frontier]
             )
             jobs = self._plan(frontier, extractions, rng)
             affordable = min(len(jobs), (hop_calls - len(frontier)) // self.child_cost, hop_records)
@@ -174,8 +189,8 @@ class AIDE(Strategy):
             topic = result.parsed.topic.strip()
             # Unique attributes: a child's id is derived from (parent, operation, attribute).
             unique = dict.fromkeys(a.strip() for a in result.parsed.attributes if a.strip())
-            attributes = list(unique)[: self.aide.attributes]
-            jobs = [Job(node, topic, op, attribute=a) for a in attributes for op in self.aide.operations]
+            attributes = list(unique)[: self.settings.attributes]
+            jobs = [Job(node, topic, op, attribute=a) for a in attributes for op in self.settings.operations]
             jobs += [Job(node, topic, "persona", slot=k) for k in range(self.persona_slots)]
             rng.shuffle(jobs)
             per_node.append(jobs)
@@ -259,8 +274,8 @@ class AIDE(Strategy):
                 reflection_critique=verdict.critique,
                 reflection_tries=state.tries,
             )
-            if not state.passed and self.aide.on_reflection_fail == "drop":
-                detail = f"score {verdict.score:.1f} < {self.aide.reflection_threshold:g}: {verdict.critique}"
+            if not state.passed and self.settings.on_reflection_fail == "drop":
+                detail = f"score {verdict.score:.1f} < {self.settings.reflection_threshold:g}: {verdict.critique}"
                 dropped.append(child.dropped(STAGE, "low_reflection_score", detail))
                 allowance.refund(self.record_cost)  # nothing downstream
             else:
@@ -289,7 +304,7 @@ class AIDE(Strategy):
             show=context,
             rewrite=rewrite,
             apply=apply,
-            threshold=self.aide.reflection_threshold,
-            tries=self.aide.reflection_tries,
+            threshold=self.settings.reflection_threshold,
+            tries=self.settings.reflection_tries,
             take=allowance.take,
         )

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import random
 import re
+from typing import Literal
 
-from generators import STAGE, Strategy, fault
-from generators.respond import answer_request, answered
+from pydantic import Field
+
 from germinate.budget import Allowance
 from germinate.executor import Emit
+from germinate.generators import STAGE, Strategy, fault
+from germinate.generators.respond import answer_request, answered
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, normalize, record_id, show
+from germinate.settings import Section
 from germinate.stage import Context
 
 IN_DEPTH = Prompt(
@@ -71,23 +75,37 @@ def answer_elimination(output: str) -> tuple[str, str | None] | None:
     return None
 
 
+EvolOperation = Literal["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input", "breadth"]
+
+
+class EvolInstructConfig(Section):
+    generations: int = Field(2, ge=1, le=10, description="evolutions applied one after another to each seed")
+    operations: list[EvolOperation] = Field(
+        default_factory=lambda: ["add_constraints", "deepen", "concretize", "increase_reasoning", "complicate_input",
+                                 "breadth"],
+        min_length=1,
+        description="in-depth evolutions and the in-breadth one, drawn at random per step",
+    )
+
+
 class EvolInstruct(Strategy):
     name = "evol-instruct"
+    section = "evol_instruct"
+    Settings = EvolInstructConfig
     prompts_hash = combine_hashes(IN_DEPTH.hash, IN_BREADTH.hash)
 
     def __init__(self, context: Context, record_cost: int):
         super().__init__(context, record_cost)
-        self.evol = context.config.evol_instruct
         self.step_cost = self.unit_cost = 1 + record_cost  # evolve + answer (+ the judge's first look)
 
     async def grow(self, seed: Record, allowance: Allowance, emit: Emit) -> None:
         """A chain of evolutions from the seed; each step is handed on as soon as it is answered."""
         rng = random.Random(f"{self.random_seed}:{seed.id}")
         parent = seed
-        for generation in range(1, self.evol.generations + 1):
+        for generation in range(1, self.settings.generations + 1):
             if allowance.records < 1 or not allowance.take(self.step_cost):
                 break
-            operation = rng.choice(self.evol.operations)
+            operation = rng.choice(self.settings.operations)
             if operation == "breadth":
                 request = self.request(IN_BREADTH, self.random_seed + generation, task=show(parent))
             else:

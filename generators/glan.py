@@ -13,17 +13,20 @@ import asyncio
 import functools
 import random
 from itertools import combinations
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from generators import STAGE, Strategy, fault
 from germinate.budget import Allowance, allocate
 from germinate.executor import Emit
+from germinate.generators import STAGE, Strategy, fault
 from germinate.prompts import Prompt, combine_hashes
-from germinate.records import record_id
+from germinate.records import Record, record_id
+from germinate.settings import Section
 from germinate.stage import Context
-from taxonomy import Discipline, load_taxonomy, select
+from germinate.taxonomy import DEFAULT as TAXONOMY_FILE
+from germinate.taxonomy import Discipline, load_taxonomy, select
 
 NAME_CHARS, CONCEPT_CHARS, MAX_CONCEPTS, MAX_SUBTOPICS = 60, 40, 4, 4
 SINGLE_SESSION, SPANNING = (1, 5), (2, 5)  # concepts per question, from one session / spanning two
@@ -106,13 +109,24 @@ def sample_concepts(sessions: list[list[str]], count: int, rng: random.Random) -
     return draws
 
 
+class GLANConfig(Section):
+    taxonomy: Path = Field(TAXONOMY_FILE, description="fields/sub-fields/disciplines")
+    fields: list[str] = Field([], description="taxonomy slice: only these fields (empty: all)")
+    disciplines: list[str] = Field([], description="taxonomy slice: only these disciplines (empty: all)")
+    subjects: int = Field(2, ge=1, le=20, description="subjects listed per discipline")
+    sessions: int = Field(4, ge=2, le=20, description="class sessions per subject's syllabus")
+    questions: int = Field(4, ge=1, description="homework questions per subject")
+
+
 class GLAN(Strategy):
     name = "glan"
+    section = "glan"
+    Settings = GLANConfig
+    questions: int = Field
     prompts_hash = combine_hashes(SUBJECTS.hash, SYLLABUS.hash, QUESTION.hash)
 
     def __init__(self, context: Context, record_cost: int):
         super().__init__(context, record_cost)
-        self.glan = context.config.glan
         self.question_cost = 1 + record_cost  # write + downstream
         self.subject_cost = 1 + self.question_cost  # a syllabus and at least one question
         self.unit_cost = 1 + self.subject_cost  # a subjects list, then one subject
@@ -121,8 +135,8 @@ class GLAN(Strategy):
         self._slice()
 
     def _slice(self) -> list[Discipline]:
-        taxonomy = load_taxonomy(self.glan.taxonomy)
-        return select(taxonomy, self.glan.fields, self.glan.disciplines, str(self.glan.taxonomy))
+        taxonomy = load_taxonomy(self.settings.taxonomy)
+        return select(taxonomy, self.settings.fields, self.settings.disciplines, str(self.settings.taxonomy))
 
     def units(self, seeds: list[Record], calls: int, rows: int) -> list[Discipline]:
         return self.affordable(self._slice(), calls, rows)
@@ -132,12 +146,12 @@ class GLAN(Strategy):
         in subject order once they are written."""
         if allowance.records < 1 or not allowance.take(1):
             return
-        wanted = min(self.glan.subjects, allowance.calls // self.subject_cost, allowance.records)
-        schema = subjects_schema(self.glan.subjects)
-        tokens = 32 + self.glan.subjects * (NAME_CHARS + 40 + MAX_SUBTOPICS * (CONCEPT_CHARS + 8))
+        wanted = min(self.settings.subjects, allowance.calls // self.subject_cost, allowance.records)
+        schema = subjects_schema(self.settings.subjects)
+        tokens = 32 + self.settings.subjects * (NAME_CHARS + 40 + MAX_SUBTOPICS * (CONCEPT_CHARS + 8))
         [listed] = await self.llm.generate([self.request(
             SUBJECTS, self.random_seed, schema, tokens, discipline=discipline.name, field=discipline.field,
-            sub_field=discipline.sub_field, count=self.glan.subjects,
+            sub_field=discipline.sub_field, count=self.settings.subjects,
         )])
         if not listed.ok:
             return  # a failed call, counted in the stage's stats; nothing was made to drop
@@ -157,17 +171,18 @@ class GLAN(Strategy):
     async def _subject(self, discipline: Discipline, subject, allowance: Allowance):
         if allowance.records < 1 or not allowance.take(1):
             return [], []
-        tokens = 32 + self.glan.sessions * (NAME_CHARS + 24 + MAX_CONCEPTS * (CONCEPT_CHARS + 8))
+        tokens = 32 + self.settings.sessions * (NAME_CHARS + 24 + MAX_CONCEPTS * (CONCEPT_CHARS + 8))
         [syllabus] = await self.llm.generate([self.request(
-            SYLLABUS, self.random_seed, syllabus_schema(self.glan.sessions), tokens, discipline=discipline.name,
-            level=subject.level, subject=subject.name, subtopics=", ".join(subject.subtopics), count=self.glan.sessions,
+            SYLLABUS, self.random_seed, syllabus_schema(self.settings.sessions), tokens, discipline=discipline.name,
+            level=subject.level, subject=subject.name, subtopics=", ".join(subject.subtopics),
+            count=self.settings.sessions,
         )])
         if not syllabus.ok:
             return [], []
         sessions = syllabus.parsed.sessions
         concepts = [[c.strip() for c in s.key_concepts if c.strip()] for s in sessions]
         rng = random.Random(f"{self.random_seed}:{discipline.name}:{subject.name}")
-        count = min(self.glan.questions, allowance.calls // self.question_cost, allowance.records)
+        count = min(self.settings.questions, allowance.calls // self.question_cost, allowance.records)
         draws = sample_concepts(concepts, count, rng)
         allowance.take(self.question_cost * len(draws))
         outline = [f"{i + 1}. {s.title}: {', '.join(concepts[i])}" for i, s in enumerate(sessions)]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from germinate.config import GenerationConfig
 from germinate.llm import Request, Result
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
+from germinate.settings import GenerationConfig
 from germinate.stage import Outcome, Stage
 
 RESPOND = Prompt(

@@ -12,11 +12,14 @@ import random
 import re
 from typing import Sequence
 
-from generators import STAGE, Strategy, fault, parse_instruction
+from pydantic import Field
+
 from germinate.budget import Allowance
 from germinate.executor import Emit
+from germinate.generators import STAGE, Strategy, fault, parse_instruction
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
+from germinate.settings import Section
 from germinate.stage import Context
 
 GENERATE = Prompt(
@@ -53,13 +56,21 @@ def rouge_l(candidate: list[str], reference: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+class SelfInstructConfig(Section):
+    demonstrations: int = Field(8, ge=1, le=20, description="tasks shown in each prompt")
+    machine_demonstrations: int = Field(2, ge=0, le=20, description="of which generated ones, once there are some")
+    rouge_threshold: float = Field(0.7, gt=0, le=1, description="drop a task whose ROUGE-L to a pool task reaches it")
+    batch: int = Field(8, ge=1, description="prompts per round; the pool grows between rounds")
+
+
 class SelfInstruct(Strategy):
     name = "self-instruct"
+    section = "self_instruct"
+    Settings = SelfInstructConfig
     prompts_hash = combine_hashes(GENERATE.hash)
 
     def __init__(self, context: Context, record_cost: int):
         super().__init__(context, record_cost)
-        self.settings = context.config.self_instruct
         self.task_cost = self.unit_cost = 1 + record_cost  # write + downstream
 
     def units(self, seeds: list[Record], calls: int, rows: int) -> Sequence[tuple[Record, ...]]:

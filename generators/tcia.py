@@ -23,13 +23,14 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field, create_model
 
-from generators import STAGE, Strategy, fault, parse_instruction
 from germinate.budget import Allowance
 from germinate.errors import UserError
 from germinate.executor import Emit
+from germinate.generators import STAGE, Strategy, fault, parse_instruction
 from germinate.llm import Result
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
+from germinate.settings import DATA_DIR, Section
 from germinate.stage import Context
 
 Category = Literal["content", "numerical", "style_tone", "format", "language", "input_placeholder"]
@@ -191,23 +192,34 @@ def numbered(constraints: list[Constraint]) -> str:
     return "\n".join(f"{i + 1}. {c.text}" for i, c in enumerate(constraints))
 
 
+class TCIAConfig(Section):
+    states: int = Field(16, ge=2, le=10_000, description="K: unique constraint sets at which the search stops")
+    moves: int = Field(2, ge=1, le=20, description="m: times each operation (add, remove, replace) is tried per state")
+    samples: int = Field(4, ge=1, description="k: states sampled per seed and written as instructions")
+    pool: int = Field(40, ge=1, description="constraints retrieved from the pool for a seed, by similarity")
+    max_constraints: int = Field(5, ge=1, le=20, description="an add move never grows a set past this")
+    refine_tries: int = Field(1, ge=0, le=5, description="R: rewrites naming the constraints the check found missing")
+    library: Path = Field(DATA_DIR / "constraints.yaml", description="task type -> category -> constraints")
+
+
 class TCIA(Strategy):
     name = "tcia"
+    section = "tcia"
+    Settings = TCIAConfig
     prompts_hash = combine_hashes(DECOMPOSE.hash, COMPOSE.hash, VERIFY.hash, REFINE.hash)
 
     def __init__(self, context: Context, record_cost: int):
         super().__init__(context, record_cost)
-        self.tcia = context.config.tcia
         self.state_cost = 2 + record_cost  # compose + verify + downstream
         self.unit_cost = 1 + self.state_cost  # the decomposition and one state
 
     def check(self) -> None:
-        load_library(self.tcia.library)
+        load_library(self.settings.library)
 
     async def prepare(self, units: list[Record], allowances: list[Allowance]) -> None:
         """Every seed of the shard decomposed; the pool: their constraints and the library's."""
         self.decompositions = await self._decompose(units, allowances)
-        self.library = load_library(self.tcia.library)
+        self.library = load_library(self.settings.library)
         self.from_seeds: dict[str, list[Constraint]] = {}
         for parsed in self.decompositions.values():
             self.from_seeds.setdefault(parsed.task_type, []).extend(self._own(parsed))
@@ -240,11 +252,11 @@ class TCIA(Strategy):
         candidates = [c for c in dict.fromkeys(candidates) if c not in own]
         query = parsed.basic_query.strip() or seed.instruction
         vectors = await self.vectors([query] + [c.text for c in own + candidates])
-        pool = retrieve(vectors, own, candidates, self.tcia.pool)
+        pool = retrieve(vectors, own, candidates, self.settings.pool)
         rng = random.Random(f"{self.random_seed}:{seed.id}")
-        found = search(frozenset(range(len(own))), pool, self.tcia.states, self.tcia.moves,
-                       self.tcia.max_constraints, rng)
-        affordable = min(self.tcia.samples, len(found), allowance.calls // self.state_cost, allowance.records)
+        found = search(frozenset(range(len(own))), pool, self.settings.states, self.settings.moves,
+                       self.settings.max_constraints, rng)
+        affordable = min(self.settings.samples, len(found), allowance.calls // self.state_cost, allowance.records)
         chosen = sorted(rng.sample(found, affordable), key=lambda s: (s.depth, sorted(s.constraints)))
         allowance.take(self.state_cost * len(chosen))
         allowance.records -= len(chosen)
@@ -287,7 +299,7 @@ class TCIA(Strategy):
             else:
                 pending.append(record)
         missing: dict[str, list[str]] = {}
-        for round_ in range(self.tcia.refine_tries + 1):
+        for round_ in range(self.settings.refine_tries + 1):
             if round_:
                 affordable = [r for r in pending if allowance.take(2)]  # refine + check again
                 rejected += [self._missing(r, missing) for r in pending[len(affordable):]]

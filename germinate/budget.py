@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
-from germinate.config import RunConfig
 from germinate.records import Record
+
+if TYPE_CHECKING:
+    from germinate.config import RunConfig
 
 EXPAND_STAGE = "expand"  # the first stage of every run, whatever the strategy
 SEEDS = "seeds"  # the source of the first shard: the seeds themselves

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from typing import Any, get_args
+from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import yaml
 
-from germinate.config import RunConfig, StrategyName, data_settings
+from germinate.config import RunConfig, data_settings
+from germinate.generators import strategies
 from germinate.records import DATASET_SCHEMA, Record
-from germinate.report import describe_metrics, stage_table, strategy_table
+from germinate.report import Report, describe_metrics, stage_table, strategy_table
 
 _HF_DTYPES = {pa.float64(): "float64"}  # Arrow calls it "double"; the Hub's card format wants float64
 CLUSTER_PLOT = "images/cluster_sizes.png"
@@ -77,48 +79,50 @@ def plots(records: list[Record]) -> dict[str, bytes]:
 def _settings(config: RunConfig) -> str:
     """The settings that shaped the data, as a reader of the card needs them: the used strategies'
     sections, file names rather than local paths, no server addresses or cluster names."""
-    unused = {name.replace("-", "_") for name in get_args(StrategyName) if name not in config.strategies}
+    used = [strategy.section for name, strategy in strategies().items() if name in config.strategies]
+    unused = {strategy.section for strategy in strategies().values()} - set(used)
     settings = data_settings(config.model_dump(mode="json", exclude=unused))
     settings["seeds"] = config.seeds.name
-    for section, key in (("tcia", "library"), ("glan", "taxonomy")):
-        if section in settings:
-            settings[section][key] = getattr(getattr(config, section), key).name
+    for section in used:
+        for key, value in getattr(config, section):
+            if isinstance(value, Path):
+                settings[section][key] = value.name
     return yaml.safe_dump(settings, sort_keys=False)
 
 
-def dataset_card(config: RunConfig, report: dict[str, Any], images: list[str]) -> str:
+def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
     languages = config.quality.heuristics.languages if config.quality.heuristics.enabled else []
     metadata = {
         "language": languages or ["en"],
         "license": config.hub.license,
         "task_categories": ["text-generation"],
-        "size_categories": [_size_category(report["rows"])],
+        "size_categories": [_size_category(report.rows)],
         "tags": ["synthetic", "germinate", "instruction-tuning", *config.strategies],
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
         "dataset_info": {
             "features": features(),
-            "splits": [{"name": "train", "num_bytes": report["dataset_bytes"], "num_examples": report["rows"]}],
+            "splits": [{"name": "train", "num_bytes": report.dataset_bytes, "num_examples": report.rows}],
         },
     }
     gate = [name for name, stage in config.quality if stage.enabled]
     figures = "\n\n".join(f"![{path.removeprefix('images/').removesuffix('.png')}]({path})" for path in images)
     where = config.hub.repo_id or "path/to/this/folder"
-    budget = report["budget"]
-    problem = report["problem"]
+    budget = report.budget
+    problem = report.problem
     partial = f"\n**Partial:** {problem}.\n" if problem else ""
     return f"""---
 {yaml.safe_dump(metadata, sort_keys=False)}---
 
 # Synthetic instruction dataset (germinate run `{config.run_id}`)
 
-{report["rows"]} instruction-response pairs grown with germinate from {report["seeds"]} seed tasks
+{report.rows} instruction-response pairs grown with germinate from {report.seeds} seed tasks
 (`{config.seeds.name}`) by the **{config.strategy_label}** strategy with the model(s)
-{", ".join(f"`{m}`" for m in report["models"]) or "-"}, then filtered and chosen for diversity.
+{", ".join(f"`{m}`" for m in report.models) or "-"}, then filtered and chosen for diversity.
 {partial}
 ## How it was made
 
 {strategy_table(report)}
-Budget: {budget["max_llm_calls"]} LLM calls ({report["llm_calls"]} used), {budget["max_records"]} rows.
+Budget: {budget.max_llm_calls} LLM calls ({report.llm_calls} used), {budget.max_records} rows.
 Quality gate: {", ".join(gate) or "none"}. Seeds are {"" if config.include_seeds else "not "}rows of the dataset.
 
 {stage_table(report)}
@@ -132,7 +136,7 @@ Every dropped record is kept with its reason in the run's `stages/*/rejected-*.p
 
 ## Diversity
 
-{describe_metrics(report["metrics"])} (embeddings: {config.embedding.model}).
+{describe_metrics(report.metrics)} (embeddings: {config.embedding.model}).
 
 {figures}
 

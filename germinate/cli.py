@@ -13,23 +13,34 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
-from rich.text import Text
 from rich.table import Table
+from rich.text import Text
 from typer.exceptions import TyperException
 
 from germinate import progress
 from germinate.config import build_config
 from germinate.errors import UserError
-from germinate.report import describe_metrics
+from germinate.generators import strategies
+from germinate.report import Report, describe_metrics
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Grow a diverse instruction-tuning dataset (Parquet, Hugging Face layout) from a few seed tasks.",
 )
-# Lines name paths a user copies: never hard-wrap them at the terminal's width.
-console = Console(soft_wrap=True)
-errors = Console(stderr=True, soft_wrap=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    """Lines name paths a user copies: never hard-wrap them at the terminal's width. Written to a file or
+    a pipe (a scheduled run's log, `| tee`), rich would assume 80 columns and cut the summary table."""
+    made = Console(stderr=stderr, soft_wrap=True)
+    if not made.is_terminal:
+        made.width = max(made.width, 160)
+    return made
+
+
+console = _console()
+errors = _console(stderr=True)
 
 
 @app.callback()
@@ -89,37 +100,37 @@ def _fail(exc: UserError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _summary(report: dict[str, Any]) -> None:
-    table = Table(title=f"run {report['run_id']}", title_justify="left")
+def _summary(report: Report) -> None:
+    table = Table(title=f"run {report.run_id}", title_justify="left")
     for column in ("stage", "in", "kept", "dropped", "LLM calls", "cached", "tokens", "time"):
         table.add_column(column, justify="left" if column == "stage" else "right", no_wrap=True)
-    for s in report["stages"]:
+    for s in report.stages:
         table.add_row(
-            s["stage"] + (" (resumed)" if s["resumed"] else ""),
-            str(s["records_in"]),
-            str(s["kept"]),
-            str(sum(s["dropped"].values())),
-            str(s["llm_calls"]),
-            str(s["cached_calls"]),
-            f"{s['prompt_tokens'] + s['completion_tokens']:,}",
-            f"{s['seconds']:.0f}s",
+            s.stage + (" (resumed)" if s.resumed else ""),
+            str(s.records_in),
+            str(s.kept),
+            str(sum(s.dropped.values())),
+            str(s.llm_calls),
+            str(s.cached_calls),
+            f"{s.prompt_tokens + s.completion_tokens:,}",
+            f"{s.seconds:.0f}s",
         )
     console.print(table)
-    for s in report["stages"]:
-        if s["dropped"]:
-            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(s["dropped"].items()))
-            console.print(f"  {s['stage']} dropped: {reasons}")
-    console.print(f"  diversity: {describe_metrics(report['metrics'])}")
-    if report["problem"]:
-        console.print(f"[yellow]partial:[/] {escape(report['problem'])}", highlight=False)
+    for s in report.stages:
+        if s.dropped:
+            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dropped.items()))
+            console.print(f"  {s.stage} dropped: {reasons}")
+    console.print(f"  diversity: {describe_metrics(report.metrics)}")
+    if report.problem:
+        console.print(f"[yellow]partial:[/] {escape(report.problem)}", highlight=False)
     console.print(
-        f"[bold]{report['rows']} rows[/] in [bold]{report['dataset']}[/] "
-        f"({report['llm_calls']}/{report['budget']['max_llm_calls']} LLM calls, {report['wall_seconds']:.0f}s wall); "
-        f"rejected records with reasons: {Path(report['dataset']).parent / 'stages'}",
+        f"[bold]{report.rows} rows[/] in [bold]{report.dataset}[/] "
+        f"({report.llm_calls}/{report.budget.max_llm_calls} LLM calls, {report.wall_seconds:.0f}s wall); "
+        f"rejected records with reasons: {Path(report.dataset).parent / 'stages'}",
     )
-    console.print(f"Load it:  datasets.load_dataset('{report['dataset']}', split='train')")
-    if report.get("published"):
-        console.print(f"Published: {report['published']}")
+    console.print(f"Load it:  datasets.load_dataset('{report.dataset}', split='train')")
+    if report.published:
+        console.print(f"Published: {report.published}")
     console.print(
         "Scale up: germinate run --max-records 5000 --max-llm-calls 20000 --hops 3 "
         "--backend openai --base-url http://localhost:8000/v1  (see README)",
@@ -140,7 +151,7 @@ def run(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (see README)."),
     seeds: Optional[Path] = typer.Option(None, help="Seed tasks: .jsonl, .json, .csv or .parquet."),
     strategy: Optional[str] = typer.Option(
-        None, help="Expansion strategy: aide, tcia, glan, self-instruct or evol-instruct (mix them in the config)."
+        None, help=f"Expansion strategy: {', '.join(strategies())} (mix them in the config)."
     ),
     hops: Optional[int] = typer.Option(None, help="AIDE: depth K of the synthesis tree."),
     max_records: Optional[int] = typer.Option(None, help="Budget: rows in the dataset, seeds included."),
@@ -158,6 +169,9 @@ def run(
     allow_partial: bool = typer.Option(
         False, "--allow-partial",
         help="Write the dataset even when more requests failed than budget.max_failed_share allows.",
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="For scripts: no progress bars, and the run report (report.json) as JSON on stdout."
     ),
 ) -> None:
     """Run the pipeline: seeds -> expand -> respond -> quality gate -> dataset/ (Parquet + dataset card)."""
@@ -184,24 +198,24 @@ def run(
     _show_warnings()
     try:
         from germinate.embed import warm
-        from germinate.runs import prepare_run
+        from germinate.runs import new_run_id
 
         resolved = build_config(config, values, RUN_FLAGS)
+        resolved = resolved.model_copy(update={"run_id": resolved.run_id or new_run_id()})  # named if interrupted
         if resolved.orchestration.task_runner == "ray" or _prefect_server():
-            from flows.build import build_dataset as build, check_run
+            from germinate.flows.build import build_dataset as build
         else:
-            from flows.pipeline import build_here as build, check_run
-        check_run(resolved)
-        warm(resolved.embedding)  # torch takes seconds to load: meanwhile the seeds and the server are checked
-        resolved, run = prepare_run(resolved.model_copy(update={"output_dir": resolved.output_dir.resolve()}))
+            from germinate.flows.pipeline import build_here as build
+        warm(resolved.embedding)  # torch takes seconds to load: meanwhile the run checks its seeds and servers
 
-        with run.locked(), Progress(
+        with Progress(
             TextColumn("{task.description:>14}"),
             BarColumn(),
             MofNCompleteColumn(),
             RateColumn(),
             TimeElapsedColumn(),
             console=console,
+            disable=as_json,
         ) as bars:
             progress.set_listener(RichProgress(bars))
             report = build(resolved)
@@ -211,7 +225,10 @@ def run(
         if resolved is not None:
             errors.print(f"interrupted; resume: run the same command with --run-id {resolved.run_id}")
         raise typer.Exit(130) from None
-    _summary(report)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+    else:
+        _summary(report)
 
 
 @app.command()
@@ -260,9 +277,9 @@ def publish(
     The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT picks another Hub."""
     from pydantic import ValidationError
 
-    from germinate.config import HubConfig
     from germinate.hub import publish as publish_run
     from germinate.runs import Run
+    from germinate.settings import HubConfig
 
     try:
         try:
@@ -350,7 +367,7 @@ def serve(
             CronSchedule(cron=cron)
         except ValueError:
             raise UserError(f"--cron: '{cron}' is not a cron expression (e.g. \"0 3 * * *\")") from None
-        from flows.build import build_dataset, check_run
+        from germinate.flows.build import build_dataset, check_run
 
         check_run(resolved)
     except UserError as exc:
@@ -383,7 +400,7 @@ def _taxonomy_llm(backend: Optional[str], model: Optional[str], base_url: Option
 
 def _write_taxonomy(out: Path, taxonomy) -> None:
     from germinate.io import write_atomic
-    from taxonomy import dump_taxonomy, parse_taxonomy
+    from germinate.taxonomy import dump_taxonomy, parse_taxonomy
 
     text = dump_taxonomy(taxonomy)
     parse_taxonomy(yaml.safe_load(text), str(out))  # what is written must load again
@@ -397,7 +414,7 @@ def _write_taxonomy(out: Path, taxonomy) -> None:
 @taxonomy_app.command("check")
 def taxonomy_check(path: Path = typer.Argument(..., help="Taxonomy YAML.")) -> None:
     """Check a taxonomy file against its schema and count its nodes."""
-    from taxonomy import load_taxonomy
+    from germinate.taxonomy import load_taxonomy
 
     try:
         _describe_taxonomy(path, load_taxonomy(path))
@@ -417,7 +434,7 @@ def taxonomy_build(
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1."),
 ) -> None:
     """Generate a taxonomy with the LLM; edit the YAML by hand afterwards if you like."""
-    from taxonomy import builder
+    from germinate.taxonomy import builder
 
     try:
         llm = _taxonomy_llm(backend, model, base_url)
@@ -441,7 +458,7 @@ def taxonomy_extend(
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1."),
 ) -> None:
     """Ask the LLM for more disciplines under each sub-field; names already present are skipped."""
-    from taxonomy import builder, load_taxonomy
+    from germinate.taxonomy import builder, load_taxonomy
 
     try:
         taxonomy = load_taxonomy(path)

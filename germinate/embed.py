@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from germinate.config import EmbeddingConfig
 from germinate.errors import UserError
+from germinate.settings import EmbeddingConfig
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 WAITED, BACKGROUND = 0, 1  # what someone waits for goes first

@@ -4,21 +4,20 @@ so runs (and strategies) can be compared: `germinate compare RUN_DIR...` and the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
+from pydantic import BaseModel, computed_field
 
 from germinate.budget import EXPAND_STAGE
-from germinate.config import EmbeddingConfig
 from germinate.embed import Embedder
 from germinate.kmeans import Clusters, spherical_kmeans
 from germinate.records import Record, show
 from germinate.runs import Run
+from germinate.settings import EmbeddingConfig
 
 
-@dataclass
-class Metrics:
+class Metrics(BaseModel):
     rows: int
     generated: int  # records the expansion produced, seeds included, before any filter
     mean_distance: float  # mean pairwise cosine distance of the instructions: higher is more diverse
@@ -27,12 +26,10 @@ class Metrics:
     distinct_bigrams: float  # distinct word bigrams / all word bigrams of the instructions
     seed_similarity: float  # mean cosine of each generated row to its nearest seed: higher is more on task
 
+    @computed_field
     @property
     def kept_share(self) -> float:
-        return self.rows / self.generated if self.generated else 0.0
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "kept_share": round(self.kept_share, 4)}
+        return round(self.rows / self.generated, 4) if self.generated else 0.0
 
 
 def mean_pairwise_distance(vectors: np.ndarray) -> float:

@@ -1,14 +1,59 @@
-"""The run report (report.json)."""
+"""The run report: one typed model (report.json), read alike by the summary, the card and the Prefect
+artifacts."""
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
 
 from germinate.config import RunConfig
+from germinate.io import write_atomic
 from germinate.metrics import Metrics
 from germinate.records import Record, to_dataset_table
+from germinate.settings import BudgetConfig
 from germinate.stats import StageStats
+
+
+class StrategyReport(BaseModel):
+    """A strategy's part of the budget (planned) and what it made with it."""
+
+    share: float
+    max_llm_calls: int
+    max_records: int
+    expand_calls: int
+    records: int
+
+
+class Report(BaseModel):
+    """What a run made and spent: report.json in the run directory, `germinate run --json`."""
+
+    run_id: str
+    status: Literal["complete", "partial", "failed"]  # partial: written although requests failed
+    problem: str | None  # why the data is not all that was asked for
+    strategy: str
+    strategies: dict[str, StrategyReport]
+    seeds: int
+    models: list[str]
+    dataset: str | None  # its folder; None when the run failed and wrote none
+    rows: int
+    dataset_bytes: int
+    wall_seconds: float
+    llm_calls: int
+    failed_calls: int
+    budget: BudgetConfig
+    stages: list[StageStats]
+    metrics: Metrics | None
+    published: str | None = None  # the Hub URL
+
+    def write(self, path: Path) -> None:
+        write_atomic(path, self.model_dump_json(indent=2).encode())
+
+    @classmethod
+    def read(cls, path: Path) -> Report:
+        return cls.model_validate_json(path.read_bytes())
 
 
 def shortfall(config: RunConfig, stages: list[StageStats], rows: list[Record]) -> str | None:
@@ -39,14 +84,14 @@ def not_written(problem: str, stages: list[StageStats]) -> str:
 def build_report(
     config: RunConfig,
     stages: list[StageStats],
-    strategies: dict[str, dict[str, Any]],
+    strategies: dict[str, StrategyReport],
     seeds: int,
     records: list[Record],
     metrics: Metrics | None,
     dataset_dir: str | None,
     wall_seconds: float,
     problem: str | None = None,
-) -> dict[str, Any]:
+) -> Report:
     """`dataset_dir` and `metrics` are None when the run failed for its data (`problem`) and wrote none.
     Requests that went unanswered make the data partial even below budget.max_failed_share: the
     same command again asks them again, and may change the dataset."""
@@ -54,64 +99,64 @@ def build_report(
     if problem is None and unanswered:
         problem = (f"{unanswered} LLM requests went unanswered after their retries; run the same command again "
                    "to ask them again")
-    return {
-        "run_id": config.run_id,
-        "status": "failed" if dataset_dir is None else "partial" if problem else "complete",
-        "problem": problem,
-        "strategy": config.strategy_label,
-        "strategies": strategies,
-        "seeds": seeds,
-        "models": sorted({r.model for r in records if r.model}),
-        "dataset": dataset_dir,
-        "rows": len(records),
-        "dataset_bytes": to_dataset_table(records).nbytes,
-        "wall_seconds": round(wall_seconds, 2),
-        "llm_calls": sum(s.llm_calls for s in stages),
-        "failed_calls": sum(s.failed_calls for s in stages),
-        "budget": config.budget.model_dump(),
-        "stages": [s.to_dict() for s in stages],
-        "metrics": metrics.to_dict() if metrics else None,
-    }
-
-
-def describe_metrics(m: dict[str, Any]) -> str:
-    return (
-        f"mean pairwise cosine distance {m['mean_distance']:.3f}, {m['clusters_covered']}/{m['clusters']} "
-        f"k-means clusters of the candidates covered, distinct bigrams {m['distinct_bigrams']:.2f}, "
-        f"mean cosine to the nearest seed {m['seed_similarity']:.3f}, kept {m['rows']}/{m['generated']}"
+    return Report(
+        run_id=config.run_id,
+        status="failed" if dataset_dir is None else "partial" if problem else "complete",
+        problem=problem,
+        strategy=config.strategy_label,
+        strategies=strategies,
+        seeds=seeds,
+        models=sorted({r.model for r in records if r.model}),
+        dataset=dataset_dir,
+        rows=len(records),
+        dataset_bytes=to_dataset_table(records).nbytes,
+        wall_seconds=round(wall_seconds, 2),
+        llm_calls=sum(s.llm_calls for s in stages),
+        failed_calls=sum(s.failed_calls for s in stages),
+        budget=config.budget,
+        stages=stages,
+        metrics=metrics,
     )
 
 
-def stage_table(report: dict[str, Any]) -> str:
+def describe_metrics(m: Metrics) -> str:
+    return (
+        f"mean pairwise cosine distance {m.mean_distance:.3f}, {m.clusters_covered}/{m.clusters} "
+        f"k-means clusters of the candidates covered, distinct bigrams {m.distinct_bigrams:.2f}, "
+        f"mean cosine to the nearest seed {m.seed_similarity:.3f}, kept {m.rows}/{m.generated}"
+    )
+
+
+def stage_table(report: Report) -> str:
     """Markdown: per stage, records in and kept, drops by reason, LLM calls, tokens and wall time."""
     rows = "".join(
-        f"| {s['stage']} | {s['records_in']} | {s['kept']} | "
-        f"{', '.join(f'{k}: {v}' for k, v in sorted(s['dropped'].items())) or '-'} | {s['llm_calls']} | "
-        f"{s['prompt_tokens'] + s['completion_tokens']:,} | {s['seconds']:.0f}s |\n"
-        for s in report["stages"]
+        f"| {s.stage} | {s.records_in} | {s.kept} | "
+        f"{', '.join(f'{k}: {v}' for k, v in sorted(s.dropped.items())) or '-'} | {s.llm_calls} | "
+        f"{s.prompt_tokens + s.completion_tokens:,} | {s.seconds:.0f}s |\n"
+        for s in report.stages
     )
     header = "| stage | in | kept | dropped (reason: count) | LLM calls | tokens | time |\n"
     return header + "|---|---|---|---|---|---|---|\n" + rows
 
 
-def strategy_table(report: dict[str, Any]) -> str:
+def strategy_table(report: Report) -> str:
     rows = "".join(
-        f"| {name} | {s['share']:.0%} | {s['max_llm_calls']} | {s['expand_calls']} | {s['records']} |\n"
-        for name, s in report["strategies"].items()
+        f"| {name} | {s.share:.0%} | {s.max_llm_calls} | {s.expand_calls} | {s.records} |\n"
+        for name, s in report.strategies.items()
     )
     return "| strategy | share | LLM calls allowed | expansion calls | records made |\n|---|---|---|---|---|\n" + rows
 
 
-def report_markdown(report: dict[str, Any]) -> str:
+def report_markdown(report: Report) -> str:
     """The run report as the Prefect UI shows it."""
-    m = report["metrics"]
-    row = (f"| {m['rows']}/{m['generated']} | {m['mean_distance']:.3f} | {m['clusters_covered']}/{m['clusters']} | "
-           f"{m['distinct_bigrams']:.2f} | {m['seed_similarity']:.3f} |")
-    published = f" · published: {report['published']}" if report.get("published") else ""
-    return f"""# germinate run `{report['run_id']}`
+    m = report.metrics
+    row = (f"| {m.rows}/{m.generated} | {m.mean_distance:.3f} | {m.clusters_covered}/{m.clusters} | "
+           f"{m.distinct_bigrams:.2f} | {m.seed_similarity:.3f} |")
+    published = f" · published: {report.published}" if report.published else ""
+    return f"""# germinate run `{report.run_id}`
 
-{report['rows']} rows in `{report['dataset']}` · {report['llm_calls']}/{report['budget']['max_llm_calls']} LLM calls ·
-{report['wall_seconds']:.0f}s wall{published}
+{report.rows} rows in `{report.dataset}` · {report.llm_calls}/{report.budget.max_llm_calls} LLM calls ·
+{report.wall_seconds:.0f}s wall{published}
 
 ## Stages
 

@@ -4,8 +4,8 @@ the dataset and the report. Starting a run with an existing run id resumes it.""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
-import json
 import os
 import secrets
 import shutil
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import yaml
+from pydantic import TypeAdapter
 
 from germinate.budget import EXPAND_STAGE
 from germinate.config import RunConfig, data_settings, dump_config
@@ -28,6 +29,9 @@ from germinate.stats import StageStats
 # Arrow bytes per data file (Parquet with zstd is several times smaller): files the Hub and `datasets`
 # stream comfortably, as `push_to_hub`'s default shard size does.
 DATASET_SHARD_BYTES = 256 * 2**20
+# A shard's marker holds its stages' numbers; a whole-set stage's, its own.
+SHARD_STATS = TypeAdapter(list[StageStats])
+STAGE_STATS = TypeAdapter(StageStats)
 _locks: dict[Path, list[int]] = {}  # run root -> [lock file descriptor, holders in this process]
 _locks_guard = threading.Lock()
 
@@ -147,7 +151,7 @@ class Run:
         marker = self._shard_marker(index)
         if not marker.exists():
             return None
-        return [StageStats.from_dict({**stats, "resumed": True}) for stats in json.loads(marker.read_text())]
+        return [dataclasses.replace(stats, resumed=True) for stats in SHARD_STATS.validate_json(marker.read_bytes())]
 
     def write_shard(
         self, index: int, made: list[Record], kept: list[Record], rejected: dict[str, list[Record]],
@@ -160,7 +164,7 @@ class Run:
             write_records(self._stage_dir(stage) / f"rejected-{index:05d}.parquet", dropped)
         write_records(self.root / "shards" / f"kept-{index:05d}.parquet", kept)
         if sealed:
-            write_atomic(self._shard_marker(index), json.dumps([s.to_dict() for s in stats]).encode())
+            write_atomic(self._shard_marker(index), SHARD_STATS.dump_json(stats))
         else:
             for stage in stats:
                 stage.unsealed = 1
@@ -176,7 +180,7 @@ class Run:
         marker = self._stage_dir(stage) / "done.json"
         if not marker.exists():
             return None
-        return StageStats.from_dict({**json.loads(marker.read_text()), "resumed": True})
+        return dataclasses.replace(STAGE_STATS.validate_json(marker.read_bytes()), resumed=True)
 
     def write_stage(
         self, stage: str, kept: list[Record], rejected: list[Record], stats: StageStats, sealed: bool
@@ -185,7 +189,7 @@ class Run:
         write_records(folder / "kept.parquet", kept)
         write_records(folder / "rejected.parquet", rejected)
         if sealed:
-            write_atomic(folder / "done.json", json.dumps(stats.to_dict()).encode())
+            write_atomic(folder / "done.json", STAGE_STATS.dump_json(stats))
         else:
             stats.unsealed = 1
         return stats

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Awaitable, Callable, ClassVar, TypeVar
 
-from germinate.config import RunConfig
 from germinate.records import Record
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from germinate.config import RunConfig
     from germinate.llm import LLM
 
 Outcome = tuple[list[Record], list[Record]]  # (kept, rejected: each with its stage and reason)
@@ -44,11 +44,17 @@ def discover(package: ModuleType, base: type[T]) -> dict[str, type[T]]:
     found = {}
     for info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"{package.__name__}.{info.name}")
-        for value in vars(module).values():
-            if (isinstance(value, type) and issubclass(value, base) and value.__module__ == module.__name__
-                    and not inspect.isabstract(value)):
-                found[value.name] = value
+        found.update({cls.name: cls for cls in defined_in(module, base)})
     return found
+
+
+def defined_in(module: ModuleType, base: type[T]) -> list[type[T]]:
+    """The concrete subclasses of `base` that `module` defines (not those it imports)."""
+    return [
+        value for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, base) and value.__module__ == module.__name__
+        and not inspect.isabstract(value)
+    ]
 
 
 class Stage(ABC):

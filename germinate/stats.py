@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 
 def error_kind(error: str) -> str:
@@ -73,10 +73,3 @@ class StageStats:
             if f.name not in ("stage", "resumed"):
                 setattr(merged, f.name, getattr(self, f.name) + getattr(other, f.name))
         return merged
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "dropped": dict(self.dropped), "errors": dict(self.errors)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StageStats:
-        return cls(**{**data, "dropped": Counter(data["dropped"]), "errors": Counter(data.get("errors", {}))})

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from germinate.config import describe_error
-from germinate.errors import UserError
+from germinate.errors import UserError, describe_error
 
-DEFAULT = Path(__file__).resolve().parent / "taxonomy.yaml"
+DEFAULT = Path(str(files(__name__).joinpath("taxonomy.yaml")))  # shipped as package data
 
 Name = Field(min_length=1, max_length=80)
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, create_model
 from germinate.errors import UserError
 from germinate.llm import LLM, Request
 from germinate.prompts import Prompt
-from taxonomy import KnowledgeField, SubField, Taxonomy
+from germinate.taxonomy import KnowledgeField, SubField, Taxonomy
 
 NAME_CHARS = 60
 

@@ -17,6 +17,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from germinate.config import RunConfig  # noqa: E402
 from germinate.embed import embed  # noqa: E402
+from germinate.report import Report  # noqa: E402
 from germinate.stage import Context, Stage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,11 +97,8 @@ def run_stage(stage: Stage, records: list):
     return asyncio.run(stage.run(records))
 
 
-def build(config: RunConfig) -> dict:
+def build(config: RunConfig) -> Report:
     """A run as `germinate run` makes it without a Prefect server: in this process, shards on threads."""
-    from flows.pipeline import build_here, check_run
-    from germinate.runs import prepare_run
+    from germinate.flows.pipeline import build_here
 
-    check_run(config)
-    config, _ = prepare_run(config)
     return build_here(config)

@@ -1,7 +1,10 @@
 """The command line as a user meets it: bad input ends with one line, exit code 2, nothing written."""
 
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -75,3 +78,27 @@ def test_a_server_that_lists_models_but_refuses_chat_stops_the_run_before_it_sta
     (line,) = result.stderr.strip().splitlines()
     assert f"{server.base_url}/chat/completions answered HTTP {status} (not for you)" in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_written_to_a_file_keeps_its_whole_summary_and_scripts_get_the_report_as_json(tmp_path, seeds_file):
+    """A scheduled run's log, CI or `| tee` is not a terminal: the summary table must not be cut to 80
+    columns (`cach…`, numbers lost). `--json` prints the report alone on stdout."""
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+    with FaultyServer() as server:
+        def run(*extra: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                [sys.executable, "-m", "germinate.cli", "run", "--backend", "openai", "--base-url", server.base_url,
+                 "--seeds", str(seeds_file), "--max-llm-calls", "24", "--max-records", "4",
+                 "--output-dir", str(tmp_path / "runs"), *extra],
+                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+            )
+        logged, scripted = run("--run-id", "logged"), run("--run-id", "scripted", "--json")
+    assert logged.returncode == 0, logged.stderr
+    assert "…" not in logged.stdout
+    header = next(line for line in logged.stdout.splitlines() if "stage" in line and "kept" in line)
+    assert header.split("┃")[1:-1] and [cell.strip() for cell in header.split("┃")[1:-1]] == [
+        "stage", "in", "kept", "dropped", "LLM calls", "cached", "tokens", "time"]
+    assert "4 rows in" in logged.stdout
+    assert scripted.returncode == 0, scripted.stderr
+    report = json.loads(scripted.stdout)
+    assert report["rows"] == 4 and report["status"] == "complete" and report["run_id"] == "scripted"

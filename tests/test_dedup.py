@@ -3,9 +3,9 @@
 import numpy as np
 
 from conftest import make_stage, run_stage
-from filters.exact_dedup import ExactDedup
-from filters.near_dedup import NearDedup
-from filters.semantic_dedup import SemanticDedup, semantic_duplicates
+from germinate.filters.exact_dedup import ExactDedup
+from germinate.filters.near_dedup import NearDedup
+from germinate.filters.semantic_dedup import SemanticDedup, semantic_duplicates
 from germinate.records import Record, normalize
 
 EVENS = ("Write a Python function that takes a list of integers and returns a new list containing only "

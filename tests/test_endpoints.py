@@ -3,15 +3,14 @@
 import logging
 
 import pytest
-
-from germinate.config import LLMConfig
-from germinate.errors import UserError
-from germinate.llm import check_llm, make_llm
-from germinate.llm.endpoints import FAILURES_TO_LEAVE
-from servers import FaultyServer
 from test_cli import free_port
 from test_llm import requests
 
+from germinate.errors import UserError
+from germinate.llm import check_llm, make_llm
+from germinate.llm.endpoints import FAILURES_TO_LEAVE
+from germinate.settings import LLMConfig
+from servers import FaultyServer
 
 PING = 1  # each server answering at the start is asked for one token first (a refusal stops the run there)
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from test_pipeline import write_seeds
 
 from conftest import GATE_OFF, build, germinate, tiny_config
-from flows.build import build_dataset
 from germinate.errors import RunFailed
+from germinate.flows.build import build_dataset
 from germinate.runs import Run, prepare_run
 from servers import FaultyServer
-from test_pipeline import write_seeds
 
 # The gate without the embedding stages (they have their own tests): heuristics, dedup and the judge.
 GATE = {**GATE_OFF, **{stage: {"enabled": True} for stage in ("heuristics", "exact_dedup", "near_dedup", "reflect")}}
@@ -36,7 +36,7 @@ def config_for(server: FaultyServer, folder: Path, **changes):
 
 
 def dataset(report: dict):
-    return pq.read_table(Path(report["dataset"]) / "data")
+    return pq.read_table(Path(report.dataset) / "data")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def reference(folder):
     """The uninterrupted run on a server that never fails, and how many requests it took."""
     with FaultyServer(delay_s=0.02) as server:
         report = build(config_for(server, folder, run_id="reference"))
-    assert report["status"] == "complete" and report["failed_calls"] == 0
+    assert report.status == "complete" and report.failed_calls == 0
     return dataset(report), server.requests
 
 
@@ -62,7 +62,7 @@ def test_an_outage_the_run_waits_out_costs_nothing(folder, reference, caplog):
             report = build(config_for(server, folder, run_id="outage"))
     said = [r.getMessage() for r in caplog.records]
     assert sum("stopped answering" in m for m in said) == 1 and sum("answers again" in m for m in said) == 1
-    assert report["failed_calls"] == 0 and dataset(report).equals(table)
+    assert report.failed_calls == 0 and dataset(report).equals(table)
 
 
 def test_a_server_gone_for_good_fails_the_run_and_a_rerun_recovers_it(folder, reference):
@@ -84,7 +84,7 @@ def test_a_server_gone_for_good_fails_the_run_and_a_rerun_recovers_it(folder, re
 
     with FaultyServer(delay_s=0.02) as back:  # another port: where the server is does not shape the data
         report = build(config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": back.base_url})}))
-    assert report["status"] == "complete" and dataset(report).equals(table)
+    assert report.status == "complete" and dataset(report).equals(table)
     assert back.requests < requests  # what was answered before came from the cache
 
 
@@ -95,7 +95,7 @@ def test_transport_faults_change_nothing_in_the_data(folder, reference):
     with FaultyServer(delay_s=0.02, fail_share=0.2, kinds=("rate_limit", "server_error", "slow"),
                       timeout_s=0.5) as server:
         report = build(config_for(server, folder, run_id="faults"))
-    assert server.failed_once >= 3 and report["failed_calls"] == 0
+    assert server.failed_once >= 3 and report.failed_calls == 0
     assert dataset(report).equals(table)
 
 
@@ -118,9 +118,9 @@ def test_a_failed_judgement_drops_no_record_and_too_many_failures_fail_the_run(f
 
         partial = config.model_copy(update={"budget": config.budget.model_copy(update={"allow_partial": True})})
         report = build_dataset(partial)
-    assert report["status"] == "partial" and "http_500" in report["problem"]
-    stages = {s["stage"]: s for s in report["stages"]}
-    assert stages["reflect"]["dropped"] == {} and "low_reflection_score" not in stages["expand"]["dropped"]
+    assert report.status == "partial" and "http_500" in report.problem
+    stages = {s.stage: s for s in report.stages}
+    assert stages["reflect"].dropped == {} and "low_reflection_score" not in stages["expand"].dropped
     rows = dataset(report).to_pylist()
     assert {"s-sum", "s-apples", "s-haiku"} <= {r["id"] for r in rows}
     assert all(r["quality_critique"].startswith("not judged: http_500") for r in rows)

@@ -5,8 +5,8 @@ import dataclasses
 
 import pytest
 
-from filters.heuristics import Heuristics
 from germinate.config import RunConfig
+from germinate.filters.heuristics import Heuristics
 from germinate.records import Record
 from germinate.stage import Context
 

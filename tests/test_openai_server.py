@@ -14,9 +14,9 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import GATE_OFF, TINY_SEEDS, build, tiny_config
-from germinate.config import LLMConfig
 from germinate.llm import Request, check_llm, make_llm
 from germinate.llm.llamacpp import default_model_path
+from germinate.settings import LLMConfig
 
 
 class Topic(BaseModel):
@@ -74,10 +74,10 @@ def test_pipeline_runs_against_the_server(llama_server, tmp_path):
                          aide__hops=1, aide__personas=0, aide__on_reflection_fail="keep",
                          budget__max_llm_calls=12, budget__max_records=6, quality=GATE_OFF)
     report = build(config)
-    expand, respond = report["stages"]
-    assert expand["llm_calls"] >= 4 and expand["failed_calls"] == 0  # every JSON answer parsed
-    assert respond["llm_calls"] == respond["records_in"] - 1 and respond["failed_calls"] == 0
-    assert report["llm_calls"] <= 12
-    rows = pq.read_table(Path(report["dataset"]) / "data").to_pylist()
-    assert len(rows) == report["rows"] and {"s-sum", "s-apples"} <= {r["id"] for r in rows}
+    expand, respond = report.stages
+    assert expand.llm_calls >= 4 and expand.failed_calls == 0  # every JSON answer parsed
+    assert respond.llm_calls == respond.records_in - 1 and respond.failed_calls == 0
+    assert report.llm_calls <= 12
+    rows = pq.read_table(Path(report.dataset) / "data").to_pylist()
+    assert len(rows) == report.rows and {"s-sum", "s-apples"} <= {r["id"] for r in rows}
     assert all(r["output"] for r in rows)

@@ -11,12 +11,12 @@ import pytest
 from datasets import load_dataset
 
 from conftest import GATE_OFF, TINY_SEEDS, build, tiny_config
-from flows.build import build_dataset
-from germinate.config import STAGES
 from germinate.errors import UserError
+from germinate.flows.build import build_dataset
 from germinate.records import DATASET_SCHEMA
 from germinate.report import describe_metrics
 from germinate.runs import Run
+from germinate.settings import STAGES
 from servers import FaultyServer
 
 
@@ -34,19 +34,19 @@ def embedded_run(tmp_path_factory):
     config = tiny_config(write_seeds(folder), folder / "runs", aide__on_reflection_fail="keep", budget__max_records=6,
                          generation__response_max_tokens=160)  # room to finish: cut-off answers are dropped
     report = build(config)
-    return config, report, Run(Path(report["dataset"]).parent)
+    return config, report, Run(Path(report.dataset).parent)
 
 
 def test_dataset_loads_with_datasets_and_has_the_schema(embedded_run):
     config, report, run = embedded_run
     dataset = load_dataset("parquet", data_dir=str(run.dataset_dir / "data"), split="train")
     assert dataset.column_names == DATASET_SCHEMA.names
-    assert len(dataset) == report["rows"] > len(TINY_SEEDS)
+    assert len(dataset) == report.rows > len(TINY_SEEDS)
     assert all(row["output"] for row in dataset)  # every instruction was answered
     card = (run.dataset_dir / "README.md").read_text()
     assert card.startswith("---\n") and "data/train-*" in card
     # The folder loads by its card too, as it will from the Hub.
-    assert load_dataset(str(run.dataset_dir), split="train").num_rows == report["rows"]
+    assert load_dataset(str(run.dataset_dir), split="train").num_rows == report.rows
 
 
 def test_provenance_is_consistent(embedded_run):
@@ -78,37 +78,37 @@ def test_provenance_is_consistent(embedded_run):
 
 def test_budget_is_respected(embedded_run):
     config, report, run = embedded_run
-    assert report["llm_calls"] <= config.budget.max_llm_calls
-    assert report["rows"] <= config.budget.max_records
-    stages = {s["stage"]: s for s in report["stages"]}
+    assert report.llm_calls <= config.budget.max_llm_calls
+    assert report.rows <= config.budget.max_records
+    stages = {s.stage: s for s in report.stages}
     respond = stages["respond"]
-    assert respond["llm_calls"] == respond["records_in"] - 1  # one seed came with its answer
-    assert stages["expand"]["prompt_tokens"] > 0 and respond["completion_tokens"] > 0
-    assert stages["reflect"]["llm_calls"] >= stages["reflect"]["records_in"]  # every answer judged
+    assert respond.llm_calls == respond.records_in - 1  # one seed came with its answer
+    assert stages["expand"].prompt_tokens > 0 and respond.completion_tokens > 0
+    assert stages["reflect"].llm_calls >= stages["reflect"].records_in  # every answer judged
 
 
 def test_whole_gate_runs_and_no_record_disappears(embedded_run):
     """kept + rejected = generated at every stage, each rejected record has its stage and
     reason on disk, and the dataset is what the last stage kept."""
     config, report, run = embedded_run
-    stages = report["stages"]
-    assert [s["stage"] for s in stages] == ["expand", *STAGES]
+    stages = report.stages
+    assert [s.stage for s in stages] == ["expand", *STAGES]
     for before, after in zip(stages, stages[1:]):
-        assert before["kept"] == after["records_in"]
+        assert before.kept == after.records_in
     for stage in stages:
-        rejected = run.rejected(stage["stage"])
-        if stage["stage"] != "expand":  # expansion grows trees from seeds; every later stage keeps or drops
-            assert stage["kept"] + len(rejected) == stage["records_in"]
-        assert all(r.drop_stage == stage["stage"] and r.drop_reason for r in rejected)
-        assert sum(stage["dropped"].values()) == len(rejected)
+        rejected = run.rejected(stage.stage)
+        if stage.stage != "expand":  # expansion grows trees from seeds; every later stage keeps or drops
+            assert stage.kept + len(rejected) == stage.records_in
+        assert all(r.drop_stage == stage.stage and r.drop_reason for r in rejected)
+        assert sum(stage.dropped.values()) == len(rejected)
     # What the expansion made, what came through the per-record stages, what each whole-set stage kept:
-    per_record = {s["stage"]: s for s in stages}
-    assert len(run.kept("expand")) == per_record["expand"]["kept"]
-    assert len(run.survivors()) == per_record["reflect"]["kept"]
-    assert len(run.kept("semantic_dedup")) == per_record["semantic_dedup"]["kept"]
+    per_record = {s.stage: s for s in stages}
+    assert len(run.kept("expand")) == per_record["expand"].kept
+    assert len(run.survivors()) == per_record["reflect"].kept
+    assert len(run.kept("semantic_dedup")) == per_record["semantic_dedup"].kept
     select = stages[-1]
-    assert select["kept"] == report["rows"] == min(config.budget.max_records, select["records_in"])
-    assert select["dropped"].get("not_selected", 0) == select["records_in"] - select["kept"]
+    assert select.kept == report.rows == min(config.budget.max_records, select.records_in)
+    assert select.dropped.get("not_selected", 0) == select.records_in - select.kept
     rows = pq.read_table(run.dataset_dir / "data").to_pylist()
     assert all(r["quality_score"] is not None and r["cluster"] is not None for r in rows)
     for dropped in run.rejected("exact_dedup") + run.rejected("near_dedup") + run.rejected("semantic_dedup"):
@@ -117,12 +117,12 @@ def test_whole_gate_runs_and_no_record_disappears(embedded_run):
 
 def test_report_measures_diversity_and_relevance(embedded_run):
     config, report, run = embedded_run
-    metrics = report["metrics"]
-    expand = report["stages"][0]
-    assert metrics["rows"] == report["rows"]
-    assert metrics["generated"] == expand["kept"] + sum(expand["dropped"].values())
-    assert 0 < metrics["mean_distance"] < 1.5 and 0 < metrics["seed_similarity"] <= 1
-    assert 1 <= metrics["clusters_covered"] <= metrics["clusters"] and 0 < metrics["distinct_bigrams"] <= 1
+    metrics = report.metrics
+    expand = report.stages[0]
+    assert metrics.rows == report.rows
+    assert metrics.generated == expand.kept + sum(expand.dropped.values())
+    assert 0 < metrics.mean_distance < 1.5 and 0 < metrics.seed_similarity <= 1
+    assert 1 <= metrics.clusters_covered <= metrics.clusters and 0 < metrics.distinct_bigrams <= 1
     assert describe_metrics(metrics) in (run.dataset_dir / "README.md").read_text()
 
 
@@ -138,8 +138,8 @@ def test_failed_requests_become_rejected_records(tmp_path):
             quality=GATE_OFF,  # this test is about failures
         )
         report = build(config)
-    assert report["status"] == "partial" and "(http_500 2)" in report["problem"]
-    run = Run(Path(report["dataset"]).parent)
+    assert report.status == "partial" and "(http_500 2)" in report.problem
+    run = Run(Path(report.dataset).parent)
     rejected = run.rejected("expand") + run.rejected("respond")
     failures = [r for r in rejected if r.drop_reason == "llm_error"]
     assert [r.id for r in failures] == ["s-haiku"]  # its answer never came; nor did its children
@@ -147,7 +147,7 @@ def test_failed_requests_become_rejected_records(tmp_path):
     assert failures[0].drop_detail == "http_500: boom (after 3 tries)"
     assert server.failed_once > 0  # transient faults were retried away
     rows = pq.read_table(run.dataset_dir / "data").to_pylist()
-    assert len(rows) == report["rows"] > len(TINY_SEEDS)
+    assert len(rows) == report.rows > len(TINY_SEEDS)
     assert {r["model"] for r in rows if r["strategy"] == "aide"} == {"faulty-model"}
 
 
@@ -179,5 +179,5 @@ def test_a_failed_shard_task_is_retried_unless_the_user_must_fix_something(tmp_p
         report = build_dataset(config)
     assert len(attempts) == 1 + -(-len(TINY_SEEDS) // config.shard_size) > 1  # the seeds' shard and AIDE's ...
     assert set(attempts.values()) == {2}  # ... each failed once and passed on its retry
-    tables = [pq.read_table(Path(r["dataset"]) / "data") for r in (reference, report)]
+    tables = [pq.read_table(Path(r.dataset) / "data") for r in (reference, report)]
     assert tables[0].equals(tables[1])  # a retried shard starts again from its plan

@@ -8,12 +8,12 @@ import pytest
 
 import germinate.embed
 from conftest import make_stage
-from filters.reflection import Judge
-from germinate.config import EmbeddingConfig, LLMConfig
 from germinate.embed import Embedder, embed
+from germinate.filters.reflection import Judge
 from germinate.kmeans import gpus, spherical_kmeans
 from germinate.llm import make_llm
 from germinate.records import Record
+from germinate.settings import EmbeddingConfig, LLMConfig
 from servers import FaultyServer
 
 

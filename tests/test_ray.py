@@ -6,15 +6,15 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
+from test_pipeline import write_seeds
 
 from conftest import GATE_OFF, tiny_config
-from flows.build import build_dataset
-from flows.pipeline import CALLS
 from germinate import progress
-from germinate.config import OrchestrationConfig
 from germinate.errors import UserError
+from germinate.flows.build import build_dataset
+from germinate.flows.pipeline import CALLS
+from germinate.settings import OrchestrationConfig
 from servers import FaultyServer
-from test_pipeline import write_seeds
 
 
 def test_ray_gives_the_threads_result_within_one_request_limit(tmp_path, caplog):
@@ -36,8 +36,8 @@ def test_ray_gives_the_threads_result_within_one_request_limit(tmp_path, caplog)
     said = [r.getMessage() for r in caplog.records]
     assert "Creating a local Ray instance" in said and "Using Ray cluster with 1 nodes." in said  # ran on Ray
     assert server.max_in_flight == 2  # each worker alone would have taken 2
-    assert progress.done(CALLS) == on_ray["llm_calls"] == threads["llm_calls"]
-    assert on_ray["rows"] == threads["rows"] > 3
+    assert progress.done(CALLS) == on_ray.llm_calls == threads.llm_calls
+    assert on_ray.rows == threads.rows > 3
     ray_rows = pq.read_table(tmp_path / "ray" / "same" / "dataset" / "data")
     assert ray_rows.equals(pq.read_table(tmp_path / "threads" / "same" / "dataset" / "data"))
 

@@ -3,10 +3,10 @@ import pytest
 from conftest import tiny_config
 from germinate.budget import SEEDS, allocate, plan
 from germinate.errors import UserError
+from germinate.generators import strategies
 from germinate.io import load_seeds
 from germinate.runs import prepare_run
 from germinate.stage import Context
-from generators import strategies
 
 
 def test_allocate_splits_evenly_and_exactly():

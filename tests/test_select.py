@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import make_stage, run_stage
-from filters.select import Select, choose_k, split_budget, weighted_sample
 from germinate.embed import embed
+from germinate.filters.select import Select, choose_k, split_budget, weighted_sample
 from germinate.records import Record
 
 

@@ -10,8 +10,8 @@ import re
 import yaml
 
 from conftest import ROOT
-from flows.build import build_dataset
 from germinate.config import RunConfig, build_config
+from germinate.flows.build import build_dataset
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 

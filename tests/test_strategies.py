@@ -10,13 +10,14 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import GATE_OFF, build
-from generators.glan import concept_sets, sample_concepts
-from generators.self_instruct import rouge_l, tokens
-from generators.tcia import Constraint, Pool, load_library, search
+from conftest import GATE_OFF, build, germinate
 from germinate.cli import app
-from germinate.config import DATA_DIR
-from taxonomy import DEFAULT, disciplines, load_taxonomy
+from germinate.generators.glan import concept_sets, sample_concepts
+from germinate.generators.self_instruct import rouge_l, tokens
+from germinate.generators.tcia import Constraint, Pool, load_library, search
+from germinate.settings import DATA_DIR
+from germinate.taxonomy import DEFAULT, disciplines, load_taxonomy
+from servers import FaultyServer
 
 runner = CliRunner()
 
@@ -120,8 +121,9 @@ TINY = {
 @pytest.fixture(scope="module")
 def strategy_runs(tmp_path_factory):
     """Each strategy once, on the embedded model with the gate off: provenance is what is checked."""
-    from conftest import TINY_SEEDS, tiny_config
     import json
+
+    from conftest import TINY_SEEDS, tiny_config
 
     folder = tmp_path_factory.mktemp("strategies")
     seeds = folder / "seeds.jsonl"
@@ -133,7 +135,7 @@ def strategy_runs(tmp_path_factory):
             settings = {"budget__max_llm_calls": 30, "budget__max_records": 10, **TINY[name]}
             config = tiny_config(seeds, folder / "runs", quality=GATE_OFF, strategies={name: 1.0}, **settings)
             report = build(config)
-            cache[name] = report, pq.read_table(Path(report["dataset"]) / "data").to_pylist()
+            cache[name] = report, pq.read_table(Path(report.dataset) / "data").to_pylist()
         return cache[name]
 
     return run
@@ -147,7 +149,7 @@ def generated(rows, strategy):
 
 def test_tcia_rows_carry_their_query_and_constraints(strategy_runs):
     report, rows = strategy_runs("tcia")
-    assert report["llm_calls"] <= 30 and report["rows"] <= 10
+    assert report.llm_calls <= 30 and report.rows <= 10
     queries = {}
     for row in generated(rows, "tcia"):
         assert row["task_type"] and row["basic_query"] and row["hop"] >= 1
@@ -193,25 +195,94 @@ def test_mixed_run_respects_the_shares_of_the_budget(tmp_path, seeds_file):
     config = tiny_config(seeds_file, tmp_path / "runs", quality=GATE_OFF, strategies=shares,
                          budget__max_llm_calls=60, budget__max_records=14, **TINY["tcia"], **TINY["glan"])
     report = build(config)
-    split = report["strategies"]
+    split = report.strategies
     seed_calls = 2  # three seeds, one with its answer: two answers reserved first
-    assert sum(s["max_llm_calls"] for s in split.values()) == 60 - seed_calls
-    rows = pq.read_table(Path(report["dataset"]) / "data").to_pylist()
+    assert sum(s.max_llm_calls for s in split.values()) == 60 - seed_calls
+    rows = pq.read_table(Path(report.dataset) / "data").to_pylist()
     for name, share in shares.items():
         part = split[name]
-        assert abs(part["max_llm_calls"] - share * (60 - seed_calls)) < 1
+        assert abs(part.max_llm_calls - share * (60 - seed_calls)) < 1
         # what the strategy spent expanding, and the answers it reserved for its records, fit its share
-        assert part["expand_calls"] + part["records"] <= part["max_llm_calls"]
-        assert 1 <= part["records"] <= part["max_records"]
-        assert len([r for r in rows if r["strategy"] == name]) == part["records"]
-    assert report["llm_calls"] <= 60
+        assert part.expand_calls + part.records <= part.max_llm_calls
+        assert 1 <= part.records <= part.max_records
+        assert len([r for r in rows if r["strategy"] == name]) == part.records
+    assert report.llm_calls <= 60
 
 
 def test_a_prompt_template_may_name_its_own_seed():
     """AIDE's rewrite prompt fills $seed with the seed task; the request's random seed stays apart from it."""
-    from generators.aide import AIDE, REWRITE
     from germinate.config import RunConfig
+    from germinate.generators.aide import AIDE, REWRITE
     from germinate.stage import Context
 
     request = AIDE(Context(RunConfig()), 1)._request(REWRITE, 2, seed="Sum a list of numbers.", draft="d", critique="c")
     assert "Sum a list of numbers." in request.messages[-1]["content"] and request.seed == 2
+
+
+RESTATE = '''
+"""A strategy of a package of its own: the whole of it is this file."""
+from pydantic import Field
+
+from germinate.generators import STAGE, Strategy, fault
+from germinate.prompts import Prompt
+from germinate.records import record_id
+from germinate.settings import Section
+
+PROMPT = Prompt("Say this task again in other words, in a $tone tone:\\n$task")
+
+
+class RestateConfig(Section):
+    tone: str = Field("plain", description="the tone of the rewording")
+
+
+class Restate(Strategy):
+    """Restate: each seed said again in other words."""
+    name = "restate"
+    section = "restate"
+    Settings = RestateConfig
+    prompts_hash = PROMPT.hash
+
+    def __init__(self, context, record_cost):
+        super().__init__(context, record_cost)
+        self.unit_cost = 1 + record_cost
+
+    async def grow(self, seed, allowance, emit):
+        if allowance.records < 1 or not allowance.take(self.unit_cost):
+            return
+        request = self.request(PROMPT, self.random_seed, task=seed.instruction, tone=self.settings.tone)
+        [result] = await self.llm.generate([request])
+        record = self.written(result, id=record_id(seed.id, "restate"), seed_id=seed.id, parent_id=seed.id, hop=1)
+        verdict = fault(record, result)
+        if verdict:
+            allowance.refund(self.record_cost)
+            emit([], [record.dropped(STAGE, *verdict)])
+        else:
+            allowance.records -= 1
+            emit([record], [])
+'''
+
+
+def test_a_strategy_is_one_file_found_through_its_entry_point(tmp_path, seeds_file):
+    """A package of its own (here a folder on PYTHONPATH with its metadata) brings the strategy's one file;
+    germinate finds it, its section is part of the config, and a run uses it."""
+    plugin = tmp_path / "plugin"
+    (plugin / "restate-0.1.dist-info").mkdir(parents=True)
+    (plugin / "restate.py").write_text(RESTATE)
+    (plugin / "restate-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: restate\nVersion: 0.1\n")
+    (plugin / "restate-0.1.dist-info" / "entry_points.txt").write_text("[germinate.strategies]\nrestate = restate\n")
+    config = tmp_path / "restate.yaml"
+    config.write_text(f"seeds: {seeds_file}\nstrategy: restate\nrestate:\n  tone: formal\n"
+                      "budget: {max_llm_calls: 12, max_records: 6}\n")
+    env = {"PYTHONPATH": str(plugin)}
+    assert "restate" in germinate("run", "--help", cwd=tmp_path, env=env).stdout
+    bad = germinate("run", "-c", str(config), cwd=tmp_path)  # without the package: an unknown strategy
+    assert bad.returncode == 2 and "'strategies.restate'" in bad.stderr and "unknown key 'restate'" not in bad.stderr
+    with FaultyServer() as server:
+        result = germinate("run", "-c", str(config), "--backend", "openai", "--base-url", server.base_url,
+                           "--output-dir", str(tmp_path / "runs"), "--run-id", "restated", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    dataset = tmp_path / "runs" / "restated" / "dataset"
+    rows = pq.read_table(dataset / "data").to_pylist()
+    restated = [row for row in rows if row["strategy"] == "restate"]
+    assert restated and all(row["parent_id"] == row["seed_id"] for row in restated)
+    assert "tone: formal" in (dataset / "README.md").read_text()

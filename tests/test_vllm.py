@@ -6,8 +6,8 @@ import os
 import pytest
 from pydantic import BaseModel
 
-from germinate.config import LLMConfig
 from germinate.llm import Request, make_llm
+from germinate.settings import LLMConfig
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("vllm")

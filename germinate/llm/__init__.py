@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 from typing import AsyncContextManager
 
-from germinate.config import LLMConfig
 from germinate.errors import UserError
 from germinate.llm.base import LLM, Backend, Completion, Request, Result
 from germinate.llm.cache import ResponseCache
+from germinate.settings import LLMConfig
 
 __all__ = ["LLM", "Backend", "Completion", "Request", "Result", "check_llm", "checked", "concurrency", "make_llm"]
 

