@@ -1,8 +1,11 @@
-"""What the Prefect UI shows for a run: a progress artifact of its LLM calls while it runs, then the
-report (markdown) and a sample of the dataset's rows (table). Wiring only: the content is the
+"""What the Prefect UI shows for a run: progress artifacts while it runs (its LLM calls, each LLM stage's
+records), then the report (markdown) and a sample of the dataset's rows (table). Wiring only: the content is the
 engine's (germinate.report, germinate.progress)."""
 
 from __future__ import annotations
+
+import re
+from uuid import UUID
 
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -12,31 +15,51 @@ from prefect.artifacts import (
 )
 
 from germinate import progress
-from germinate.records import Record
+from germinate.flows.pipeline import CALLS
+from germinate.records import Record, show
 from germinate.report import Report, report_markdown
 
 SAMPLE_ROWS = 20
-TEXT_LIMIT = 500  # characters of a long text shown in the sample table
+SAMPLE_SEEDS = 3  # seeds are the user's own rows: a few show what the generated ones grew from
+TEXT_LIMIT = 300  # characters of a long text shown in the sample table
 
 
-class StageProgress:
-    """A progress artifact: what `stage` counts (LLM calls) done of `total`, as a percentage."""
+def _key(stage: str) -> str:
+    """An artifact key (lowercase letters, digits, dashes) that names the stage: progress-llm-calls."""
+    return "progress-" + re.sub(r"[^a-z0-9]+", "-", stage.lower()).strip("-")
 
-    def __init__(self, stage: str, total: int):
-        self.stage, self.total = stage, total
-        self.shown = 0.0
-        self.id = create_progress_artifact(0.0, description=f"{stage}: {total} at most", _sync=True)
+
+class RunProgress:
+    """A progress artifact per stage the run started (its LLM calls against the budget, each LLM stage's
+    records against the rows planned), updated while the flow waits on its tasks, 100% once done."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, UUID] = {}
+        self.shown: dict[str, tuple[float, str]] = {}
 
     def update(self) -> None:
-        share = min(100.0, 100.0 * progress.done(self.stage) / max(self.total, 1))
-        if share != self.shown:
-            update_progress_artifact(self.id, share, _sync=True)
-            self.shown = share
+        for stage, done, planned, finished in progress.stages():
+            share = 100.0 if finished else min(99.0, 100.0 * done / max(planned, 1))
+            unit = "calls" if stage == CALLS else "records"
+            line = f"**{stage}**: {done:,} {unit} done" if finished else f"**{stage}**: {done:,} of {planned:,} {unit}"
+            if stage not in self.ids:
+                self.ids[stage] = create_progress_artifact(share, key=_key(stage), description=line, _sync=True)
+            elif self.shown[stage] != (share, line):
+                update_progress_artifact(self.ids[stage], share, description=line, _sync=True)
+            self.shown[stage] = share, line
 
 
 def _clip(text: str | None) -> str:
     text = text or ""
     return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "…"
+
+
+def _sample(rows: list[Record]) -> list[Record]:
+    """What a person reads first: generated rows, spread over the dataset, then a few seeds."""
+    seeds = [r for r in rows if r.strategy == "seed"][:SAMPLE_SEEDS]
+    generated = [r for r in rows if r.strategy != "seed"]
+    room = SAMPLE_ROWS - len(seeds)
+    return generated[:: max(1, len(generated) // room)][:room] + seeds
 
 
 def report_artifacts(report: Report, rows: list[Record]) -> None:
@@ -45,10 +68,13 @@ def report_artifacts(report: Report, rows: list[Record]) -> None:
     )
     sample = [
         {
-            "strategy": r.strategy, "instruction": _clip(r.instruction), "input": _clip(r.input),
-            "output": _clip(r.output), "quality_score": r.quality_score, "cluster": r.cluster,
+            "strategy": r.strategy,
+            "hop": r.hop,
+            "instruction": _clip(show(r)),
+            "output": _clip(r.output),
+            "score": None if r.quality_score is None else round(r.quality_score, 1),
         }
-        for r in rows[:: max(1, len(rows) // SAMPLE_ROWS)][:SAMPLE_ROWS]  # spread over the dataset
+        for r in _sample(rows)
     ]
     create_table_artifact(
         sample, key="germinate-sample", description=f"run {report.run_id}: {len(sample)} of {len(rows)} rows",

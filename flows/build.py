@@ -5,17 +5,22 @@ the UI. Wiring only.
 No `from __future__ import annotations` here: Prefect builds the flow's parameter model (the UI's
 form, a deployment's validation) from the annotations, and needs them as types, not strings."""
 
-from typing import Any, Callable
+import logging
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+from uuid import UUID
 
-from prefect import flow, task
+from prefect import flow, runtime, task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
 from prefect.futures import wait
+from prefect.logging.handlers import APILogHandler
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from germinate.config import RunConfig
 from germinate.errors import UserError
 from germinate.flows import pipeline
-from germinate.flows.artifacts import StageProgress, report_artifacts
+from germinate.flows.artifacts import RunProgress, report_artifacts
 from germinate.report import Report
 
 PROGRESS_INTERVAL_S = 2.0  # how often the progress artifact is updated
@@ -60,7 +65,7 @@ class PrefectTasks:
 
     def __enter__(self) -> "PrefectTasks":
         self.runner = _task_runner(self.config).__enter__()
-        self.shown = StageProgress(pipeline.CALLS, self.config.budget.max_llm_calls)
+        self.shown = RunProgress()
         self.shared = self.state = None
         if self.config.orchestration.task_runner == "ray":  # Ray is up: the run's shared slots and progress
             from germinate.flows import ray_run
@@ -69,6 +74,7 @@ class PrefectTasks:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.shown.update()  # the stages' last state: done
         if self.state is not None:
             from germinate.flows import ray_run
 
@@ -88,7 +94,7 @@ class PrefectTasks:
         return self.runner.submit(self.tasks[function].with_options(task_run_name=name), parameters)
 
     def wait(self, futures: list) -> None:
-        """While waiting, the run's LLM calls against its budget advance in the UI."""
+        """While waiting, the run's progress artifacts move in the UI."""
         for future in futures:  # one future at a time: each wait leaves a callback on what it waits for
             while not wait([future], timeout=PROGRESS_INTERVAL_S).done:
                 self._collect()
@@ -106,7 +112,47 @@ def build_dataset(config: RunConfig) -> Report:
     """Seeds -> expand (the configured strategies) -> the per-record stages, as records are made ->
     the whole-set stages -> Hugging Face dataset folder. Resumes finished shards."""
     _task_runner(config)
-    config, _ = pipeline.prepare(config)
-    report, final = pipeline.execute(config, PrefectTasks(config))
+    with _logs_in_the_flow_run(runtime.flow_run.id):
+        config, _ = pipeline.prepare(config)
+        _name_flow_run(config)
+        report, final = pipeline.execute(config, PrefectTasks(config))
     report_artifacts(report, final)
     return report
+
+
+def _name_flow_run(config: RunConfig) -> None:
+    """The flow run is found in the UI by the run's id (given, or chosen by `prepare`) and strategies."""
+    with get_client(sync_client=True) as client:
+        tags = sorted({*runtime.flow_run.tags, "germinate", *config.strategies})
+        client.update_flow_run(runtime.flow_run.id, name=config.run_id, tags=tags)
+
+
+class _ToFlowRun(logging.Filter):
+    """Lines logged outside Prefect's run context (the LLM's event loop, the embedding receiver) still
+    belong to this flow run."""
+
+    def __init__(self, flow_run_id: UUID):
+        super().__init__()
+        self.flow_run_id = flow_run_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "flow_run_id", None):
+            record.flow_run_id = self.flow_run_id
+        return True
+
+
+@contextmanager
+def _logs_in_the_flow_run(flow_run_id: UUID) -> Iterator[None]:
+    """germinate's own log lines (each stage's numbers, warnings, the run's last line) in the flow run's
+    logs as well as wherever they went before (the terminal shows warnings only)."""
+    logger = logging.getLogger("germinate")
+    handler = APILogHandler(level=logging.INFO)
+    handler.addFilter(_ToFlowRun(flow_run_id))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 import operator
 import threading
 import time
@@ -26,12 +27,13 @@ from germinate.hub import check_token, publish
 from germinate.llm import LLM, make_llm
 from germinate.metrics import run_metrics
 from germinate.records import Record, show
-from germinate.report import Report, StrategyReport, build_report, not_written, shortfall
+from germinate.report import Report, StrategyReport, build_report, not_written, run_line, shortfall, stage_line
 from germinate.runs import Run, prepare_run
 from germinate.stage import Context, Stage
 from germinate.stats import StageStats
 
 CALLS = "LLM calls"  # the progress of the whole run against its budget
+log = logging.getLogger(__name__)
 
 _llms: dict[tuple[Path, str | None], LLM] = {}
 _llms_lock = threading.Lock()
@@ -87,11 +89,6 @@ def stage_classes(config: RunConfig) -> tuple[list[type[Stage]], list[type[Stage
     return per_record, whole_set
 
 
-def _notify(stage: str) -> None:
-    progress.advance(stage)
-    progress.advance(CALLS)
-
-
 def _settle(shared: str | None) -> None:
     if shared:
         from germinate.flows import ray_run
@@ -112,8 +109,8 @@ def run_shard(config: RunConfig, work: ShardWork, shared: str | None = None) -> 
     source = Seeds() if work.source == SEEDS else generators.strategies()[work.source](context, record_cost(config))
     allowances = [dataclasses.replace(a) for a in work.allowances]  # a retried task starts from the plan again
     output = llm.run(stream_shard(
-        source, work.units, allowances, stages, prime=work.prime, on_call=_notify,
-        on_made=lambda records: embedder.submit([show(r) for r in records]),
+        source, work.units, allowances, stages, prime=work.prime, on_call=lambda stage: progress.advance(CALLS),
+        on_record=progress.advance, on_made=lambda records: embedder.submit([show(r) for r in records]),
     ))
     sealed = not any(s.unanswered_calls for s in output.stats)
     _settle(shared)
@@ -176,21 +173,30 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
                 for name in config.strategies}
     work = plan(config, run.seeds(), planners)
     embedder = embedder_for(config, run)  # the embedding model loads while the first requests go out
+    # Progress: the run's LLM calls against its budget; the LLM stages' records against the rows planned.
+    progress.reset()
     progress.start(CALLS, config.budget.max_llm_calls)
+    planned = sum(allowance.records for shard in work.shards for allowance in shard.allowances)
     for name in [EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]:
-        progress.start(name, 0)
+        progress.start(name, planned)
+    log.info("run %s: %d shards; %d LLM calls and %d records planned, stages %s", config.run_id, len(work.shards),
+             config.budget.max_llm_calls, planned, " > ".join(cls.name for cls in per_record + whole_set))
     futures = [runner.submit(f"shard-{w.index}-{w.source}", run_shard, config=config, work=w) for w in work.shards]
     runner.wait(futures)
     by_shard = [future.result() for future in futures]
     stages = [functools.reduce(operator.add, column) for column in zip(*by_shard)]
     for name in [CALLS, EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]:
         progress.finish(name)
+    for stats in stages:
+        log.info(stage_line(stats))
     source = None
     for cls in whole_set:
         sealed = not any(s.unsealed for s in stages)
+        log.info("%s: started on what the shards kept", cls.name)
         future = runner.submit(cls.name, run_stage, config=config, stage=cls.name, source=source, sealed_input=sealed)
         runner.wait([future])
         stages.append(future.result())
+        log.info(stage_line(stages[-1]))
         source = cls.name
     final = run.kept(source) if source else run.survivors()
     strategies = {}
@@ -214,6 +220,7 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
     if config.hub.repo_id:  # after the report: a failed upload loses nothing, and a rerun retries it
         report.published = publish(run, config.hub.repo_id, config.hub.private, config.hub.revision)
         report.write(run.report_path)
+    log.info(run_line(report) + (f"; published: {report.published}" if report.published else ""))
     return report, final
 
 

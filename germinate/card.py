@@ -54,14 +54,18 @@ def _png(draw) -> bytes:
 def plots(records: list[Record]) -> dict[str, bytes]:
     """Rows per k-means cluster (diversity selection) and the judge's scores, where the run made them."""
     found = {}
-    sizes = Counter(r.cluster for r in records if r.cluster is not None)
+    sizes = sorted(Counter(r.cluster for r in records if r.cluster is not None).values(), reverse=True)
     if sizes:
-        ordered = sizes.most_common()
 
         def clusters(ax):
-            ax.bar(range(len(ordered)), [n for _, n in ordered], color="#4c72b0")
-            ax.set(xlabel="k-means cluster (largest first)", ylabel="rows", title="Rows per cluster")
-            ax.set_xticks(range(len(ordered)), [str(c) for c, _ in ordered], fontsize=7)
+            from matplotlib.ticker import MaxNLocator
+
+            # Clusters by size, not by label: legible for one cluster or a thousand.
+            ax.bar(range(1, len(sizes) + 1), sizes, width=1.0 if len(sizes) > 40 else 0.8, color="#4c72b0")
+            ax.set(xlabel="clusters, largest first", ylabel="rows",
+                   title=f"Rows per k-means cluster ({len(sizes)} clusters)")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
         found[CLUSTER_PLOT] = _png(clusters)
     scores = [r.quality_score for r in records if r.quality_score is not None]
@@ -106,7 +110,9 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
     }
     gate = [name for name, stage in config.quality if stage.enabled]
     figures = "\n\n".join(f"![{path.removeprefix('images/').removesuffix('.png')}]({path})" for path in images)
-    where = config.hub.repo_id or "path/to/this/folder"
+    where = config.hub.repo_id or report.dataset
+    seed_rows = report.rows_by_strategy.get("seed", 0)
+    generated = ", ".join(f"{name} {n}" for name, n in report.rows_by_strategy.items() if name != "seed") or "none"
     budget = report.budget
     problem = report.problem
     partial = f"\n**Partial:** {problem}.\n" if problem else ""
@@ -117,7 +123,10 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
 
 {report.rows} instruction-response pairs grown with germinate from {report.seeds} seed tasks
 (`{config.seeds.name}`) by the **{config.strategy_label}** strategy with the model(s)
-{", ".join(f"`{m}`" for m in report.models) or "-"}, then filtered and chosen for diversity.
+{", ".join(f"`{m}`" for m in report.models) or "-"}, then filtered and chosen for diversity:
+
+- **{report.rows - seed_rows} generated** ({generated});
+- **{seed_rows} seed tasks**, as given (`strategy` is `seed`; their answers are the seed file's or the model's).
 {partial}
 ## How it was made
 

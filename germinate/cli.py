@@ -21,7 +21,7 @@ from germinate import progress
 from germinate.config import build_config
 from germinate.errors import UserError
 from germinate.generators import strategies
-from germinate.report import Report, describe_metrics
+from germinate.report import Report, describe_metrics, run_line
 
 app = typer.Typer(
     add_completion=False,
@@ -124,9 +124,8 @@ def _summary(report: Report) -> None:
     if report.problem:
         console.print(f"[yellow]partial:[/] {escape(report.problem)}", highlight=False)
     console.print(
-        f"[bold]{report.rows} rows[/] in [bold]{report.dataset}[/] "
-        f"({report.llm_calls}/{report.budget.max_llm_calls} LLM calls, {report.wall_seconds:.0f}s wall); "
-        f"rejected records with reasons: {Path(report.dataset).parent / 'stages'}",
+        f"{escape(run_line(report))}; rejected records with reasons: {Path(report.dataset).parent / 'stages'}",
+        highlight=False,
     )
     console.print(f"Load it:  datasets.load_dataset('{report.dataset}', split='train')")
     if report.published:
@@ -330,14 +329,18 @@ def server(
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _fail(UserError(f"--output-dir: cannot create {output_dir} ({exc.strerror or exc})")) from None
+    # Where the UI's pages call the API: this server, whatever port it is on (Prefect's own default
+    # stays at 4200). Listening on every interface, a browser elsewhere needs PREFECT_UI_API_URL set.
+    reach = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     env = {
+        "PREFECT_UI_API_URL": f"http://{reach}:{port}/api",
         **os.environ,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{database}",
     }
-    console.print(f"Prefect UI: http://{host}:{port}  (database {database})")
-    console.print(f"Point runs at it:  export PREFECT_API_URL=http://{host}:{port}/api")
+    console.print(f"Prefect UI: http://{reach}:{port}  (database {database})")
+    console.print(f"Point runs at it:  export PREFECT_API_URL=http://{reach}:{port}/api")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
     os.execve(sys.executable, command, env)  # the server is the process now: Ctrl-C stops it
 

@@ -66,6 +66,7 @@ class _Step:
     stage: Stage
     stats: StageStats
     usage: Usage
+    on_record: Callable[[str, int], None] = lambda stage, count: None  # it is done with `count` records
     rejected: list[Record] = field(default_factory=list)
     active: int = 0
     since: float = 0.0
@@ -98,6 +99,8 @@ class _Step:
         for record in rejected:
             self.stats.dropped[record.drop_reason] += 1
         self.rejected += rejected
+        if finish is None:
+            self.on_record(self.stage.name, len(records))
         return kept, rejected
 
 
@@ -157,15 +160,17 @@ class _Turns:
 async def stream_shard(
     source: Source, units: Sequence[Any], allowances: list[Allowance], stages: list[Stage], *,
     name: str = EXPAND_STAGE, prime: Sequence[Record] = (), on_call: Callable[[str], None] = lambda stage: None,
+    on_record: Callable[[str, int], None] = lambda stage, count: None,
     on_made: Callable[[list[Record]], None] = lambda records: None,
 ) -> ShardOutput:
     """Grow the shard's records and take each through `stages` (per-record ones) as it is made.
     `name` is the source's stage; ordered stages see `prime` first (the seeds: kept first in every
-    shard), uncounted; `on_call(stage)` hears each LLM request, `on_made` every record the source
-    hands on, kept or not (embedded in the background for what comes later)."""
+    shard), uncounted. For progress: `on_call(stage)` hears each LLM request, `on_record(stage, n)`
+    each stage done with n more records. `on_made` gets every record the source hands on, kept or
+    not (embedded in the background for what comes later)."""
     made_stats = StageStats(name, records_in=len(units))
     made_usage = Usage(on_call=lambda: on_call(name))
-    steps = [_Step(stage, StageStats(stage.name), Usage(on_call=lambda stage=stage.name: on_call(stage)))
+    steps = [_Step(stage, StageStats(stage.name), Usage(on_call=lambda stage=stage.name: on_call(stage)), on_record)
              for stage in stages]
     turns = {id(step): _Turns(step, len(units)) for step in steps if step.stage.ordered}
     made: dict[tuple[int, int], Record] = {}
@@ -202,6 +207,7 @@ async def stream_shard(
             if closed[unit]:
                 raise RuntimeError(f"{type(source).__name__} handed on records after its unit {unit} ended")
             on_made(kept + rejected)
+            on_record(name, len(kept) + len(rejected))
             made_rejected.extend(rejected)
             for record in kept:
                 position = (unit, counts[unit])

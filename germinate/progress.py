@@ -29,6 +29,8 @@ class Silent:
 
 listener: ProgressListener = Silent()
 _done: Counter[str] = Counter()
+_totals: dict[str, int] = {}  # the stages started, in order, with the work planned for each
+_finished: set[str] = set()
 _lock = threading.Lock()  # shard tasks advance from their own threads
 
 
@@ -37,9 +39,19 @@ def set_listener(new: ProgressListener) -> None:
     listener = new
 
 
+def reset() -> None:
+    """A new run in this process: no stage started yet."""
+    with _lock:
+        _done.clear()
+        _totals.clear()
+        _finished.clear()
+
+
 def start(stage: str, total: int) -> None:
     with _lock:
         _done[stage] = 0
+        _totals[stage] = total
+        _finished.discard(stage)
     listener.start(stage, total)
 
 
@@ -55,4 +67,12 @@ def done(stage: str) -> int:
 
 
 def finish(stage: str) -> None:
+    with _lock:
+        _finished.add(stage)
     listener.finish(stage)
+
+
+def stages() -> list[tuple[str, int, int, bool]]:
+    """Every stage started, in order: (stage, done, planned, finished)."""
+    with _lock:
+        return [(stage, _done[stage], total, stage in _finished) for stage, total in _totals.items()]

@@ -39,6 +39,7 @@ class Report(BaseModel):
     models: list[str]
     dataset: str | None  # its folder; None when the run failed and wrote none
     rows: int
+    rows_by_strategy: dict[str, int]  # "seed": the seed tasks kept as they were given
     dataset_bytes: int
     wall_seconds: float
     llm_calls: int
@@ -109,6 +110,7 @@ def build_report(
         models=sorted({r.model for r in records if r.model}),
         dataset=dataset_dir,
         rows=len(records),
+        rows_by_strategy=dict(Counter(r.strategy for r in records).most_common()),
         dataset_bytes=to_dataset_table(records).nbytes,
         wall_seconds=round(wall_seconds, 2),
         llm_calls=sum(s.llm_calls for s in stages),
@@ -125,6 +127,21 @@ def describe_metrics(m: Metrics) -> str:
         f"k-means clusters of the candidates covered, distinct bigrams {m.distinct_bigrams:.2f}, "
         f"mean cosine to the nearest seed {m.seed_similarity:.3f}, kept {m.rows}/{m.generated}"
     )
+
+
+def stage_line(s: StageStats) -> str:
+    """A stage's numbers on one line, for logs."""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dropped.items()))
+    return (f"{s.stage}: {s.records_in} in, {s.kept} kept, {sum(s.dropped.values())} dropped"
+            f"{f' ({reasons})' if reasons else ''}, {s.llm_calls} LLM calls ({s.cached_calls} cached), "
+            f"{s.prompt_tokens + s.completion_tokens:,} tokens, {s.seconds:.0f}s")
+
+
+def run_line(report: Report) -> str:
+    """What the run made, on one line: the last line of its summary and of its log."""
+    generated = report.rows - report.rows_by_strategy.get("seed", 0)
+    return (f"{report.rows} rows ({generated} generated, {report.rows - generated} seeds) in {report.dataset} "
+            f"({report.llm_calls}/{report.budget.max_llm_calls} LLM calls, {report.wall_seconds:.0f}s wall)")
 
 
 def stage_table(report: Report) -> str:

@@ -98,7 +98,9 @@ def test_a_run_written_to_a_file_keeps_its_whole_summary_and_scripts_get_the_rep
     header = next(line for line in logged.stdout.splitlines() if "stage" in line and "kept" in line)
     assert header.split("┃")[1:-1] and [cell.strip() for cell in header.split("┃")[1:-1]] == [
         "stage", "in", "kept", "dropped", "LLM calls", "cached", "tokens", "time"]
-    assert "4 rows in" in logged.stdout
+    assert "4 rows (" in logged.stdout and " generated, " in logged.stdout
+    card = (tmp_path / "runs" / "logged" / "dataset" / "README.md").read_text()
+    assert f'load_dataset("{tmp_path / "runs" / "logged" / "dataset"}", split="train")' in card
     assert scripted.returncode == 0, scripted.stderr
     report = json.loads(scripted.stdout)
     assert report["rows"] == 4 and report["status"] == "complete" and report["run_id"] == "scripted"

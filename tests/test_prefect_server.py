@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,12 +14,12 @@ import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from test_cli import free_port
 
 from conftest import ROOT, TINY_SEEDS, germinate
 from servers import FaultyServer
-from test_cli import free_port
 
 
 def wait_until(check, timeout: float, what: str):
@@ -74,11 +75,39 @@ def write_config(folder: Path, server: FaultyServer, **extra) -> Path:
     return folder / "run.yaml"
 
 
-def test_a_build_shows_its_flow_run_task_runs_and_artifacts(prefect_server, tmp_path):
+def test_the_ui_of_a_server_on_any_port_calls_that_port(prefect_server):
     api, _ = prefect_server
-    with FaultyServer(delay_s=0.05) as llm_server:
-        config = write_config(tmp_path, llm_server, run_id="ui-run")
-        result = germinate("run", "--config", str(config), cwd=tmp_path, env={"PREFECT_API_URL": api}, timeout=600)
+    settings = httpx.get(api.removesuffix("/api") + "/ui-settings", timeout=10).json()
+    assert settings["api_url"] == api
+
+
+LLM_STAGES = {"progress-llm-calls", "progress-expand", "progress-respond", "progress-reflect"}
+
+
+def test_a_build_shows_its_flow_run_task_runs_artifacts_and_logs(prefect_server, tmp_path):
+    """The flow run is named after the run id; each LLM stage has a progress artifact that moves while it
+    runs and ends at 100; germinate's own lines (each stage's numbers, the last line) are in its logs."""
+    api, _ = prefect_server
+    seen: list[tuple[str, float]] = []  # progress artifacts as the UI showed them while the run went on
+    running = threading.Event()
+    running.set()
+
+    def watch() -> None:
+        with client_of(api), get_client(sync_client=True) as client:
+            while running.is_set():
+                seen.extend((a.key, a.data) for a in client.read_artifacts() if a.type == "progress")
+                time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:  # slow enough answers, two at a time: the stages run for seconds
+        with FaultyServer(delay_s=0.4) as llm_server:
+            config = write_config(tmp_path, llm_server, run_id="ui-run")
+            result = germinate("run", "--config", str(config), "--concurrency", "2", cwd=tmp_path,
+                               env={"PREFECT_API_URL": api}, timeout=600)
+    finally:
+        running.clear()
+        watcher.join()
     assert result.returncode == 0, result.stderr
     with client_of(api), get_client(sync_client=True) as client:
         (flow_run,) = [r for r in client.read_flow_runs() if r.parameters["config"].get("run_id") == "ui-run"]
@@ -86,16 +115,23 @@ def test_a_build_shows_its_flow_run_task_runs_and_artifacts(prefect_server, tmp_
         runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
         task_runs = {t.name for t in client.read_task_runs(flow_run_filter=runs)}
         artifacts = client.read_artifacts(flow_run_filter=runs)
+        logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))]
     stats = json.loads((tmp_path / "runs" / "ui-run" / "report.json").read_text())
+    assert flow_run.name == "ui-run" and {"germinate", "aide"} <= set(flow_run.tags)
     assert {"shard-0-seeds", "shard-1-aide", "semantic_dedup", "select"} <= task_runs
-    progress = {a.description.split(":")[0]: a.data for a in artifacts if a.type == "progress"}
-    assert progress == {"LLM calls": pytest.approx(100 * stats["llm_calls"] / 30)}  # of the budget
+    progress = {a.key: a for a in artifacts if a.type == "progress"}
+    assert LLM_STAGES <= set(progress)
+    assert all(progress[key].data == 100 and "done" in progress[key].description for key in LLM_STAGES)
+    assert any(key in LLM_STAGES and 0 < value < 100 for key, value in seen), seen  # it moved before the end
     (report,) = [a for a in artifacts if a.key == "germinate-report"]
     assert "# germinate run `ui-run`" in report.data and "| reflect |" in report.data
     assert f"{stats['rows']} rows" in report.data and "| kept/generated |" in report.data
     (sample,) = [a for a in artifacts if a.key == "germinate-sample"]
     rows = json.loads(sample.data)
-    assert 0 < len(rows) <= stats["rows"] and {"instruction", "output", "strategy"} <= set(rows[0])
+    assert 0 < len(rows) <= stats["rows"] and set(rows[0]) == {"strategy", "hop", "instruction", "output", "score"}
+    assert rows[0]["strategy"] == "aide" and sum(row["strategy"] == "seed" for row in rows) <= 3
+    assert any(line.startswith("expand: ") and " kept, " in line for line in logs), logs
+    assert any(line.startswith(f"{stats['rows']} rows (") for line in logs), logs
 
 
 def test_serve_runs_the_flow_on_its_schedule(prefect_server, tmp_path):

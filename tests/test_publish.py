@@ -93,6 +93,11 @@ def test_the_card_tells_how_the_data_was_made(published):
     card = (run.dataset_dir / "README.md").read_text()
     report = json.loads(run.report_path.read_text())
     assert "**aide** strategy" in card and "`faulty-model`" in card and "seeds.jsonl" in card
+    rows = pq.read_table(run.dataset_dir / "data").to_pylist()
+    seeds = sum(row["strategy"] == "seed" for row in rows)
+    assert 0 < seeds < len(rows)  # both kinds, each counted
+    assert f"**{len(rows) - seeds} generated** (aide {len(rows) - seeds})" in card
+    assert f"**{seeds} seed tasks**, as given" in card
     for stage in report["stages"]:
         assert f"| {stage['stage']} | {stage['records_in']} | {stage['kept']} |" in card
     assert f"![cluster_sizes]({CLUSTER_PLOT})" in card and f"![quality_scores]({SCORE_PLOT})" in card
