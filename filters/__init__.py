@@ -1,7 +1,7 @@
 """The quality gate: one stage per module (germinate.stage.Stage), found by `stages()`.
 
 A new filter is a new module here with a `Filter` (or `Stage`) subclass, its settings section in
-germinate/config.py (`quality.<name>`), and its name in the config's `stages` order."""
+germinate/settings.py (`quality.<name>`), and its name in the config's `stages` order."""
 
 from __future__ import annotations
 

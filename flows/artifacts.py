@@ -1,4 +1,4 @@
-"""What the Prefect UI shows for a run: progress artifacts while it runs (its LLM calls, each LLM stage's
+"""What the Prefect UI shows for a run: progress artifacts while it runs (its LLM calls, each stage's
 records), then the report (markdown) and a sample of the dataset's rows (table). Wiring only: the content is the
 engine's (germinate.report, germinate.progress)."""
 
@@ -30,8 +30,8 @@ def _key(stage: str) -> str:
 
 
 class RunProgress:
-    """A progress artifact per stage the run started (its LLM calls against the budget, each LLM stage's
-    records against the rows planned), updated while the flow waits on its tasks, 100% once done."""
+    """A progress artifact per stage the run started (its LLM calls against the budget, each stage's
+    records against those planned for it), updated while the flow waits on its tasks, 100% once done."""
 
     def __init__(self) -> None:
         self.ids: dict[str, UUID] = {}
@@ -39,9 +39,13 @@ class RunProgress:
 
     def update(self) -> None:
         for stage, done, planned, finished in progress.stages():
-            share = 100.0 if finished else min(99.0, 100.0 * done / max(planned, 1))
             unit = "calls" if stage == CALLS else "records"
-            line = f"**{stage}**: {done:,} {unit} done" if finished else f"**{stage}**: {done:,} of {planned:,} {unit}"
+            if finished:
+                share, line = 100.0, f"**{stage}**: {done:,} {unit} done"
+            else:  # a retried shard counts its records again: never past the plan before the end
+                count = min(done, planned)
+                share = min(99.0, 100.0 * count / max(planned, 1))
+                line = f"**{stage}**: {count:,} of {planned:,} {unit}"
             if stage not in self.ids:
                 self.ids[stage] = create_progress_artifact(share, key=_key(stage), description=line, _sync=True)
             elif self.shown[stage] != (share, line):

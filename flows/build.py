@@ -13,6 +13,8 @@ from uuid import UUID
 from prefect import flow, runtime, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
+from prefect.context import get_run_context
+from prefect.exceptions import MissingContextError
 from prefect.futures import wait
 from prefect.logging.handlers import APILogHandler
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -74,12 +76,14 @@ class PrefectTasks:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.shown.update()  # the stages' last state: done
-        if self.state is not None:
-            from germinate.flows import ray_run
+        try:
+            self.shown.update()  # the stages' last state: done
+        finally:
+            if self.state is not None:
+                from germinate.flows import ray_run
 
-            ray_run.stop(self.state)
-        self.runner.__exit__(*exc)
+                ray_run.stop(self.state)
+            self.runner.__exit__(*exc)
 
     def _collect(self) -> None:
         if self.state is not None:
@@ -129,7 +133,7 @@ def _name_flow_run(config: RunConfig) -> None:
 
 class _ToFlowRun(logging.Filter):
     """Lines logged outside Prefect's run context (the LLM's event loop, the embedding receiver) still
-    belong to this flow run."""
+    belong to this flow run; inside a task run, Prefect links them to it."""
 
     def __init__(self, flow_run_id: UUID):
         super().__init__()
@@ -137,7 +141,10 @@ class _ToFlowRun(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not getattr(record, "flow_run_id", None):
-            record.flow_run_id = self.flow_run_id
+            try:
+                get_run_context()
+            except MissingContextError:
+                record.flow_run_id = self.flow_run_id
         return True
 
 
@@ -150,7 +157,8 @@ def _logs_in_the_flow_run(flow_run_id: UUID) -> Iterator[None]:
     handler.addFilter(_ToFlowRun(flow_run_id))
     level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
     try:
         yield
     finally:

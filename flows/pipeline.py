@@ -20,7 +20,7 @@ from germinate import filters, generators, progress
 from germinate.budget import EXPAND_STAGE, SEEDS, ShardWork, plan, record_cost
 from germinate.card import dataset_card, plots
 from germinate.config import RunConfig
-from germinate.embed import Embedder
+from germinate.embed import Embedder, warm
 from germinate.errors import RunFailed, UserError
 from germinate.executor import Seeds, run_whole_set, stream_shard
 from germinate.hub import check_token, publish
@@ -129,11 +129,8 @@ def run_stage(
     cls = {cls.name: cls for cls in stage_classes(config)[1]}[stage]
     llm = llm_for(config, run, shared) if cls.calls_llm else None
     found = cls(Context(config, llm, embedder_for(config, run).vectors))
-    progress.start(stage, len(records))
     whole = run_whole_set(found, records)
     (kept, rejected), stats = llm.run(whole) if llm else asyncio.run(whole)
-    progress.advance(stage, len(records))
-    progress.finish(stage)
     _settle(shared)
     return run.write_stage(stage, kept, rejected, stats, sealed_input and not stats.unanswered_calls)
 
@@ -192,10 +189,14 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
     source = None
     for cls in whole_set:
         sealed = not any(s.unsealed for s in stages)
-        log.info("%s: started on what the shards kept", cls.name)
+        # Counted here, in the driver, whether the stage runs in this process or on a Ray worker.
+        log.info("%s: started on %d records", cls.name, stages[-1].kept)
+        progress.start(cls.name, stages[-1].kept)
         future = runner.submit(cls.name, run_stage, config=config, stage=cls.name, source=source, sealed_input=sealed)
         runner.wait([future])
         stages.append(future.result())
+        progress.advance(cls.name, stages[-1].records_in)
+        progress.finish(cls.name)
         log.info(stage_line(stages[-1]))
         source = cls.name
     final = run.kept(source) if source else run.survivors()
@@ -238,6 +239,7 @@ def prepare(config: RunConfig) -> tuple[RunConfig, Run]:
     the returned config to every shard, so no worker asks again. Shard tasks may run in other
     processes (Ray): the run directory becomes an absolute path."""
     check_run(config)
+    warm(config.embedding)  # torch takes seconds to load: meanwhile the seeds and the servers are checked
     return prepare_run(config.model_copy(update={"output_dir": config.output_dir.resolve()}))
 
 

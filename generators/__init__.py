@@ -3,7 +3,9 @@ and the stage that answers what they write (respond.py).
 
 A strategy's module holds all of it: its prompts, its settings section (`Settings`, in the run's
 config under `section`) and its `Strategy` subclass. A module added here is found; a strategy in
-another package is found through its entry point in the group `germinate.strategies`.
+another package is found through its entry point in the group `germinate.strategies`. The run's
+config is made from the strategies found, so a strategy's module imports germinate.settings, never
+germinate.config.
 
 A strategy's share of the budget is split over its units (seeds; GLAN: disciplines),
 and each unit grows records within its own allowance, handing them on as soon as they
@@ -13,6 +15,7 @@ the same Record schema and fills the provenance fields that apply to it.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import sys
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 STAGE = EXPAND_STAGE
 ENTRY_POINTS = "germinate.strategies"
+log = logging.getLogger(__name__)
 
 
 class Strategy(ABC):
@@ -142,9 +146,17 @@ def strategies() -> dict[str, type[Strategy]]:
     module:Class)."""
     found = discover(sys.modules[__name__], Strategy)
     for point in entry_points(group=ENTRY_POINTS):
-        loaded = point.load()
-        classes = [loaded] if isinstance(loaded, type) else defined_in(loaded, Strategy)
-        found.update({cls.name: cls for cls in classes})
+        try:  # another package's fault must not stop every command
+            loaded = point.load()
+        except Exception as exc:
+            log.warning("strategy entry point '%s' (%s) does not load, left out: %s", point.name, point.value, exc)
+            continue
+        for cls in [loaded] if isinstance(loaded, type) else defined_in(loaded, Strategy):
+            if cls.name in found or cls.section in {s.section for s in found.values()}:
+                log.warning("strategy '%s' from entry point '%s' left out: its name or section '%s' is taken",
+                            cls.name, point.name, cls.section)
+            else:
+                found[cls.name] = cls
     return dict(sorted(found.items()))
 
 

@@ -122,7 +122,6 @@ class GLAN(Strategy):
     name = "glan"
     section = "glan"
     Settings = GLANConfig
-    questions: int = Field
     prompts_hash = combine_hashes(SUBJECTS.hash, SYLLABUS.hash, QUESTION.hash)
 
     def __init__(self, context: Context, record_cost: int):

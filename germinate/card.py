@@ -10,8 +10,7 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from germinate.config import RunConfig, data_settings
-from germinate.generators import strategies
+from germinate.config import RunConfig, data_settings, used_sections
 from germinate.records import DATASET_SCHEMA, Record
 from germinate.report import Report, describe_metrics, stage_table, strategy_table
 
@@ -83,11 +82,9 @@ def plots(records: list[Record]) -> dict[str, bytes]:
 def _settings(config: RunConfig) -> str:
     """The settings that shaped the data, as a reader of the card needs them: the used strategies'
     sections, file names rather than local paths, no server addresses or cluster names."""
-    used = [strategy.section for name, strategy in strategies().items() if name in config.strategies]
-    unused = {strategy.section for strategy in strategies().values()} - set(used)
-    settings = data_settings(config.model_dump(mode="json", exclude=unused))
+    settings = data_settings(config.model_dump(mode="json"))
     settings["seeds"] = config.seeds.name
-    for section in used:
+    for section in used_sections(settings):
         for key, value in getattr(config, section):
             if isinstance(value, Path):
                 settings[section][key] = value.name
@@ -111,7 +108,6 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
     gate = [name for name, stage in config.quality if stage.enabled]
     figures = "\n\n".join(f"![{path.removeprefix('images/').removesuffix('.png')}]({path})" for path in images)
     where = config.hub.repo_id or report.dataset
-    seed_rows = report.rows_by_strategy.get("seed", 0)
     generated = ", ".join(f"{name} {n}" for name, n in report.rows_by_strategy.items() if name != "seed") or "none"
     budget = report.budget
     problem = report.problem
@@ -125,8 +121,8 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
 (`{config.seeds.name}`) by the **{config.strategy_label}** strategy with the model(s)
 {", ".join(f"`{m}`" for m in report.models) or "-"}, then filtered and chosen for diversity:
 
-- **{report.rows - seed_rows} generated** ({generated});
-- **{seed_rows} seed tasks**, as given (`strategy` is `seed`; their answers are the seed file's or the model's).
+- **{report.rows - report.seed_rows} generated** ({generated});
+- **{report.seed_rows} seed tasks**, as given (`strategy` is `seed`; their answers are the seed file's or the model's).
 {partial}
 ## How it was made
 

@@ -55,7 +55,8 @@ class RateColumn(ProgressColumn):
 
 
 class RichProgress:
-    """One bar per stage: done/total and rate, advanced by the LLM layer as requests finish."""
+    """A bar for the run's LLM calls against its budget and one per stage (records against the plan),
+    with their rates, advanced as requests and records finish."""
 
     def __init__(self, bars: Progress):
         self.bars = bars
@@ -196,7 +197,6 @@ def run(
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     _show_warnings()
     try:
-        from germinate.embed import warm
         from germinate.runs import new_run_id
 
         resolved = build_config(config, values, RUN_FLAGS)
@@ -205,7 +205,6 @@ def run(
             from germinate.flows.build import build_dataset as build
         else:
             from germinate.flows.pipeline import build_here as build
-        warm(resolved.embedding)  # torch takes seconds to load: meanwhile the run checks its seeds and servers
 
         with Progress(
             TextColumn("{task.description:>14}"),

@@ -5,6 +5,7 @@ Its sections are germinate/settings.py's and one per strategy, declared in the s
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,8 @@ from germinate.settings import (
     QualityConfig,
     Section,
 )
+
+log = logging.getLogger(__name__)
 
 
 class CommonConfig(Section):
@@ -83,7 +86,13 @@ class CommonConfig(Section):
 
 
 def _with_strategies() -> type[CommonConfig]:
-    found = strategies()
+    found = {}
+    for name, strategy in strategies().items():
+        if strategy.section in (*CommonConfig.model_fields, "strategy"):
+            log.warning("strategy '%s' left out: its section '%s' is a key of every run's config",
+                        name, strategy.section)
+        else:
+            found[name] = strategy
     sections = {
         strategy.section: (strategy.Settings, Field(default_factory=strategy.Settings, description=strategy.summary()))
         for strategy in found.values()
@@ -112,9 +121,17 @@ NOT_DATA = (
 )
 
 
+def used_sections(settings: dict[str, Any]) -> list[str]:
+    """The sections of the strategies a dumped config uses."""
+    found = strategies()
+    return [found[name].section for name in settings.get("strategies", {}) if name in found]
+
+
 def data_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """A dumped config without `NOT_DATA` (dotted keys): the settings that shape a run's data."""
-    kept = {**settings}
+    """A dumped config without `NOT_DATA` (dotted keys) and the sections of strategies it does not use
+    (installed or not): the settings that shape a run's data."""
+    used = used_sections(settings)
+    kept = {key: value for key, value in settings.items() if key in CommonConfig.model_fields or key in used}
     for dotted in NOT_DATA:
         *parents, leaf = dotted.split(".")
         node = kept

@@ -207,7 +207,7 @@ async def stream_shard(
             if closed[unit]:
                 raise RuntimeError(f"{type(source).__name__} handed on records after its unit {unit} ended")
             on_made(kept + rejected)
-            on_record(name, len(kept) + len(rejected))
+            on_record(name, len(kept))
             made_rejected.extend(rejected)
             for record in kept:
                 position = (unit, counts[unit])

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import re
 
-from germinate.card import CLUSTER_PLOT, SCORE_PLOT
+from germinate.card import CLUSTER_PLOT, SCORE_PLOT, dataset_card
+from germinate.config import build_config
 from germinate.errors import UserError
+from germinate.io import write_atomic
+from germinate.report import Report
 from germinate.runs import Run
 
 # What an earlier publish wrote and a new one may replace; anything else in the repo is the user's.
@@ -36,6 +39,7 @@ def publish(run: Run, repo_id: str, private: bool = False, revision: str | None 
     run.dataset()  # a clear error when the run has no dataset yet
     check_token()
     folder = run.dataset_dir
+    write_atomic(folder / "README.md", _card(run, repo_id))
     files = {path.relative_to(folder).as_posix(): path for path in sorted(folder.rglob("*")) if path.is_file()}
     api = HfApi()
     try:
@@ -65,6 +69,16 @@ def publish(run: Run, repo_id: str, private: bool = False, revision: str | None 
     except httpx2.HTTPError as exc:
         raise UserError(f"{repo_id}: publishing to the Hub failed ({_first_line(exc)})") from None
     return commit.commit_url
+
+
+def _card(run: Run, repo_id: str) -> bytes:
+    """The run's card as the repo shows it: its load example names the repo, not a local folder."""
+    if not run.report_path.exists():
+        raise UserError(f"{run.report_path}: missing; run the same command that made the run again to finish it")
+    config = build_config(run.config_path)
+    config = config.model_copy(update={"hub": config.hub.model_copy(update={"repo_id": repo_id})})
+    images = sorted(path.relative_to(run.dataset_dir).as_posix() for path in run.dataset_dir.glob("images/*.png"))
+    return dataset_card(config, Report.read(run.report_path), images).encode()
 
 
 def _first_line(exc: Exception) -> str:

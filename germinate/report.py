@@ -49,6 +49,10 @@ class Report(BaseModel):
     metrics: Metrics | None
     published: str | None = None  # the Hub URL
 
+    @property
+    def seed_rows(self) -> int:
+        return self.rows_by_strategy.get("seed", 0)
+
     def write(self, path: Path) -> None:
         write_atomic(path, self.model_dump_json(indent=2).encode())
 
@@ -139,8 +143,8 @@ def stage_line(s: StageStats) -> str:
 
 def run_line(report: Report) -> str:
     """What the run made, on one line: the last line of its summary and of its log."""
-    generated = report.rows - report.rows_by_strategy.get("seed", 0)
-    return (f"{report.rows} rows ({generated} generated, {report.rows - generated} seeds) in {report.dataset} "
+    generated = report.rows - report.seed_rows
+    return (f"{report.rows} rows ({generated} generated, {report.seed_rows} seeds) in {report.dataset} "
             f"({report.llm_calls}/{report.budget.max_llm_calls} LLM calls, {report.wall_seconds:.0f}s wall)")
 
 

@@ -14,7 +14,13 @@ import httpx
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterName,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from test_cli import free_port
 
@@ -93,15 +99,17 @@ def test_a_build_shows_its_flow_run_task_runs_artifacts_and_logs(prefect_server,
     running.set()
 
     def watch() -> None:
+        this_run = FlowRunFilter(name=FlowRunFilterName(any_=["ui-run"]))  # named so once it has started
         with client_of(api), get_client(sync_client=True) as client:
             while running.is_set():
-                seen.extend((a.key, a.data) for a in client.read_artifacts() if a.type == "progress")
+                seen.extend((a.key, a.data) for a in client.read_artifacts(flow_run_filter=this_run)
+                            if a.type == "progress")
                 time.sleep(0.5)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:  # slow enough answers, two at a time: the stages run for seconds
-        with FaultyServer(delay_s=0.4) as llm_server:
+        with FaultyServer(delay_s=0.5) as llm_server:
             config = write_config(tmp_path, llm_server, run_id="ui-run")
             result = germinate("run", "--config", str(config), "--concurrency", "2", cwd=tmp_path,
                                env={"PREFECT_API_URL": api}, timeout=600)

@@ -115,6 +115,7 @@ def test_publish_replaces_an_earlier_upload_whole(published, tmp_path):
     copy = Run(tmp_path / "copy")
     copy.root.mkdir()
     copy.config_path.write_bytes(run.config_path.read_bytes())
+    copy.report_path.write_bytes(run.report_path.read_bytes())
     records, card = run.dataset(), local_files(run.dataset_dir)["README.md"]
     with RecordingHub() as hub:
         env = hub_env(hub, tmp_path / "hf")
@@ -126,6 +127,7 @@ def test_publish_replaces_an_earlier_upload_whole(published, tmp_path):
                            env=env)
     assert result.returncode == 0, result.stderr
     assert hub.repos["org/name"] == local_files(copy.dataset_dir)
+    assert b'load_dataset("org/name", split="train")' in hub.repos["org/name"]["README.md"]  # not a local path
     assert ("POST", "/api/datasets/org/name/branch/v2", f"Bearer {TOKEN}") in hub.calls
     assert hub.private["org/name"] is False
 

@@ -269,12 +269,17 @@ def test_a_strategy_is_one_file_found_through_its_entry_point(tmp_path, seeds_fi
     (plugin / "restate-0.1.dist-info").mkdir(parents=True)
     (plugin / "restate.py").write_text(RESTATE)
     (plugin / "restate-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: restate\nVersion: 0.1\n")
-    (plugin / "restate-0.1.dist-info" / "entry_points.txt").write_text("[germinate.strategies]\nrestate = restate\n")
+    (plugin / "restate-0.1.dist-info" / "entry_points.txt").write_text(
+        "[germinate.strategies]\nrestate = restate\nbroken = no_such_module\nagain = restate:Restate\n"
+    )
     config = tmp_path / "restate.yaml"
     config.write_text(f"seeds: {seeds_file}\nstrategy: restate\nrestate:\n  tone: formal\n"
                       "budget: {max_llm_calls: 12, max_records: 6}\n")
     env = {"PYTHONPATH": str(plugin)}
-    assert "restate" in germinate("run", "--help", cwd=tmp_path, env=env).stdout
+    helped = germinate("run", "--help", cwd=tmp_path, env=env)
+    assert helped.returncode == 0 and "restate" in helped.stdout  # a broken or clashing entry point is left out:
+    assert "'broken' (no_such_module) does not load" in helped.stderr  # every command still works
+    assert "strategy 'restate' from entry point 'again' left out" in helped.stderr
     bad = germinate("run", "-c", str(config), cwd=tmp_path)  # without the package: an unknown strategy
     assert bad.returncode == 2 and "'strategies.restate'" in bad.stderr and "unknown key 'restate'" not in bad.stderr
     with FaultyServer() as server:
