@@ -5,6 +5,7 @@ engine's (germinate.report, germinate.progress)."""
 from __future__ import annotations
 
 import re
+import textwrap
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -22,6 +23,7 @@ from germinate.report import Report, report_markdown
 SAMPLE_ROWS = 20
 SAMPLE_SEEDS = 3  # seeds are the user's own rows: a few show what the generated ones grew from
 TEXT_LIMIT = 300  # characters of a long text shown in the sample table
+LINE_CHARS = 60  # a line of a cell: instruction and output side by side fit in 1,600 px
 
 
 def _key(stage: str) -> str:
@@ -54,16 +56,19 @@ class RunProgress:
 
 
 def _clip(text: str | None) -> str:
+    """Shortened, and broken into lines: the UI's table cells keep a text's lines as they are."""
     text = text or ""
-    return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "…"
+    text = text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "…"
+    return "\n".join(textwrap.fill(line, LINE_CHARS) for line in text.splitlines())
 
 
 def _sample(rows: list[Record]) -> list[Record]:
-    """What a person reads first: generated rows, spread over the dataset, then a few seeds."""
-    seeds = [r for r in rows if r.strategy == "seed"][:SAMPLE_SEEDS]
+    """What a person reads first: generated rows, spread over the dataset, then a few seeds (only seeds
+    when the run generated none)."""
     generated = [r for r in rows if r.strategy != "seed"]
+    seeds = [r for r in rows if r.strategy == "seed"][: SAMPLE_SEEDS if generated else SAMPLE_ROWS]
     room = SAMPLE_ROWS - len(seeds)
-    return generated[:: max(1, len(generated) // room)][:room] + seeds
+    return generated[:: max(1, len(generated) // max(room, 1))][:room] + seeds
 
 
 def report_artifacts(report: Report, rows: list[Record]) -> None:
