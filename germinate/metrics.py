@@ -10,10 +10,11 @@ import numpy as np
 from pydantic import BaseModel, computed_field
 
 from germinate.budget import EXPAND_STAGE
-from germinate.embed import embed
+from germinate.embed import Embedder
 from germinate.kmeans import Clusters, spherical_kmeans
 from germinate.records import Record, show
 from germinate.runs import Run
+from germinate.settings import EmbeddingConfig
 
 
 class Metrics(BaseModel):
@@ -82,9 +83,10 @@ def compare_runs(runs: list[Run], model: str) -> dict[str, Metrics]:
     """Each run's dataset against the clusters of all the runs' datasets together."""
     rows, vectors, seeds = {}, {}, {}
     for run in runs:
+        embedder = Embedder(EmbeddingConfig(model=model), run.embeddings_path)
         rows[run.root] = run.dataset()
-        vectors[run.root] = embed([show(r) for r in rows[run.root]], model, run.embeddings_path)
-        seeds[run.root] = embed([show(r) for r in run.seeds()], model, run.embeddings_path)
+        vectors[run.root] = embedder.vectors_sync([show(r) for r in rows[run.root]])
+        seeds[run.root] = embedder.vectors_sync([show(r) for r in run.seeds()])
     clusters = pool_clusters(np.concatenate(list(vectors.values())))
     return {
         str(run.root): measure(
