@@ -6,9 +6,11 @@ germinate/settings.py (`quality.<name>`), and its name in the config's `stages` 
 from __future__ import annotations
 
 import sys
+from functools import cache
 
 from germinate.stage import Stage, discover
 
 
+@cache
 def stages() -> dict[str, type[Stage]]:
     return discover(sys.modules[__name__], Stage)

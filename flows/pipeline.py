@@ -82,7 +82,7 @@ def stage_classes(config: RunConfig) -> tuple[list[type[Stage]], list[type[Stage
         late = next(cls.name for cls in chosen[len(per_record):] if not cls.whole_set)
         raise UserError(f"stages: '{late}' works record by record; put it before the stages that compare the "
                         f"whole set ({', '.join(cls.name for cls in whole_set)})")
-    with_last_look = [cls for cls in per_record if cls.finish is not Stage.finish]
+    with_last_look = [cls for cls in per_record if cls.has_last_look()]
     if with_last_look and per_record[-1] is not with_last_look[-1] or len(with_last_look) > 1:
         raise UserError(f"stages: '{with_last_look[0].name}' takes a last look at the end of each shard; "
                         "it must be the last stage that works record by record")
@@ -171,18 +171,18 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
     work = plan(config, run.seeds(), planners)
     embedder = embedder_for(config, run)  # the embedding model loads while the first requests go out
     # Progress: the run's LLM calls against its budget; the LLM stages' records against the rows planned.
+    llm_stages = [EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]
     progress.reset()
     progress.start(CALLS, config.budget.max_llm_calls)
-    planned = sum(allowance.records for shard in work.shards for allowance in shard.allowances)
-    for name in [EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]:
-        progress.start(name, planned)
+    for name in llm_stages:
+        progress.start(name, work.records)
     log.info("run %s: %d shards; %d LLM calls and %d records planned, stages %s", config.run_id, len(work.shards),
-             config.budget.max_llm_calls, planned, " > ".join(cls.name for cls in per_record + whole_set))
+             config.budget.max_llm_calls, work.records, " > ".join(cls.name for cls in per_record + whole_set))
     futures = [runner.submit(f"shard-{w.index}-{w.source}", run_shard, config=config, work=w) for w in work.shards]
     runner.wait(futures)
     by_shard = [future.result() for future in futures]
     stages = [functools.reduce(operator.add, column) for column in zip(*by_shard)]
-    for name in [CALLS, EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]:
+    for name in [CALLS, *llm_stages]:
         progress.finish(name)
     for stats in stages:
         log.info(stage_line(stats))

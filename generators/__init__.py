@@ -160,6 +160,7 @@ def strategies() -> dict[str, type[Strategy]]:
     return dict(sorted(found.items()))
 
 
+@cache
 def stages() -> dict[str, type[Stage]]:
     """The stages this package brings (respond), by name."""
     return discover(sys.modules[__name__], Stage)

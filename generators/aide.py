@@ -137,6 +137,7 @@ class AIDE(Strategy):
         self.child_cost = 2 + record_cost  # write + first judgement + downstream
         self.unit_cost = 1 + self.child_cost  # a node's extraction and one child
         self.persona_slots = min(self.settings.personas, len(personas()))
+        self.persona_pools: dict[str, list[str]] = {}  # seed id -> the personas nearest to it
 
     def _request(
         self, prompt: Prompt, hop: int, schema: type[BaseModel] | None = None, max_tokens: int | None = None, /,
@@ -147,9 +148,13 @@ class AIDE(Strategy):
     async def _relevant_personas(self, seed: Record) -> list[str]:
         """The personas of data/personas.txt closest to the seed in embedding space: a pool a little
         larger than a node's persona children, from which each node samples them."""
-        found = await self.vectors([show(seed), *personas()])
-        similarity = found[1:] @ found[0]
-        return [personas()[i] for i in similarity.argsort()[::-1][: 2 * self.settings.personas + 2]]
+        if seed.id not in self.persona_pools:  # the same at every hop of the seed's tree
+            found = await self.vectors([show(seed), *personas()])
+            similarity = found[1:] @ found[0]
+            self.persona_pools[seed.id] = [
+                personas()[i] for i in similarity.argsort()[::-1][: 2 * self.settings.personas + 2]
+            ]
+        return self.persona_pools[seed.id]
 
     async def grow(self, seed: Record, allowance: Allowance, emit: Emit) -> None:
         """The seed's tree, hop by hop; each hop's children are handed on when they are judged."""
@@ -209,9 +214,12 @@ class AIDE(Strategy):
         if not jobs:
             return []
         pool = await self._relevant_personas(seed)
-        for job in jobs:  # each node's draw is its own: the same whatever the budget cut
-            job.persona = random.Random(f"{self.random_seed}:{job.parent.id}:personas").sample(
-                pool, self.persona_slots)[job.slot]
+        draws = {}  # each node's draw is its own: the same whatever the budget cut
+        for job in jobs:
+            if job.parent.id not in draws:
+                draws[job.parent.id] = random.Random(f"{self.random_seed}:{job.parent.id}:personas").sample(
+                    pool, self.persona_slots)
+            job.persona = draws[job.parent.id][job.slot]
         return await self.llm.generate([self._synthesis_request(seed, hop, job) for job in jobs])
 
     async def _children(self, seed: Record, hop: int, jobs: list[Job], allowance: Allowance, emit: Emit):

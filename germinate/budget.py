@@ -80,6 +80,11 @@ class Plan:
     # each strategy's share of the budget: {name: {share, max_llm_calls, max_records}}
     strategies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    @property
+    def records(self) -> int:
+        """Records planned in all: the rows every unit may keep."""
+        return sum(allowance.records for shard in self.shards for allowance in shard.allowances)
+
 
 def seed_allowances(seeds: list[Record], budget: Allowance, cost: int) -> list[Allowance]:
     """Seeds are rows of the dataset too, paid for first (a seed that came with its answer needs one

@@ -21,7 +21,7 @@ from germinate import progress
 from germinate.config import build_config
 from germinate.errors import UserError
 from germinate.generators import strategies
-from germinate.report import Report, describe_metrics, run_line
+from germinate.report import Report, describe_metrics, drop_reasons, run_line
 
 app = typer.Typer(
     add_completion=False,
@@ -119,8 +119,7 @@ def _summary(report: Report) -> None:
     console.print(table)
     for s in report.stages:
         if s.dropped:
-            reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dropped.items()))
-            console.print(f"  {s.stage} dropped: {reasons}")
+            console.print(f"  {s.stage} dropped: {drop_reasons(s)}")
     console.print(f"  diversity: {describe_metrics(report.metrics)}")
     if report.problem:
         console.print(f"[yellow]partial:[/] {escape(report.problem)}", highlight=False)

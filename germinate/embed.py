@@ -95,11 +95,12 @@ class Embedder:
 
     def __init__(self, config: EmbeddingConfig, cache: Path | None = None):
         self.config = config
+        self.key = config.model_dump_json()  # once: a send per batch of records looks the worker up by it
         self.cache = cache
-        _worker(config)  # it starts loading the model now
+        _worker(config, self.key)  # it starts loading the model now
 
     def _send(self, priority: int, texts: list[str]) -> Future:
-        return _worker(self.config).send(priority, texts, self.cache)  # a worker that died is replaced
+        return _worker(self.config, self.key).send(priority, texts, self.cache)  # a worker that died is replaced
 
     def submit(self, texts: list[str]) -> None:
         """Embed and cache these, in the background: nobody waits for them yet."""
@@ -189,9 +190,10 @@ _workers: dict[str, _Worker] = {}
 _workers_lock = threading.Lock()
 
 
-def _worker(config: EmbeddingConfig) -> _Worker:
-    """One worker per embedding config, for the life of this process: every run in it shares it."""
-    key = config.model_dump_json()
+def _worker(config: EmbeddingConfig, key: str | None = None) -> _Worker:
+    """One worker per embedding config (`key`: its JSON), for the life of this process: every run in it
+    shares it."""
+    key = key or config.model_dump_json()
     with _workers_lock:
         if key not in _workers or not _workers[key].alive():
             if key in _workers:

@@ -263,7 +263,7 @@ async def stream_shard(
 
     kept = [survivors[p] for p in sorted(survivors)]
     for step in steps:  # last looks, in stage order, on what each kept
-        if type(step.stage).finish is not Stage.finish:
+        if step.stage.has_last_look():
             left = planned - made_usage.calls - sum(s.usage.calls for s in steps)
             kept, _ = await step.run(kept, finish=max(0, left))
 

@@ -10,11 +10,10 @@ import numpy as np
 from pydantic import BaseModel, computed_field
 
 from germinate.budget import EXPAND_STAGE
-from germinate.embed import Embedder
+from germinate.embed import embed
 from germinate.kmeans import Clusters, spherical_kmeans
 from germinate.records import Record, show
 from germinate.runs import Run
-from germinate.settings import EmbeddingConfig
 
 
 class Metrics(BaseModel):
@@ -83,10 +82,9 @@ def compare_runs(runs: list[Run], model: str) -> dict[str, Metrics]:
     """Each run's dataset against the clusters of all the runs' datasets together."""
     rows, vectors, seeds = {}, {}, {}
     for run in runs:
-        embedder = Embedder(EmbeddingConfig(model=model), run.embeddings_path)
         rows[run.root] = run.dataset()
-        vectors[run.root] = embedder.vectors_sync([show(r) for r in rows[run.root]])
-        seeds[run.root] = embedder.vectors_sync([show(r) for r in run.seeds()])
+        vectors[run.root] = embed([show(r) for r in rows[run.root]], model, run.embeddings_path)
+        seeds[run.root] = embed([show(r) for r in run.seeds()], model, run.embeddings_path)
     clusters = pool_clusters(np.concatenate(list(vectors.values())))
     return {
         str(run.root): measure(

@@ -133,9 +133,14 @@ def describe_metrics(m: Metrics) -> str:
     )
 
 
+def drop_reasons(s: StageStats) -> str:
+    """"duplicate 12, not_selected 20": what a stage dropped, by reason."""
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(s.dropped.items()))
+
+
 def stage_line(s: StageStats) -> str:
     """A stage's numbers on one line, for logs."""
-    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(s.dropped.items()))
+    reasons = drop_reasons(s)
     return (f"{s.stage}: {s.records_in} in, {s.kept} kept, {sum(s.dropped.values())} dropped"
             f"{f' ({reasons})' if reasons else ''}, {s.llm_calls} LLM calls ({s.cached_calls} cached), "
             f"{s.prompt_tokens + s.completion_tokens:,} tokens, {s.seconds:.0f}s")

@@ -93,6 +93,11 @@ class Stage(ABC):
     @abstractmethod
     async def run(self, records: list[Record]) -> Outcome: ...
 
+    @classmethod
+    def has_last_look(cls) -> bool:
+        """Whether it overrides `finish`."""
+        return cls.finish is not Stage.finish
+
     async def finish(self, records: list[Record], calls: int) -> Outcome:
         """At the end of a shard, with the records this stage kept there and the LLM calls the shard
         has left: a last look (the judge revises the weakest answers with them). Default: keep all."""

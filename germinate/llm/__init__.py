@@ -68,9 +68,9 @@ def checked(config: LLMConfig) -> LLMConfig:
 
 def concurrency(config: LLMConfig) -> int:
     """Requests in flight at most: llm.concurrency, or with several servers the sum of theirs."""
-    if config.backend != "openai" or not config.endpoints:
+    if config.backend != "openai" or not config.servers:
         return config.concurrency
-    return sum(server.concurrency or config.concurrency for server in config.endpoints)
+    return sum(server.concurrency or config.concurrency for server in config.servers)
 
 
 def make_llm(config: LLMConfig, cache_path: Path | None, slots: AsyncContextManager | None = None) -> LLM:
