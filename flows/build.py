@@ -6,7 +6,7 @@ No `from __future__ import annotations` here: Prefect builds the flow's paramete
 form, a deployment's validation) from the annotations, and needs them as types, not strings."""
 
 import logging
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
 from uuid import UUID
 
@@ -17,6 +17,7 @@ from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 from prefect.futures import wait
 from prefect.logging.handlers import APILogHandler
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from germinate.config import RunConfig
@@ -66,24 +67,26 @@ class PrefectTasks:
         }
 
     def __enter__(self) -> "PrefectTasks":
-        self.runner = _task_runner(self.config).__enter__()
-        self.shown = RunProgress()
-        self.shared = self.state = None
-        if self.config.orchestration.task_runner == "ray":  # Ray is up: the run's shared slots and progress
-            from germinate.flows import ray_run
+        with ExitStack() as stack:  # what is entered here is left in reverse order by __exit__
+            # Task runs report to the flow run's API wherever they run: a task on a Ray worker takes its
+            # settings from here, and with no API URL in them it would start a Prefect server of its own
+            # (its task runs missing from this server's UI; workers starting servers at once can hang).
+            with get_client(sync_client=True) as client:
+                stack.enter_context(temporary_settings({PREFECT_API_URL: str(client.api_url)}))
+            self.runner = stack.enter_context(_task_runner(self.config))
+            self.shared = self.state = None
+            if self.config.orchestration.task_runner == "ray":  # Ray is up: the run's shared slots and progress
+                from germinate.flows import ray_run
 
-            self.shared, self.state = ray_run.start(self.config)
+                self.shared, self.state = ray_run.start(self.config)
+                stack.callback(ray_run.stop, self.state)
+            self.shown = RunProgress()
+            stack.callback(self.shown.update)  # the stages' last state: done
+            self.stack = stack.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            self.shown.update()  # the stages' last state: done
-        finally:
-            if self.state is not None:
-                from germinate.flows import ray_run
-
-                ray_run.stop(self.state)
-            self.runner.__exit__(*exc)
+        self.stack.__exit__(*exc)
 
     def _collect(self) -> None:
         if self.state is not None:
