@@ -238,8 +238,8 @@ def prepare(config: RunConfig) -> tuple[RunConfig, Run]:
     once, here, before anything is written; what they said (the model, its JSON dialect) travels in
     the returned config to every shard, so no worker asks again. Shard tasks may run in other
     processes (Ray): the run directory becomes an absolute path."""
+    warm(config.embedding)  # torch takes seconds to load: meanwhile the run, its seeds and servers are checked
     check_run(config)
-    warm(config.embedding)  # torch takes seconds to load: meanwhile the seeds and the servers are checked
     return prepare_run(config.model_copy(update={"output_dir": config.output_dir.resolve()}))
 
 

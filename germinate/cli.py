@@ -196,9 +196,11 @@ def run(
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
     _show_warnings()
     try:
+        from germinate.embed import warm
         from germinate.runs import new_run_id
 
         resolved = build_config(config, values, RUN_FLAGS)
+        warm(resolved.embedding)  # the model loads (seconds) while Prefect and the stages are imported
         resolved = resolved.model_copy(update={"run_id": resolved.run_id or new_run_id()})  # named if interrupted
         if resolved.orchestration.task_runner == "ray" or _prefect_server():
             from germinate.flows.build import build_dataset as build

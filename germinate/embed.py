@@ -240,13 +240,15 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
             if None in jobs:
                 return
             jobs.sort(key=lambda j: (j[0], j[1]))
-            if jobs[0][0] == WAITED:  # one at a time, in order: the first to ask is the first to go on
-                taken = jobs[:1]
-            else:  # background work in small helpings: a wait that comes meanwhile is not held up long
-                taken, texts = [], 0
-                while jobs[len(taken):] and texts < 4 * config.batch_size:
-                    taken.append(jobs[len(taken)])
-                    texts += len(taken[-1][2])
+            # In order, what is waited for first, in helpings of a few batches of distinct texts: many
+            # small asks at once (a seed each, with the same personas) share batches instead of each
+            # padding one of its own, and a wait that comes meanwhile is not held up long.
+            taken, texts = [], set()
+            for job in jobs:
+                if job[0] != jobs[0][0] or taken and len(texts.union(job[2])) > 4 * config.batch_size:
+                    break
+                taken.append(job)
+                texts.update(job[2])
             jobs[:] = jobs[len(taken):]
         for cache in dict.fromkeys(cache for *_, cache in taken):
             together = [j for j in taken if j[3] == cache]  # encoded in one go: fewer, fuller batches

@@ -74,6 +74,20 @@ def test_a_wait_given_up_leaves_the_embedder_working():
     assert embedder.vectors_sync(["still here"]).shape == (1, 384)
 
 
+def test_waits_at_once_are_encoded_together_and_each_gets_its_own_vectors():
+    """Many asks at once (as AIDE's seeds each ask for themselves and the same personas) share the
+    worker's batches; each still gets its own texts' vectors, in its order."""
+    embedder = Embedder(EmbeddingConfig())
+    personas = [f"a {job} who plans a trip" for job in ("nurse", "chef", "pilot", "farmer", "judge")]
+    asks = [[f"Seed task {i}: list {i} prime numbers.", *personas[i % 3 :]] for i in range(40)]
+
+    async def at_once():
+        return await asyncio.gather(*(embedder.vectors(texts) for texts in asks))
+
+    for texts, vectors in zip(asks, asyncio.run(at_once())):
+        np.testing.assert_array_equal(vectors, embed(texts))
+
+
 def test_an_embeddings_server_can_stand_in_for_the_local_model():
     """embedding.base_url: an OpenAI-compatible /v1/embeddings server (here a loopback one) embeds
     instead of the local model; its vectors come back normalised, in the order asked."""
