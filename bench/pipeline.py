@@ -7,14 +7,16 @@ records when each request arrived and left.
 
   (a) a raw aiohttp client loop: the requests of (b), at the same concurrency;
   (b) `germinate run`, Evol-Instruct, 1,750 distinct seeds x 2 generations, quality gate off;
-  (c) `germinate run`, AIDE, hops 3, the full quality gate, 20,000 LLM calls.
+  (c) `germinate run`, AIDE, hops 3, the full quality gate, 20,000 LLM calls;
+  (d) (b) with its shard tasks on a local Ray (`--task-runner ray`): what the run-wide request
+      slots cost against threads.
 
 For each: requests, wall time of the command, seconds from its start to its first request,
 requests/s between its first and last request, and the share of that time during which the
 server had a request in flight. Targets: (b) >= 0.4 x (a)'s rate; (c) busy >= 0.9 and its
-first request <= 5 s after the command started.
+first request <= 5 s after the command started; (d) >= 0.8 x (b)'s rate.
 
-    python bench/pipeline.py [--rounds 3] [--runs a,b,c] [--delay-ms 200] [--slots 256]
+    python bench/pipeline.py [--rounds 3] [--runs a,b,c,d] [--delay-ms 200] [--slots 256]
 
 With several rounds the clients alternate and the medians are printed (a shared machine is
 noisy: a slow spell then hits every client alike).
@@ -213,7 +215,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=2, help="(a), (b): Evol-Instruct generations")
     parser.add_argument("--aide-seeds", type=int, default=175)
     parser.add_argument("--aide-calls", type=int, default=20_000)
-    parser.add_argument("--runs", default="a,b,c", help="which of a, b, c to run, in this order each round")
+    parser.add_argument("--runs", default="a,b,c,d", help="which of a, b, c, d to run, in this order each round")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--gaps", action="store_true", help="print each run's longest idle gaps (start s, length s)")
     args = parser.parse_args()
@@ -247,6 +249,8 @@ def main() -> None:
         "a": ("(a) raw aiohttp loop", lambda r: run_raw(base + "/v1", seeds, args.generations, args.concurrency)),
         "b": ("(b) germinate evol-instruct", lambda r: run_germinate(base + "/v1", folder, f"evol-{r}", evol)),
         "c": ("(c) germinate aide, full gate", lambda r: run_germinate(base + "/v1", folder, f"aide-{r}", aide)),
+        "d": ("(d) germinate evol-instruct, Ray", lambda r: run_germinate(
+            base + "/v1", folder, f"evol-ray-{r}", {**evol, "orchestration": {"task_runner": "ray"}})),
     }
     chosen = args.runs.split(",")
     results: dict[str, list[dict]] = {key: [] for key in chosen}
@@ -278,6 +282,9 @@ def main() -> None:
     if "a" in results and "b" in results:
         ratio = statistics.median(b["rate"] / a["rate"] for a, b in zip(results["a"], results["b"]))
         print(f"(b)/(a) rate: {ratio:.2f}  (target >= 0.4)")
+    if "b" in results and "d" in results:
+        ratio = statistics.median(d["rate"] / b["rate"] for b, d in zip(results["b"], results["d"]))
+        print(f"(d)/(b) rate: {ratio:.2f}  (target >= 0.8)")
     if "c" in median:
         print(f"(c) busy {median['c']['busy']:.2f} (target >= 0.9), first request {median['c']['first']:.2f}s "
               f"(target <= 5)")

@@ -6,6 +6,7 @@ No `from __future__ import annotations` here: Prefect builds the flow's paramete
 form, a deployment's validation) from the annotations, and needs them as types, not strings."""
 
 import logging
+import time
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
 from uuid import UUID
@@ -26,7 +27,9 @@ from germinate.flows import pipeline
 from germinate.flows.artifacts import RunProgress, report_artifacts
 from germinate.report import Report
 
-PROGRESS_INTERVAL_S = 2.0  # how often the progress artifact is updated
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 2.0  # how often the progress artifacts are updated
 
 
 def _transient(task, task_run, state) -> bool:
@@ -80,7 +83,7 @@ class PrefectTasks:
 
                 self.shared, self.state = ray_run.start(self.config)
                 stack.callback(ray_run.stop, self.state)
-            self.shown = RunProgress()
+            self.shown, self.shown_at = RunProgress(), 0.0
             stack.callback(self.shown.update)  # the stages' last state: done
             self.stack = stack.pop_all()
         return self
@@ -92,20 +95,33 @@ class PrefectTasks:
         if self.state is not None:
             from germinate.flows import ray_run
 
-            ray_run.collect(self.state)
-        self.shown.update()
+            for worker in ray_run.collect(self.state):
+                log.warning("Ray worker %s stopped reporting for %gs: its request slots go back to the run",
+                            worker, ray_run.LEASE_S)
+        if time.monotonic() - self.shown_at >= PROGRESS_INTERVAL_S:
+            self.shown.update()
+            self.shown_at = time.monotonic()
 
     def submit(self, name: str, function: Callable[..., Any], **parameters: Any):
         if self.shared:
             parameters["shared"] = self.shared
         return self.runner.submit(self.tasks[function].with_options(task_run_name=name), parameters)
 
-    def wait(self, futures: list) -> None:
+    def wait(self, future, timeout: float) -> bool:
         """While waiting, the run's progress artifacts move in the UI."""
-        for future in futures:  # one future at a time: each wait leaves a callback on what it waits for
-            while not wait([future], timeout=PROGRESS_INTERVAL_S).done:
-                self._collect()
+        done = bool(wait([future], timeout=timeout).done)  # one future at a time: each wait leaves a callback
         self._collect()
+        return done
+
+    def done(self, future) -> bool:
+        return future.state.is_final()
+
+    def describe(self) -> str:
+        if self.state is None:
+            return ""
+        from germinate.flows import ray_run
+
+        return ray_run.describe(self.state)
 
 
 def check_run(config: RunConfig) -> None:

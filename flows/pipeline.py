@@ -12,7 +12,7 @@ import logging
 import operator
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol
 
@@ -30,9 +30,11 @@ from germinate.records import Record, show
 from germinate.report import Report, StrategyReport, build_report, not_written, run_line, shortfall, stage_line
 from germinate.runs import Run, prepare_run
 from germinate.stage import Context, Stage
+from germinate.stall import Watch
 from germinate.stats import StageStats
 
 CALLS = "LLM calls"  # the progress of the whole run against its budget
+WATCH_S = 2.0  # how often the driver looks up from a task it waits for
 log = logging.getLogger(__name__)
 
 _llms: dict[tuple[Path, str | None], LLM] = {}
@@ -41,15 +43,16 @@ _llms_lock = threading.Lock()
 
 def llm_for(config: RunConfig, run: Run, shared: str | None = None) -> LLM:
     """One LLM per run and process (one client, one limit), shared by every shard task in it. On Ray,
-    `shared` names the run's state: the limit is the run's, shared by every worker (flows/ray_run.py)."""
+    `shared` names the run's state: each server's limit is the run's, leased to the workers
+    (flows/ray_run.py)."""
     with _llms_lock:
         if (run.root, shared) not in _llms:
-            slots = None
+            limit = None
             if shared:
                 from germinate.flows import ray_run
 
-                slots = ray_run.attach(shared)
-            _llms[run.root, shared] = make_llm(config.llm, run.cache_path, slots)
+                limit = ray_run.attach(shared).limit
+            _llms[run.root, shared] = make_llm(config.llm, run.cache_path, limit)
         return _llms[run.root, shared]
 
 
@@ -136,11 +139,18 @@ def run_stage(
 
 
 class Runner(Protocol):
-    """Where shard tasks run: `submit` one, `wait` for several (showing progress meanwhile)."""
+    """Where shard tasks run: `submit` one, `wait` for it (showing progress meanwhile)."""
 
     def submit(self, name: str, task: Callable[..., Any], **parameters: Any) -> Any: ...
 
-    def wait(self, futures: list[Any]) -> None: ...
+    def wait(self, future: Any, timeout: float) -> bool:
+        """Whether the task finished within `timeout` seconds."""
+
+    def done(self, future: Any) -> bool:
+        """Whether the task finished, without waiting."""
+
+    def describe(self) -> str:
+        """What the runner's workers hold, for a run that waits too long ('' when nothing to add)."""
 
 
 class Threads:
@@ -152,15 +162,37 @@ class Threads:
     def submit(self, name: str, task: Callable[..., Any], **parameters: Any) -> Future:
         return self.pool.submit(task, **parameters)
 
-    def wait(self, futures: list[Future]) -> None:
-        for future in futures:
-            future.result()
+    def wait(self, future: Future, timeout: float) -> bool:
+        return bool(wait([future], timeout).done)
+
+    def done(self, future: Future) -> bool:
+        return future.done()
+
+    def describe(self) -> str:
+        return ""
 
     def __enter__(self) -> Threads:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # A failed or stalled run does not wait for its tasks: its LLM was aborted, so they end soon.
+        self.pool.shutdown(wait=exc_type is None, cancel_futures=True)
+
+
+def _wait_watched(runner: Runner, tasks: dict[str, Any], run: Run, config: RunConfig) -> None:
+    """Every task, in turn; a run in which nothing moves for a while says what it waits on, then stops."""
+
+    def waiting_on() -> str:
+        pending = [name for name, future in tasks.items() if not runner.done(future)]
+        shown = ", ".join(pending[:5]) + (f" and {len(pending) - 5} more" if len(pending) > 5 else "")
+        here = [llm.describe() for (root, _), llm in list(_llms.items()) if root == run.root]
+        return "; ".join(filter(None, [f"{len(pending)} tasks ({shown})", *here, runner.describe()]))
+
+    watch = Watch(config.orchestration, waiting_on)
+    for future in tasks.values():
+        while not runner.wait(future, WATCH_S):
+            watch.check()
+        watch.moved()
 
 
 def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Report, list[Record]]:
@@ -178,9 +210,10 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
         progress.start(name, work.records)
     log.info("run %s: %d shards; %d LLM calls and %d records planned, stages %s", config.run_id, len(work.shards),
              config.budget.max_llm_calls, work.records, " > ".join(cls.name for cls in per_record + whole_set))
-    futures = [runner.submit(f"shard-{w.index}-{w.source}", run_shard, config=config, work=w) for w in work.shards]
-    runner.wait(futures)
-    by_shard = [future.result() for future in futures]
+    tasks = {f"shard-{w.index}-{w.source}": runner.submit(f"shard-{w.index}-{w.source}", run_shard, config=config,
+                                                           work=w) for w in work.shards}
+    _wait_watched(runner, tasks, run, config)
+    by_shard = [future.result() for future in tasks.values()]
     stages = [functools.reduce(operator.add, column) for column in zip(*by_shard)]
     for name in [CALLS, *llm_stages]:
         progress.finish(name)
@@ -193,7 +226,8 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
         log.info("%s: started on %d records", cls.name, stages[-1].kept)
         progress.start(cls.name, stages[-1].kept)
         future = runner.submit(cls.name, run_stage, config=config, stage=cls.name, source=source, sealed_input=sealed)
-        runner.wait([future])
+        while not runner.wait(future, WATCH_S):
+            continue  # the runner shows the progress meanwhile
         stages.append(future.result())
         progress.advance(cls.name, stages[-1].records_in)
         progress.finish(cls.name)

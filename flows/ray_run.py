@@ -1,97 +1,150 @@
-"""Shard tasks on Ray act as one run: `llm.concurrency` bounds the requests in flight of the whole
-run, not each worker's, and progress reaches the driver's bars and the Prefect UI while the shards
-run. A Ray actor per run hands out the request slots and gathers the progress counts; its name
-(unique per run) reaches the shard tasks with their parameters. Wiring only; imported when
-`orchestration.task_runner` is ray."""
+"""Shard tasks on Ray act as one run: each server's `concurrency` bounds the requests in flight of
+the whole run, not each worker's, and progress reaches the driver's bars and the Prefect UI while
+the shards run. Wiring only; imported when `orchestration.task_runner` is ray.
+
+The slots are leased, not lent one request at a time. A Ray actor per run (`RunState`, its name
+unique per run and passed to the shard tasks) holds each server's slots; a thread in every worker
+process reports, a few times a second, what its requests use and want, with its progress counts, and
+is told how many slots of each server it may use until the next report. The actor shares a server's
+slots among the workers that want them and grows a worker's lease only from slots nobody holds; a
+lease shrinks when its worker reports that its requests let go. A worker that stops reporting (its
+process killed, its machine gone) loses its lease after LEASE_S, so a lost worker never costs the
+run its capacity; and a worker that cannot report stops sending after half that time, so its
+lease has lapsed on both sides before its slots go to others. No request waits on the actor.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import logging
+import os
+import socket
 import threading
 import time
-import uuid
 from collections import Counter
 
 import ray
 
 from germinate import progress
 from germinate.config import RunConfig
-from germinate.llm import concurrency
+from germinate.llm.limit import Limit
 
-FORWARD_EVERY_S = 0.5  # how often a worker sends its progress counts to the driver
-WAITERS = 100_000  # requests that may wait for a slot at once, across the run's workers
+log = logging.getLogger(__name__)
+
+SYNC_S = 0.25  # how often a worker reports and hears its lease
+LEASE_S = 10.0  # a worker not heard from for this long has lost its slots
+REPORT_TIMEOUT_S = 5.0
 
 
-# Waiting for a slot takes a place in the default group; giving one back and the progress counts have
-# their own, so they never queue behind the requests that wait for them.
-@ray.remote(num_cpus=0, concurrency_groups={"control": 8})
+def fair_shares(capacity: int, wanted: dict[str, int]) -> dict[str, int]:
+    """`capacity` split among the askers: each gets what it wants up to an equal share, and what the
+    modest leave goes to the rest."""
+    shares, left = {}, capacity
+    askers = sorted(wanted, key=wanted.__getitem__)
+    for i, name in enumerate(askers):
+        shares[name] = min(wanted[name], left // (len(askers) - i))
+        left -= shares[name]
+    for name in reversed(askers):  # the remainder of the division, to those that want more
+        extra = min(left, wanted[name] - shares[name])
+        shares[name] += extra
+        left -= extra
+    return shares
+
+
+# One call at a time (a threaded actor with one thread): its state needs no lock.
+@ray.remote(num_cpus=0)
 class RunState:
-    """Request slots and progress counts of one run. An async actor: its methods share one loop."""
+    """Each server's slots, leased to the run's workers, and the progress counts they report."""
 
-    def __init__(self, slots: int):
-        self.slots = asyncio.Semaphore(slots)
+    def __init__(self, capacity: dict[str, int]):
+        self.capacity = capacity
+        self.held: dict[str, dict[str, int]] = {}  # worker -> server -> slots it may be using
+        self.reports: dict[str, dict[str, tuple[int, int]]] = {}  # worker -> server -> (in use, waiting)
+        self.seen: dict[str, float] = {}
+        self.lost: list[str] = []  # workers whose lease lapsed, not yet told to the driver
         self.counts: Counter = Counter()
 
-    async def acquire(self) -> None:
-        await self.slots.acquire()
-
-    @ray.method(concurrency_group="control")
-    async def release(self) -> None:
-        self.slots.release()
-
-    @ray.method(concurrency_group="control")
-    async def advance(self, counts: dict[str, int]) -> None:
+    def report(self, worker: str, use: dict[str, tuple[int, int, int]], counts: dict[str, int]) -> dict[str, int]:
+        """A worker's state (`use`: per server, slots held, in use, waiting) and progress; returns how
+        many slots of each server it may use from now on."""
+        now = time.monotonic()
         self.counts.update(counts)
+        for other, seen in list(self.seen.items()):
+            if now - seen > LEASE_S and other != worker:
+                self.lost.append(other)
+                del self.seen[other], self.held[other], self.reports[other]
+        self.seen[worker] = now
+        self.held[worker] = {server: held for server, (held, _, _) in use.items()}
+        self.reports[worker] = {server: (in_use, waiting) for server, (_, in_use, waiting) in use.items()}
+        sizes = {}
+        for server, capacity in self.capacity.items():
+            wanted = {name: sum(report.get(server, (0, 0))) for name, report in self.reports.items()}
+            share = fair_shares(capacity, wanted)[worker]
+            held = self.held[worker].get(server, 0)
+            free = capacity - sum(slots.get(server, 0) for slots in self.held.values())
+            sizes[server] = share if share <= held else held + min(share - held, free)
+            self.held[worker][server] = max(held, sizes[server])  # a shrinking lease counts until reported
+        return sizes
 
-    @ray.method(concurrency_group="control")
-    async def take(self) -> dict[str, int]:
+    def take(self) -> tuple[dict[str, int], list[str]]:
+        """For the driver: the progress counted since it last asked, and the workers lost since."""
         counts, self.counts = dict(self.counts), Counter()
-        return counts
+        lost, self.lost = self.lost, []
+        return counts, lost
+
+    def describe(self) -> str:
+        """Who holds what, for a run that waits too long."""
+        now = time.monotonic()
+        return "; ".join(
+            f"Ray worker {worker} (heard {now - self.seen[worker]:.1f}s ago): " + ", ".join(
+                f"{server} {in_use} in flight, {waiting} waiting, {self.held[worker].get(server, 0)} slots"
+                for server, (in_use, waiting) in report.items())
+            for worker, report in self.reports.items()
+        ) or "no Ray worker has asked for slots"
 
 
 def start(config: RunConfig) -> tuple[str, object]:
     """In the driver, before the shards: the run's state and the name its shard tasks find it by."""
-    name = f"germinate-{config.run_id}-{uuid.uuid4().hex[:8]}"
-    return name, RunState.options(name=name, max_concurrency=WAITERS).remote(concurrency(config.llm))
+    name = f"germinate-{config.run_id}-{os.urandom(4).hex()}"
+    capacity = {server.base_url: server.concurrency or config.llm.concurrency for server in config.llm.servers}
+    return name, RunState.options(name=name).remote(capacity if config.llm.backend == "openai" else {})
 
 
-def collect(state) -> None:
-    """In the driver, while it waits: what the workers did, into this process's progress."""
-    for stage, amount in ray.get(state.take.remote()).items():
+def collect(state) -> list[str]:
+    """In the driver, while it waits: what the workers did, into this process's progress. Returns the
+    workers that stopped reporting since the last call."""
+    counts, lost = ray.get(state.take.remote())
+    for stage, amount in counts.items():
         progress.advance(stage, amount)
+    return lost
+
+
+def describe(state) -> str:
+    return ray.get(state.describe.remote(), timeout=REPORT_TIMEOUT_S)
 
 
 def stop(state) -> None:
     ray.kill(state)
 
 
-class Slots:
-    """An LLM's request slots, taken from the run's state: a slot per request in flight, run-wide."""
-
-    def __init__(self, state):
-        self.state = state
-
-    async def __aenter__(self) -> None:
-        granted = self.state.acquire.remote()
-        try:
-            await granted
-        except asyncio.CancelledError:  # the actor may grant it still: then it goes back at once
-            granted.future().add_done_callback(lambda done: done.exception() or self.state.release.remote())
-            raise
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.state.release.remote()
-
-
-class Forward:
-    """A worker's progress listener: counts gathered here and sent to the driver twice a second."""
+class Lease:
+    """This worker's share of the run's request slots, and its progress listener: one thread reports
+    both to the run's state and applies the lease it hears back."""
 
     def __init__(self, state, name: str):
         self.state, self.name = state, name
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.limits: dict[str, Limit] = {}
         self.counts: Counter = Counter()
-        self.sent: list = []  # sends not yet known to have arrived
-        self.lock = threading.Lock()
-        threading.Thread(target=self._forward, daemon=True, name="germinate-progress").start()
+        self.lock = threading.Lock()  # the counts
+        self.reporting = threading.Lock()  # one report at a time: the thread's, or a task's last
+        self.asked = threading.Event()
+        self.heard = time.monotonic()
+        threading.Thread(target=self._run, daemon=True, name="germinate-lease").start()
+
+    def limit(self, server: str, concurrency: int) -> Limit:
+        """A server's limit in this process: empty until the run's state grants slots."""
+        self.limits[server] = Limit(0, on_short=self.asked.set)
+        return self.limits[server]
 
     def start(self, stage: str, total: int) -> None:
         pass
@@ -103,35 +156,44 @@ class Forward:
     def finish(self, stage: str) -> None:
         pass
 
-    def forward(self) -> None:
-        with self.lock:
-            if self.counts:
-                self.sent.append(self.state.advance.remote(dict(self.counts)))
-                self.counts = Counter()
+    def report(self) -> None:
+        """Tell the run's state what this worker uses, wants and did; use the slots it grants."""
+        with self.reporting:
+            with self.lock:
+                counts, self.counts = dict(self.counts), Counter()
+            use = {server: (limit.held, limit.in_use, limit.waiting) for server, limit in self.limits.items()}
+            # A report that times out still reaches the actor (in order, after the ones before), so its
+            # counts are not sent again; its grant is unknown, so the lease stays as it was.
+            sizes = ray.get(self.state.report.remote(self.worker, use, counts), timeout=REPORT_TIMEOUT_S)
+            self.heard = time.monotonic()
+            for server, size in sizes.items():
+                self.limits[server].resize(size)
 
-    def settle(self) -> None:
-        """Everything counted so far has reached the run's state."""
-        self.forward()
-        with self.lock:
-            sent, self.sent = self.sent, []
-        ray.get(sent)
-
-    def _forward(self) -> None:
+    def _run(self) -> None:
         while True:
-            time.sleep(FORWARD_EVERY_S)
-            self.forward()
+            self.asked.wait(SYNC_S)
+            self.asked.clear()
+            try:
+                self.report()
+            except ray.exceptions.RayActorError:
+                return  # the run is over
+            except Exception as exc:  # a report lost on the way: the next one may arrive
+                log.warning("Ray worker %s could not report to the run: %s", self.worker, exc)
+            if time.monotonic() - self.heard > LEASE_S / 2:  # the actor will soon give these slots away
+                for limit in self.limits.values():
+                    limit.resize(0)
 
 
-def attach(name: str) -> Slots:
-    """In a Ray worker: this process's requests take the run's slots and its progress goes to the driver."""
-    state = ray.get_actor(name)
+def attach(name: str) -> Lease:
+    """In a Ray worker: this process's requests take their slots from the run's state, and its
+    progress goes to the driver."""
     if getattr(progress.listener, "name", None) != name:
-        progress.set_listener(Forward(state, name))
-    return Slots(state)
+        progress.set_listener(Lease(ray.get_actor(name), name))
+    return progress.listener
 
 
 def settle() -> None:
     """At the end of a task in a worker: its last counts reach the run's state before the driver hears
     that the task is done."""
-    if isinstance(progress.listener, Forward):
-        progress.listener.settle()
+    if isinstance(progress.listener, Lease):
+        progress.listener.report()

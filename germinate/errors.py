@@ -16,6 +16,10 @@ class RunFailed(UserError):
     written unless the user asks for partial results, and a scheduled run ends Failed."""
 
 
+class RunStalled(UserError):
+    """Nothing moved in the run for orchestration.stall_timeout_s: it stops, keeping what finished."""
+
+
 def error_key(error: dict[str, Any]) -> str:
     """The dotted key of a pydantic validation error (`quality.reflect.tries`)."""
     return ".".join(str(part) for part in error["loc"] if part != "[key]")

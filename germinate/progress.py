@@ -4,6 +4,7 @@ shown by a listener: silent by default, the CLI installs a rich progress display
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from typing import Protocol
 
@@ -32,6 +33,7 @@ _done: Counter[str] = Counter()
 _totals: dict[str, int] = {}  # the stages started, in order, with the work planned for each
 _finished: set[str] = set()
 _lock = threading.Lock()  # shard tasks advance from their own threads
+_moved_at = time.monotonic()  # when a stage last advanced
 
 
 def set_listener(new: ProgressListener) -> None:
@@ -56,9 +58,16 @@ def start(stage: str, total: int) -> None:
 
 
 def advance(stage: str, amount: int = 1) -> None:
+    global _moved_at
     with _lock:
         _done[stage] += amount
+        _moved_at = time.monotonic()
     listener.advance(stage, amount)
+
+
+def moved_at() -> float:
+    """When any stage last advanced (time.monotonic)."""
+    return _moved_at
 
 
 def done(stage: str) -> int:

@@ -210,3 +210,19 @@ class OrchestrationConfig(Section):
     )
     task_retries: int = Field(2, ge=0, le=10, description="retries of an LLM stage's shard task that fails on an error")
     retry_delay_s: float = Field(10.0, ge=0, description="first task retry delay; doubles each retry, with jitter")
+    stall_s: float = Field(
+        120.0, gt=0,
+        description="while shards run: after this long with no request answered, record made or task done, the "
+        "run logs what it waits on (tasks, slots, requests in flight)",
+    )
+    stall_timeout_s: float = Field(
+        900.0, gt=0,
+        description="while shards run: after this long with nothing done, the run stops (exit 2), keeping what "
+        "finished; longer than llm.outage_timeout_s, so a server's outage is named as such",
+    )
+
+    @model_validator(mode="after")
+    def _stall_timeout_after_report(self) -> OrchestrationConfig:
+        if self.stall_timeout_s <= self.stall_s:
+            raise ValueError("'stall_timeout_s' must be longer than 'stall_s'")
+        return self

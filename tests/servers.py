@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable
 
 FAULTS = ("rate_limit", "server_error", "slow", "broken_json")
 
@@ -121,7 +121,9 @@ class FaultyServer(LoopbackServer):
     `outage_after`: the server goes down when that many chat requests have arrived, for
     `outage_s` seconds (None: for good). `chat_status`: every chat request gets this HTTP
     status (401, 501...) while the models list still answers.
-    `seeds` records the sampling seed of every try, by the request's messages."""
+    `seeds` records the sampling seed of every try, by the request's messages. `answering`, cleared,
+    holds chat requests unanswered until it is set again (a server that hangs); `on_chat(number,
+    client address)` is called as each chat request arrives."""
 
     def __init__(
         self,
@@ -154,6 +156,9 @@ class FaultyServer(LoopbackServer):
         self.max_in_flight = 0
         self.requests = 0
         self.faults: dict[str, int] = dict.fromkeys(FAULTS, 0)
+        self.answering = threading.Event()  # cleared: chat requests are taken and held unanswered until set
+        self.answering.set()
+        self.on_chat: Callable[[int, tuple[str, int]], None] | None = None  # (request number, client address)
         super().__init__()
 
     @property
@@ -224,7 +229,10 @@ class FaultyServer(LoopbackServer):
                     return
                 with server.lock:
                     server.requests += 1
+                    number = server.requests
                     going_down = server.requests == server.outage_after
+                if server.on_chat:
+                    server.on_chat(number, self.client_address)
                 if going_down:
                     server.outage(server.outage_s)
                 if server.down:
@@ -243,6 +251,7 @@ class FaultyServer(LoopbackServer):
                             server.faults[fault] += 1
                     if server.delay_s:
                         time.sleep(server.delay_s)
+                    server.answering.wait()
                     status, payload = server._answer(body, fault)
                 finally:
                     with server.lock:

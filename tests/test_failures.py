@@ -160,3 +160,30 @@ with Run(__import__('pathlib').Path({str(run.root)!r})).locked():
     with run.locked():
         assert not any(path.exists() for path in left)
         assert all(path.exists() for path in finished)  # a finished shard's outputs stay
+
+
+def test_a_run_that_stops_moving_says_on_what_and_stops(folder, reference):
+    """Through the command line, shards on threads: the server takes every request after the run's
+    check and never answers (within llm.timeout_s). The run says what it waits on after
+    orchestration.stall_s, stops after stall_timeout_s with exit 2 and one error line, and writes no
+    dataset; the same command resumes to the reference once the server answers."""
+    table, _ = reference
+    with FaultyServer() as server:
+        server.on_chat = lambda number, _: number > 1 and server.answering.clear()  # the check is answered
+        config = config_for(server, folder, run_id="stalled", llm={"timeout_s": 60, "concurrency": 2},
+                            orchestration={"stall_s": 1, "stall_timeout_s": 5})
+        path = folder / "stalled.yaml"
+        path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+        result = germinate("run", "--config", str(path), cwd=folder, timeout=300)
+        server.answering.set()
+        server.on_chat = None
+        assert result.returncode == 2, result.stderr
+        *waiting, stopped = result.stderr.strip().splitlines()
+        assert waiting and all(line.startswith("warning: nothing done for ") for line in waiting)
+        assert f"2 requests sent to {server.base_url} (2 in flight, " in waiting[-1]
+        assert stopped.startswith("error: the run stalled: nothing done for 5s (orchestration.stall_timeout_s); "
+                                  "waiting on ")
+        assert not (folder / "runs" / "stalled" / "dataset").exists()
+        resumed = germinate("run", "--config", str(path), cwd=folder, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert pq.read_table(folder / "runs" / "stalled" / "dataset" / "data").equals(table)

@@ -1,45 +1,129 @@
-"""Shard tasks on Ray: a local Ray (ray.init on this machine) builds the same dataset as threads, the
-run's request limit holds across its workers, and their progress reaches the driver."""
+"""Shard tasks on Ray: a local Ray (ray.init on this machine) builds the same dataset as threads, each
+server's request limit holds across the workers, a worker killed mid-run costs no data, a run that
+stops moving says on what and then stops, and the workers' progress reaches the driver."""
 
 import logging
+import os
+import re
+import signal
 import sys
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 from test_pipeline import write_seeds
 
 from conftest import GATE_OFF, tiny_config
 from germinate import progress
-from germinate.errors import UserError
+from germinate.errors import RunStalled, UserError
 from germinate.flows.build import build_dataset
 from germinate.flows.pipeline import CALLS
 from germinate.settings import OrchestrationConfig
 from servers import FaultyServer
 
+RAY = OrchestrationConfig(task_runner="ray", retry_delay_s=0)
 
-def test_ray_gives_the_threads_result_within_one_request_limit(tmp_path, caplog):
-    """The same run on threads, then on a local Ray with a shard per seed: the same dataset, at most
+
+def config_for(tmp_path, llm, **changes):
+    """Three seeds, a shard each (two run at once on this machine's two cores), the gate off."""
+    llm = {"backend": "openai", "timeout_s": 30, **llm}
+    return tiny_config(write_seeds(tmp_path), tmp_path / "threads", llm=llm, aide__personas=0, quality=GATE_OFF,
+                       run_id="same", shard_size=1, **changes)
+
+
+def on_ray(config, folder):
+    return build_dataset(config.model_copy(update={"output_dir": folder, "orchestration": RAY}))
+
+
+def rows(report):
+    return pq.read_table(report.dataset + "/data")
+
+
+@pytest.fixture(scope="module")
+def threads_run(tmp_path_factory):
+    """The reference: the run on threads, against a server that holds 2 requests at once."""
+    folder = tmp_path_factory.mktemp("threads")
+    with FaultyServer(delay_s=0.1) as server:
+        config = config_for(folder, {"base_url": server.base_url, "concurrency": 2})
+        return config, build_dataset(config)
+
+
+def test_ray_gives_the_threads_result_within_one_request_limit(threads_run, tmp_path, caplog):
+    """The same run on a local Ray with a shard per seed: the same dataset, at most
     `llm.concurrency` requests in flight at the server although several workers send them, and every
     request counted in the driver's progress."""
-    with FaultyServer(delay_s=0.1) as server:
-        config = tiny_config(
-            write_seeds(tmp_path), tmp_path / "threads", llm={"backend": "openai", "base_url": server.base_url,
-                                                              "concurrency": 2},
-            aide__personas=0, quality=GATE_OFF, run_id="same", shard_size=1,
-        )
-        threads = build_dataset(config)
-        server.max_in_flight = 0
-        with caplog.at_level(logging.INFO, logger="prefect"):
-            on_ray = build_dataset(config.model_copy(update={
-                "output_dir": tmp_path / "ray", "orchestration": OrchestrationConfig(task_runner="ray"),
-            }))
+    config, threads = threads_run
+    with FaultyServer(delay_s=0.1) as server, caplog.at_level(logging.INFO, logger="prefect"):
+        report = on_ray(config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": server.base_url})}),
+                        tmp_path / "ray")
     said = [r.getMessage() for r in caplog.records]
     assert "Creating a local Ray instance" in said and "Using Ray cluster with 1 nodes." in said  # ran on Ray
     assert server.max_in_flight == 2  # each worker alone would have taken 2
-    assert progress.done(CALLS) == on_ray.llm_calls == threads.llm_calls
-    assert on_ray.rows == threads.rows > 3
-    ray_rows = pq.read_table(tmp_path / "ray" / "same" / "dataset" / "data")
-    assert ray_rows.equals(pq.read_table(tmp_path / "threads" / "same" / "dataset" / "data"))
+    assert progress.done(CALLS) == report.llm_calls == threads.llm_calls
+    assert report.rows == threads.rows > 3
+    assert rows(report).equals(rows(threads))
+
+
+def test_each_servers_limit_holds_across_the_workers(tmp_path):
+    """Two servers of one model, taking 2 and 3 requests at once, and two Ray workers sending: neither
+    server ever has more in flight than its own limit, and both are used to it."""
+    with FaultyServer(delay_s=0.5) as small, FaultyServer(delay_s=0.5) as large:
+        endpoints = [{"base_url": small.base_url, "concurrency": 2}, {"base_url": large.base_url, "concurrency": 3}]
+        config = config_for(tmp_path, {"endpoints": endpoints}, aide__attributes=3,
+                            budget={"max_llm_calls": 120, "max_records": 40})  # more requests at once
+        report = on_ray(config, tmp_path / "ray")
+    assert report.status == "complete" and report.rows > 3
+    assert small.max_in_flight == 2 and large.max_in_flight == 3
+
+
+def test_a_worker_killed_mid_run_costs_no_data(threads_run, tmp_path):
+    """The Ray worker that sends the 12th request is killed (SIGKILL) as it sends it: its shard is
+    retried, the run finishes without the slots it held (its lease lapses), and the dataset equals the
+    threads run's."""
+    config, threads = threads_run
+    killed = []
+
+    def kill_the_sender(number, address):
+        if number == 12:
+            sender = next(c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == address[1])
+            assert sender != os.getpid()  # a worker, not the driver
+            os.kill(sender, signal.SIGKILL)
+            killed.append(sender)
+
+    with FaultyServer(delay_s=0.1) as server:
+        server.on_chat = kill_the_sender
+        report = on_ray(config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": server.base_url})}),
+                        tmp_path / "ray")
+    assert killed and not psutil.pid_exists(killed[0])
+    assert server.max_in_flight == 2
+    assert report.status == "complete" and rows(report).equals(rows(threads))
+
+
+def test_a_run_that_stops_moving_says_on_what_then_stops(threads_run, tmp_path, caplog):
+    """The server takes requests and never answers: the run logs what it waits on (its tasks, the Ray
+    worker holding the slots, its requests in flight) after orchestration.stall_s, stops with
+    RunStalled after stall_timeout_s, and the same run resumes to the threads run's dataset once the
+    server answers."""
+    config, threads = threads_run
+    stalling = RAY.model_copy(update={"stall_s": 3, "stall_timeout_s": 30})  # the workers start within 30s
+    with FaultyServer() as server:
+        llm = config.llm.model_copy(update={"base_url": server.base_url})
+        server.on_chat = lambda number, _: number > 1 and server.answering.clear()  # the run's check is answered
+        with caplog.at_level(logging.WARNING, logger="germinate"), pytest.raises(RunStalled) as stalled:
+            build_dataset(config.model_copy(update={"output_dir": tmp_path, "llm": llm, "orchestration": stalling}))
+        server.answering.set()
+        server.on_chat = None
+        reported = [r.getMessage() for r in caplog.records if "(orchestration.stall_s); waiting on" in r.getMessage()]
+        assert len(reported) >= 2 and all("tasks (shard-0-" in line for line in reported)
+        held = f"Ray worker {os.uname().nodename}:"
+        in_flight = [sum(map(int, re.findall(rf"{server.base_url} (\d+) in flight", line))) for line in reported]
+        assert 2 in in_flight  # both of the run's slots, held by requests in flight on Ray workers
+        said = str(stalled.value)
+        assert said.startswith("the run stalled: nothing done for 30s (orchestration.stall_timeout_s); waiting on 4 tasks")
+        assert held in said and said.endswith("what finished is kept: run the same command again to resume")
+        assert not (tmp_path / "same" / "dataset").exists()
+        report = on_ray(config.model_copy(update={"llm": llm}), tmp_path)
+    assert rows(report).equals(rows(threads))
 
 
 def test_a_ray_run_without_ray_installed_names_the_extra_and_writes_nothing(tmp_path, monkeypatch):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import AsyncContextManager
+from typing import Callable
 
 from germinate.errors import UserError
 from germinate.llm.base import LLM, Backend, Completion, Request, Result
 from germinate.llm.cache import ResponseCache
+from germinate.llm.limit import Limit
 from germinate.settings import LLMConfig
 
 __all__ = ["LLM", "Backend", "Completion", "Request", "Result", "check_llm", "checked", "concurrency", "make_llm"]
@@ -73,8 +74,11 @@ def concurrency(config: LLMConfig) -> int:
     return sum(server.concurrency or config.concurrency for server in config.servers)
 
 
-def make_llm(config: LLMConfig, cache_path: Path | None, slots: AsyncContextManager | None = None) -> LLM:
-    """`slots`: the run's request slots when it shares them across processes (Ray)."""
+def make_llm(
+    config: LLMConfig, cache_path: Path | None, limit: Callable[[str, int], Limit] | None = None
+) -> LLM:
+    """`limit(base_url, concurrency)`: this process's limit for a server when the run's processes share
+    its slots (Ray); by default each server's whole concurrency."""
     config = checked(config)
     backend: Backend
     if config.backend == "llamacpp":
@@ -94,6 +98,7 @@ def make_llm(config: LLMConfig, cache_path: Path | None, slots: AsyncContextMana
             Server(
                 OpenAIBackend(server.base_url, config.model, api_key, config.structured_output, config.timeout_s),
                 server.concurrency or config.concurrency,
+                limit(server.base_url, server.concurrency or config.concurrency) if limit else None,
             )
             for server in config.servers
         ]
@@ -106,5 +111,4 @@ def make_llm(config: LLMConfig, cache_path: Path | None, slots: AsyncContextMana
         max_retries=config.max_retries,
         backoff_s=config.backoff_s,
         outage_timeout_s=config.outage_timeout_s,
-        slots=slots,
     )

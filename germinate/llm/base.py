@@ -20,7 +20,7 @@ import random
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, AsyncContextManager, Coroutine, Iterator, TypeVar
+from typing import Any, Coroutine, Iterator, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -95,6 +95,10 @@ class Backend(ABC):
     async def ping(self) -> None:
         await self.complete(PING, None)
 
+    def describe(self) -> str:
+        """Where its requests are now, for a run that waits too long."""
+        return self.location
+
     async def close(self) -> None:
         return None
 
@@ -127,17 +131,15 @@ class LLM:
         max_retries: int = 4,
         backoff_s: float = 0.5,
         outage_timeout_s: float = 300.0,
-        slots: AsyncContextManager | None = None,
     ):
-        """`slots` bounds the requests in flight when they are shared with other processes (Ray
-        workers of one run); by default this LLM's own `concurrency`."""
         self.backend = backend
         self.cache = cache
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self._outage = Outage(backend.ping, backend.location, outage_timeout_s, on_pause=self._flush_cache)
         # Binds to the loop on first use (Python >= 3.10), which is the LLM's own loop.
-        self._slots = slots or asyncio.Semaphore(concurrency)
+        self._slots = asyncio.Semaphore(concurrency)
+        self.in_flight = 0  # requests sent and not yet answered, for a stalled run's report
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="germinate-llm", daemon=True)
         self._thread.start()
@@ -145,6 +147,9 @@ class LLM:
     @property
     def model(self) -> str:
         return self.backend.model
+
+    def describe(self) -> str:
+        return f"{self.in_flight} requests sent to {self.backend.describe()}"
 
     def run(self, coro: Coroutine[Any, Any, T], usage: Usage | None = None) -> T:
         """Run a coroutine on the LLM's loop from any thread; its requests count into `usage`."""
@@ -201,7 +206,11 @@ class LLM:
             try:
                 async with self._slots:
                     await self._outage.ready()  # waits out an outage; raises ServerLost past the patience
-                    completion = await self.backend.complete(sent, schema)
+                    self.in_flight += 1
+                    try:
+                        completion = await self.backend.complete(sent, schema)
+                    finally:
+                        self.in_flight -= 1
             except TransientError as exc:
                 error, unanswered = str(exc), True
                 if not await self._outage.counts():

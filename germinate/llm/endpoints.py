@@ -9,13 +9,13 @@ it, so one server behaves as a plain client of it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
 from germinate.llm.base import Backend, Completion, Request
 from germinate.llm.errors import ServerDown
+from germinate.llm.limit import Limit
 from germinate.llm.openai_compat import OpenAIBackend
 
 log = logging.getLogger(__name__)
@@ -26,10 +26,12 @@ MAX_COOLDOWN_S = 300.0
 
 
 class Server:
-    def __init__(self, backend: OpenAIBackend, concurrency: int):
+    def __init__(self, backend: OpenAIBackend, concurrency: int, limit: Limit | None = None):
+        """`concurrency`: the server's limit for the whole run; `limit`: what this process may send it
+        (by default all of it; on Ray, this worker's lease)."""
         self.backend = backend
         self.concurrency = concurrency
-        self.limit = asyncio.Semaphore(concurrency)
+        self.limit = limit or Limit(concurrency)
         self.in_flight = 0
         self.sent = 0
         self.failures = 0
@@ -82,6 +84,10 @@ class SpreadBackend(Backend):
             server.in_flight -= 1
         server.failures, server.cooldown_s = 0, COOLDOWN_S
         return completion
+
+    def describe(self) -> str:
+        return ", ".join(f"{s.backend.base_url} ({s.limit.in_use} in flight, {s.limit.waiting} waiting, limit "
+                         f"{s.limit.size})" for s in self.servers)
 
     async def close(self) -> None:
         for server in self.servers:
