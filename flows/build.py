@@ -6,6 +6,7 @@ No `from __future__ import annotations` here: Prefect builds the flow's paramete
 form, a deployment's validation) from the annotations, and needs them as types, not strings."""
 
 import logging
+import pickle
 import time
 from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Iterator
@@ -18,16 +19,13 @@ from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
 from prefect.futures import wait
 from prefect.logging.handlers import APILogHandler
-from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from germinate.config import RunConfig
 from germinate.errors import UserError
 from germinate.flows import pipeline
 from germinate.flows.artifacts import RunProgress, report_artifacts
 from germinate.report import Report
-
-log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 2.0  # how often the progress artifacts are updated
 
@@ -37,24 +35,33 @@ def _transient(task, task_run, state) -> bool:
     return not isinstance(state.result(raise_on_failure=False), UserError)
 
 
-shard_task = task(pipeline.run_shard, name="shard", cache_policy=NO_CACHE, persist_result=False)
-stage_task = task(pipeline.run_stage, name="whole-set stage", cache_policy=NO_CACHE, persist_result=False)
+def _call(function: Callable[..., Any], parameters: bytes, workers: Any = None) -> Any:
+    """A task run's body: `function` here, or on a Ray shard worker. Its parameters travel pickled:
+    Prefect walks a task's parameters for futures, recursively, and a shard's records made that
+    walk the largest cost of a small shard."""
+    return workers.call(function, parameters) if workers else function(**pickle.loads(parameters))
 
 
-def _task_runner(config: RunConfig) -> TaskRunner:
-    """Chosen per run, inside the flow, so a deployment or a served flow runs where its config says."""
-    if config.orchestration.task_runner == "ray":
-        try:
-            from prefect_ray import RayTaskRunner
-        except ImportError:
-            raise UserError("orchestration.task_runner: ray needs the ray extra (pip install -e '.[ray]')") from None
-        return RayTaskRunner(address=config.orchestration.ray_address)
-    return ThreadPoolTaskRunner(max_workers=config.orchestration.workers)
+shard_task = task(_call, name="shard", cache_policy=NO_CACHE, persist_result=False)
+stage_task = task(_call, name="whole-set stage", cache_policy=NO_CACHE, persist_result=False)
+
+
+def _ray_workers(config: RunConfig):
+    """The class that starts a run's Ray shard workers, when its config asks for Ray; checked per run,
+    inside the flow, so a deployment or a served flow runs where its config says."""
+    if config.orchestration.task_runner != "ray":
+        return None
+    try:
+        from germinate.flows import ray_run
+    except ImportError:
+        raise UserError("orchestration.task_runner: ray needs the ray extra (pip install -e '.[ray]')") from None
+    return ray_run.Workers
 
 
 class PrefectTasks:
-    """A pipeline runner whose tasks are Prefect task runs, named after their shard or stage. A shard
-    that fails on an error is retried with exponential backoff and jitter."""
+    """A pipeline runner whose tasks are Prefect task runs in this process's threads, named after their
+    shard or stage; on Ray each hands its work to a shard worker. A shard that fails on an error is
+    retried with exponential backoff and jitter."""
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -71,18 +78,13 @@ class PrefectTasks:
 
     def __enter__(self) -> "PrefectTasks":
         with ExitStack() as stack:  # what is entered here is left in reverse order by __exit__
-            # Task runs report to the flow run's API wherever they run: a task on a Ray worker takes its
-            # settings from here, and with no API URL in them it would start a Prefect server of its own
-            # (its task runs missing from this server's UI; workers starting servers at once can hang).
-            with get_client(sync_client=True) as client:
-                stack.enter_context(temporary_settings({PREFECT_API_URL: str(client.api_url)}))
-            self.runner = stack.enter_context(_task_runner(self.config))
-            self.shared = self.state = None
-            if self.config.orchestration.task_runner == "ray":  # Ray is up: the run's shared slots and progress
-                from germinate.flows import ray_run
-
-                self.shared, self.state = ray_run.start(self.config)
-                stack.callback(ray_run.stop, self.state)
+            workers = _ray_workers(self.config)
+            self.workers = workers(self.config) if workers else None
+            if self.workers:  # Ray goes last, once no thread waits on it
+                stack.callback(self.workers.shutdown)
+            self.runner = stack.enter_context(ThreadPoolTaskRunner(max_workers=self.config.orchestration.workers))
+            if self.workers:  # the workers go first: a task still waiting on one (a failed run) ends
+                stack.callback(self.workers.stop)
             self.shown, self.shown_at = RunProgress(), 0.0
             stack.callback(self.shown.update)  # the stages' last state: done
             self.stack = stack.pop_all()
@@ -92,20 +94,15 @@ class PrefectTasks:
         self.stack.__exit__(*exc)
 
     def _collect(self) -> None:
-        if self.state is not None:
-            from germinate.flows import ray_run
-
-            for worker in ray_run.collect(self.state):
-                log.warning("Ray worker %s stopped reporting for %gs: its request slots go back to the run",
-                            worker, ray_run.LEASE_S)
+        if self.workers:
+            self.workers.collect()
         if time.monotonic() - self.shown_at >= PROGRESS_INTERVAL_S:
             self.shown.update()
             self.shown_at = time.monotonic()
 
     def submit(self, name: str, function: Callable[..., Any], **parameters: Any):
-        if self.shared:
-            parameters["shared"] = self.shared
-        return self.runner.submit(self.tasks[function].with_options(task_run_name=name), parameters)
+        call = {"function": function, "parameters": pickle.dumps(parameters), "workers": self.workers}
+        return self.runner.submit(self.tasks[function].with_options(task_run_name=name), call)
 
     def wait(self, future, timeout: float) -> bool:
         """While waiting, the run's progress artifacts move in the UI."""
@@ -117,24 +114,20 @@ class PrefectTasks:
         return future.state.is_final()
 
     def describe(self) -> str:
-        if self.state is None:
-            return ""
-        from germinate.flows import ray_run
-
-        return ray_run.describe(self.state)
+        return self.workers.describe() if self.workers else ""
 
 
 def check_run(config: RunConfig) -> None:
     """What `germinate serve` checks before it schedules runs (each run checks its seeds and servers)."""
     pipeline.check_run(config)
-    _task_runner(config)
+    _ray_workers(config)
 
 
 @flow(name="build-dataset", persist_result=False, log_prints=True)
 def build_dataset(config: RunConfig) -> Report:
     """Seeds -> expand (the configured strategies) -> the per-record stages, as records are made ->
     the whole-set stages -> Hugging Face dataset folder. Resumes finished shards."""
-    _task_runner(config)
+    _ray_workers(config)
     with _logs_in_the_flow_run(runtime.flow_run.id):
         config, _ = pipeline.prepare(config)
         _name_flow_run(config)

@@ -1,6 +1,11 @@
-"""Shard tasks on Ray act as one run: each server's `concurrency` bounds the requests in flight of
-the whole run, not each worker's, and progress reaches the driver's bars and the Prefect UI while
-the shards run. Wiring only; imported when `orchestration.task_runner` is ray.
+"""Shard tasks on Ray. The driver runs each Prefect task run and hands its work to one of the run's
+shard workers: long-lived Ray actors, one per CPU of the cluster, each running tasks in its
+threads as the threads runner does, so a worker's imports, LLM client and embedding model are
+paid once, not per task. A worker killed mid-task is restarted by Ray, which calls the task again
+(a task can run twice: finished shards have markers, answered requests are cached). The run acts
+as one: each server's `concurrency` bounds the requests in flight of the whole run, not each
+worker's, and progress reaches the driver's bars and the Prefect UI while the shards run. Wiring
+only; imported when `orchestration.task_runner` is ray.
 
 The slots are leased, not lent one request at a time. A Ray actor per run (`RunState`, its name
 unique per run and passed to the shard tasks) holds each server's slots; a thread in every worker
@@ -17,10 +22,12 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 import threading
 import time
 from collections import Counter
+from typing import Any, Callable
 
 import ray
 
@@ -102,28 +109,74 @@ class RunState:
         ) or "no Ray worker has asked for slots"
 
 
-def start(config: RunConfig) -> tuple[str, object]:
-    """In the driver, before the shards: the run's state and the name its shard tasks find it by."""
-    name = f"germinate-{config.run_id}-{os.urandom(4).hex()}"
-    capacity = {server.base_url: server.concurrency or config.llm.concurrency for server in config.llm.servers}
-    return name, RunState.options(name=name).remote(capacity if config.llm.backend == "openai" else {})
+@ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=-1)
+class ShardWorker:
+    """Runs the run's tasks in its threads; `state` names the run's state."""
+
+    def __init__(self, state: str):
+        from germinate.flows import pipeline  # seconds of imports, paid while the driver plans
+
+        self.pipeline, self.state = pipeline, state
+
+    def run(self, function: str, parameters: bytes) -> Any:
+        return getattr(self.pipeline, function)(**pickle.loads(parameters), shared=self.state)
 
 
-def collect(state) -> list[str]:
-    """In the driver, while it waits: what the workers did, into this process's progress. Returns the
-    workers that stopped reporting since the last call."""
-    counts, lost = ray.get(state.take.remote())
-    for stage, amount in counts.items():
-        progress.advance(stage, amount)
-    return lost
+class Workers:
+    """In the driver: Ray (a local instance unless `orchestration.ray_address`), the run's state and its
+    shard workers, for the length of a run."""
 
+    def __init__(self, config: RunConfig):
+        settings = config.orchestration
+        self.owns_ray = not ray.is_initialized()
+        if self.owns_ray:
+            if settings.ray_address:
+                log.info("Ray: joining %s", settings.ray_address)
+                ray.init(address=settings.ray_address, log_to_driver=False)
+            else:  # no dashboard: its processes take seconds of the two cores a laptop has
+                log.info("Ray: a local instance")
+                ray.init(log_to_driver=False, include_dashboard=False)
+        self.name = f"germinate-{config.run_id}-{os.urandom(4).hex()}"
+        servers = config.llm.servers if config.llm.backend == "openai" else []
+        capacity = {server.base_url: server.concurrency or config.llm.concurrency for server in servers}
+        self.state = RunState.options(name=self.name).remote(capacity)
+        count = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        log.info("Ray: %d nodes, %d shard workers", len([n for n in ray.nodes() if n["Alive"]]), count)
+        self.actors = [ShardWorker.options(max_concurrency=settings.workers).remote(self.name) for _ in range(count)]
+        self.busy = [0] * count
+        self.lock = threading.Lock()
 
-def describe(state) -> str:
-    return ray.get(state.describe.remote(), timeout=REPORT_TIMEOUT_S)
+    def call(self, function: Callable[..., Any], parameters: bytes) -> Any:
+        """A task on the least busy worker; returns its result."""
+        with self.lock:
+            chosen = self.busy.index(min(self.busy))
+            self.busy[chosen] += 1
+        try:
+            return ray.get(self.actors[chosen].run.remote(function.__name__, parameters))
+        finally:
+            with self.lock:
+                self.busy[chosen] -= 1
 
+    def collect(self) -> None:
+        """What the workers did, into this process's progress."""
+        counts, lost = ray.get(self.state.take.remote())
+        for stage, amount in counts.items():
+            progress.advance(stage, amount)
+        for worker in lost:
+            log.warning("Ray worker %s stopped reporting for %gs: its request slots go back to the run",
+                        worker, LEASE_S)
 
-def stop(state) -> None:
-    ray.kill(state)
+    def describe(self) -> str:
+        return ray.get(self.state.describe.remote(), timeout=REPORT_TIMEOUT_S)
+
+    def stop(self) -> None:
+        """The run's workers and state go: calls still waiting on them raise."""
+        for actor in [*self.actors, self.state]:
+            ray.kill(actor)
+
+    def shutdown(self) -> None:
+        if self.owns_ray:
+            ray.shutdown()
 
 
 class Lease:
@@ -132,7 +185,7 @@ class Lease:
 
     def __init__(self, state, name: str):
         self.state, self.name = state, name
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"  # a restarted worker is another
         self.limits: dict[str, Limit] = {}
         self.counts: Counter = Counter()
         self.lock = threading.Lock()  # the counts

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_pipeline import write_seeds
 
+import germinate.flows
 from conftest import GATE_OFF, tiny_config
 from germinate import progress
 from germinate.errors import RunStalled, UserError
@@ -53,11 +54,11 @@ def test_ray_gives_the_threads_result_within_one_request_limit(threads_run, tmp_
     `llm.concurrency` requests in flight at the server although several workers send them, and every
     request counted in the driver's progress."""
     config, threads = threads_run
-    with FaultyServer(delay_s=0.1) as server, caplog.at_level(logging.INFO, logger="prefect"):
+    with FaultyServer(delay_s=0.1) as server, caplog.at_level(logging.INFO, logger="germinate"):
         report = on_ray(config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": server.base_url})}),
                         tmp_path / "ray")
     said = [r.getMessage() for r in caplog.records]
-    assert "Creating a local Ray instance" in said and "Using Ray cluster with 1 nodes." in said  # ran on Ray
+    assert "Ray: a local instance" in said and "Ray: 1 nodes, 2 shard workers" in said  # one per core
     assert server.max_in_flight == 2  # each worker alone would have taken 2
     assert progress.done(CALLS) == report.llm_calls == threads.llm_calls
     assert report.rows == threads.rows > 3
@@ -77,9 +78,9 @@ def test_each_servers_limit_holds_across_the_workers(tmp_path):
 
 
 def test_a_worker_killed_mid_run_costs_no_data(threads_run, tmp_path):
-    """The Ray worker that sends the 12th request is killed (SIGKILL) as it sends it: its shard is
-    retried, the run finishes without the slots it held (its lease lapses), and the dataset equals the
-    threads run's."""
+    """The Ray worker that sends the 12th request is killed (SIGKILL) as it sends it: Ray restarts it
+    and runs its tasks again, the run finishes without the slots it held (its lease lapses), and the
+    dataset equals the threads run's."""
     config, threads = threads_run
     killed = []
 
@@ -127,7 +128,9 @@ def test_a_run_that_stops_moving_says_on_what_then_stops(threads_run, tmp_path, 
 
 
 def test_a_ray_run_without_ray_installed_names_the_extra_and_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "prefect_ray", None)  # as if the extra were not installed
+    for module in ("ray", "germinate.flows.ray_run"):  # as if the extra were not installed
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.delattr(germinate.flows, "ray_run", raising=False)
     config = tiny_config(write_seeds(tmp_path), tmp_path / "runs", orchestration={"task_runner": "ray"})
     with pytest.raises(UserError, match=r"pip install -e '.\[ray\]'"):
         build_dataset(config)
