@@ -210,8 +210,10 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
         progress.start(name, work.records)
     log.info("run %s: %d shards; %d LLM calls and %d records planned, stages %s", config.run_id, len(work.shards),
              config.budget.max_llm_calls, work.records, " > ".join(cls.name for cls in per_record + whole_set))
-    tasks = {f"shard-{w.index}-{w.source}": runner.submit(f"shard-{w.index}-{w.source}", run_shard, config=config,
-                                                           work=w) for w in work.shards}
+    tasks = {}
+    for w in work.shards:
+        name = f"shard-{w.index}-{w.source}"
+        tasks[name] = runner.submit(name, run_shard, config=config, work=w)
     _wait_watched(runner, tasks, run, config)
     by_shard = [future.result() for future in tasks.values()]
     stages = [functools.reduce(operator.add, column) for column in zip(*by_shard)]

@@ -1,5 +1,6 @@
 """Several OpenAI-compatible servers of one model behind one LLM: real HTTP servers on loopback."""
 
+import asyncio
 import logging
 
 import pytest
@@ -9,6 +10,7 @@ from test_llm import requests
 from germinate.errors import UserError
 from germinate.llm import check_llm, make_llm
 from germinate.llm.endpoints import FAILURES_TO_LEAVE
+from germinate.llm.limit import Limit
 from germinate.settings import LLMConfig
 from servers import FaultyServer
 
@@ -73,3 +75,48 @@ def test_a_server_down_at_the_start_is_named_and_the_run_goes_on(caplog):
         check_llm(endpoints(down, f"http://127.0.0.1:{free_port()}/v1"))
     with pytest.raises(ValueError, match="not both"):
         LLMConfig(backend="openai", base_url=down, endpoints=[{"base_url": down}])
+
+
+
+def test_a_lease_that_shrinks_takes_no_slot_from_a_request_and_one_that_grows_wakes_the_waiting():
+    """A server's limit in a Ray worker is its lease, resized from another thread: shrinking lets the
+    requests that hold a slot finish and admits none until the limit has room; growing admits those
+    waiting at once; a request woken and then cancelled passes its slot on."""
+
+    async def scenario() -> None:
+        limit = Limit(2)
+        gates = {name: asyncio.Event() for name in ("a", "b", "c", "d", "e")}
+        admitted = []
+
+        async def request(name: str) -> None:
+            async with limit:
+                admitted.append(name)
+                await gates[name].wait()
+
+        async def settle() -> None:
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+        tasks = {name: asyncio.create_task(request(name)) for name in gates}
+        await settle()
+        assert admitted == ["a", "b"] and limit.waiting == 3
+        await asyncio.to_thread(limit.resize, 1)  # from another thread, as the lease's does
+        await settle()
+        assert (limit.size, limit.in_use, limit.held) == (1, 2, 2)
+        gates["a"].set()
+        await settle()
+        assert admitted == ["a", "b"]  # one left, and the limit is 1
+        gates["b"].set()
+        await settle()
+        assert admitted == ["a", "b", "c"]
+        limit.resize(2)  # room for one more: "d" is woken...
+        await asyncio.sleep(0)
+        tasks["d"].cancel()  # ...and cancelled before it ran: its slot goes to "e"
+        await settle()
+        assert admitted == ["a", "b", "c", "e"] and limit.in_use == 2 and limit.waiting == 0
+        for gate in gates.values():
+            gate.set()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        assert limit.in_use == 0
+
+    asyncio.run(scenario())

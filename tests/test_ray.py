@@ -19,6 +19,7 @@ from germinate import progress
 from germinate.errors import RunStalled, UserError
 from germinate.flows.build import build_dataset
 from germinate.flows.pipeline import CALLS
+from germinate.flows.ray_run import fair_shares
 from germinate.settings import OrchestrationConfig
 from servers import FaultyServer
 
@@ -125,6 +126,14 @@ def test_a_run_that_stops_moving_says_on_what_then_stops(threads_run, tmp_path, 
         assert not (tmp_path / "same" / "dataset").exists()
         report = on_ray(config.model_copy(update={"llm": llm}), tmp_path)
     assert rows(report).equals(rows(threads))
+
+
+def test_a_servers_slots_go_to_the_workers_that_want_them_equally():
+    """What a lease may grow to: an equal share, what the modest leave to the rest, never more than
+    the server takes."""
+    assert fair_shares(5, {"a": 10, "b": 10}) == {"a": 2, "b": 3}
+    assert fair_shares(8, {"a": 1, "b": 10, "c": 10}) == {"a": 1, "b": 3, "c": 4}
+    assert fair_shares(7, {"idle": 0, "busy": 2}) == {"idle": 0, "busy": 2}
 
 
 def test_a_ray_run_without_ray_installed_names_the_extra_and_writes_nothing(tmp_path, monkeypatch):

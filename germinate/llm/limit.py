@@ -45,12 +45,11 @@ class Limit:
             try:
                 await waiter
             except asyncio.CancelledError:
+                self._waiters.remove(waiter)
                 if waiter.done() and not waiter.cancelled():
                     self._wake()  # woken, then cancelled: the slot it was woken for goes to the next
                 raise
-            finally:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+            self._waiters.remove(waiter)
         self.in_use += 1
 
     async def __aexit__(self, *exc: object) -> None:
