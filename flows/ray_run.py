@@ -8,8 +8,8 @@ worker's, and progress reaches the driver's bars and the Prefect UI while the sh
 only; imported when `orchestration.task_runner` is ray.
 
 The slots are leased, not lent one request at a time. A Ray actor per run (`RunState`, its name
-unique per run and passed to the shard tasks) holds each server's slots; a thread in every worker
-process reports, a few times a second, what its requests use and want, with its progress counts, and
+unique per run and given to the run's shard workers) holds each server's slots; a thread in every
+worker process reports, a few times a second, what its requests use and want, with its progress counts, and
 is told how many slots of each server it may use until the next report. The actor shares a server's
 slots among the workers that want them and grows a worker's lease only from slots nobody holds; a
 lease shrinks when its worker reports that its requests let go. A worker that stops reporting (its
