@@ -107,7 +107,7 @@ def test_a_run_that_stops_moving_says_on_what_then_stops(threads_run, tmp_path, 
     RunStalled after stall_timeout_s, and the same run resumes to the threads run's dataset once the
     server answers."""
     config, threads = threads_run
-    stalling = RAY.model_copy(update={"stall_s": 3, "stall_timeout_s": 30})  # the workers start within 30s
+    stalling = RAY.model_copy(update={"stall_s": 3, "stall_timeout_s": 60})  # the workers start within 60s
     with FaultyServer() as server:
         llm = config.llm.model_copy(update={"base_url": server.base_url})
         server.on_chat = lambda number, _: number > 1 and server.answering.clear()  # the run's check is answered
@@ -121,7 +121,7 @@ def test_a_run_that_stops_moving_says_on_what_then_stops(threads_run, tmp_path, 
         in_flight = [sum(map(int, re.findall(rf"{server.base_url} (\d+) in flight", line))) for line in reported]
         assert 2 in in_flight  # both of the run's slots, held by requests in flight on Ray workers
         said = str(stalled.value)
-        assert said.startswith("the run stalled: nothing done for 30s (orchestration.stall_timeout_s); waiting on 4 tasks")
+        assert said.startswith("the run stalled: nothing done for 60s (orchestration.stall_timeout_s); waiting on 4 tasks")
         assert held in said and said.endswith("what finished is kept: run the same command again to resume")
         assert not (tmp_path / "same" / "dataset").exists()
         report = on_ray(config.model_copy(update={"llm": llm}), tmp_path)
