@@ -27,6 +27,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import ray
@@ -57,6 +58,15 @@ def fair_shares(capacity: int, wanted: dict[str, int]) -> dict[str, int]:
     return shares
 
 
+@dataclass
+class Holder:
+    """What the run's state knows of one worker."""
+
+    seen: float  # when it last reported (time.monotonic)
+    held: dict[str, int]  # per server: slots it may be using
+    use: dict[str, tuple[int, int]]  # per server: (requests in flight, waiting)
+
+
 # One call at a time (a threaded actor with one thread): its state needs no lock.
 @ray.remote(num_cpus=0)
 class RunState:
@@ -64,9 +74,7 @@ class RunState:
 
     def __init__(self, capacity: dict[str, int]):
         self.capacity = capacity
-        self.held: dict[str, dict[str, int]] = {}  # worker -> server -> slots it may be using
-        self.reports: dict[str, dict[str, tuple[int, int]]] = {}  # worker -> server -> (in use, waiting)
-        self.seen: dict[str, float] = {}
+        self.holders: dict[str, Holder] = {}
         self.lost: list[str] = []  # workers whose lease lapsed, not yet told to the driver
         self.counts: Counter = Counter()
 
@@ -75,21 +83,20 @@ class RunState:
         many slots of each server it may use from now on."""
         now = time.monotonic()
         self.counts.update(counts)
-        for other, seen in list(self.seen.items()):
-            if now - seen > LEASE_S and other != worker:
+        for other, holder in list(self.holders.items()):
+            if now - holder.seen > LEASE_S and other != worker:
                 self.lost.append(other)
-                del self.seen[other], self.held[other], self.reports[other]
-        self.seen[worker] = now
-        self.held[worker] = {server: held for server, (held, _, _) in use.items()}
-        self.reports[worker] = {server: (in_use, waiting) for server, (_, in_use, waiting) in use.items()}
+                del self.holders[other]
+        this = self.holders[worker] = Holder(now, {server: held for server, (held, _, _) in use.items()},
+                                             {server: (in_use, waiting) for server, (_, in_use, waiting) in use.items()})
         sizes = {}
         for server, capacity in self.capacity.items():
-            wanted = {name: sum(report.get(server, (0, 0))) for name, report in self.reports.items()}
+            wanted = {name: sum(holder.use.get(server, (0, 0))) for name, holder in self.holders.items()}
             share = fair_shares(capacity, wanted)[worker]
-            held = self.held[worker].get(server, 0)
-            free = capacity - sum(slots.get(server, 0) for slots in self.held.values())
+            held = this.held.get(server, 0)
+            free = capacity - sum(holder.held.get(server, 0) for holder in self.holders.values())
             sizes[server] = share if share <= held else held + min(share - held, free)
-            self.held[worker][server] = max(held, sizes[server])  # a shrinking lease counts until reported
+            this.held[server] = max(held, sizes[server])  # a shrinking lease counts until reported
         return sizes
 
     def take(self) -> tuple[dict[str, int], list[str]]:
@@ -102,10 +109,10 @@ class RunState:
         """Who holds what, for a run that waits too long."""
         now = time.monotonic()
         return "; ".join(
-            f"Ray worker {worker} (heard {now - self.seen[worker]:.1f}s ago): " + ", ".join(
-                f"{server} {in_use} in flight, {waiting} waiting, {self.held[worker].get(server, 0)} slots"
-                for server, (in_use, waiting) in report.items())
-            for worker, report in self.reports.items()
+            f"Ray worker {worker} (heard {now - holder.seen:.1f}s ago): " + ", ".join(
+                f"{server} {in_use} in flight, {waiting} waiting, {holder.held.get(server, 0)} slots"
+                for server, (in_use, waiting) in holder.use.items())
+            for worker, holder in self.holders.items()
         ) or "no Ray worker has asked for slots"
 
 
@@ -137,9 +144,7 @@ class Workers:
                 log.info("Ray: a local instance")
                 ray.init(log_to_driver=False, include_dashboard=False)
         self.name = f"germinate-{config.run_id}-{os.urandom(4).hex()}"
-        servers = config.llm.servers if config.llm.backend == "openai" else []
-        capacity = {server.base_url: server.concurrency or config.llm.concurrency for server in servers}
-        self.state = RunState.options(name=self.name).remote(capacity)
+        self.state = RunState.options(name=self.name).remote(config.llm.server_limits)
         count = max(1, int(ray.cluster_resources().get("CPU", 1)))
         log.info("Ray: %d nodes, %d shard workers", len([n for n in ray.nodes() if n["Alive"]]), count)
         self.actors = [ShardWorker.options(max_concurrency=settings.workers).remote(self.name) for _ in range(count)]
@@ -194,7 +199,7 @@ class Lease:
         self.heard = time.monotonic()
         threading.Thread(target=self._run, daemon=True, name="germinate-lease").start()
 
-    def limit(self, server: str, concurrency: int) -> Limit:
+    def limit(self, server: str) -> Limit:
         """A server's limit in this process: empty until the run's state grants slots."""
         self.limits[server] = Limit(0, on_short=self.asked.set)
         return self.limits[server]

@@ -86,6 +86,13 @@ class LLMConfig(Section):
     def servers(self) -> list[Endpoint]:
         return self.endpoints or ([Endpoint(base_url=self.base_url)] if self.base_url else [])
 
+    @property
+    def server_limits(self) -> dict[str, int]:
+        """Each OpenAI-compatible server's requests in flight at most, by URL (none in-process)."""
+        if self.backend != "openai":
+            return {}
+        return {server.base_url: server.concurrency or self.concurrency for server in self.servers}
+
 
 class GenerationConfig(Section):
     temperature: float = Field(0.7, ge=0, le=2)

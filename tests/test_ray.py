@@ -37,6 +37,11 @@ def on_ray(config, folder):
     return build_dataset(config.model_copy(update={"output_dir": folder, "orchestration": RAY}))
 
 
+def at(config, server):
+    """The same run against another server (where a server is does not shape the data)."""
+    return config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": server.base_url})})
+
+
 def rows(report):
     return pq.read_table(report.dataset + "/data")
 
@@ -56,8 +61,7 @@ def test_ray_gives_the_threads_result_within_one_request_limit(threads_run, tmp_
     request counted in the driver's progress."""
     config, threads = threads_run
     with FaultyServer(delay_s=0.1) as server, caplog.at_level(logging.INFO, logger="germinate"):
-        report = on_ray(config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": server.base_url})}),
-                        tmp_path / "ray")
+        report = on_ray(at(config, server), tmp_path / "ray")
     said = [r.getMessage() for r in caplog.records]
     assert "Ray: a local instance" in said and "Ray: 1 nodes, 2 shard workers" in said  # one per core
     assert server.max_in_flight == 2  # each worker alone would have taken 2
@@ -94,8 +98,7 @@ def test_a_worker_killed_mid_run_costs_no_data(threads_run, tmp_path):
 
     with FaultyServer(delay_s=0.1) as server:
         server.on_chat = kill_the_sender
-        report = on_ray(config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": server.base_url})}),
-                        tmp_path / "ray")
+        report = on_ray(at(config, server), tmp_path / "ray")
     assert killed and not psutil.pid_exists(killed[0])
     assert server.max_in_flight == 2
     assert report.status == "complete" and rows(report).equals(rows(threads))
@@ -109,10 +112,10 @@ def test_a_run_that_stops_moving_says_on_what_then_stops(threads_run, tmp_path, 
     config, threads = threads_run
     stalling = RAY.model_copy(update={"stall_s": 3, "stall_timeout_s": 60})  # the workers start within 60s
     with FaultyServer() as server:
-        llm = config.llm.model_copy(update={"base_url": server.base_url})
+        config = at(config, server)
         server.on_chat = lambda number, _: number > 1 and server.answering.clear()  # the run's check is answered
         with caplog.at_level(logging.WARNING, logger="germinate"), pytest.raises(RunStalled) as stalled:
-            build_dataset(config.model_copy(update={"output_dir": tmp_path, "llm": llm, "orchestration": stalling}))
+            build_dataset(config.model_copy(update={"output_dir": tmp_path, "orchestration": stalling}))
         server.answering.set()
         server.on_chat = None
         reported = [r.getMessage() for r in caplog.records if "(orchestration.stall_s); waiting on" in r.getMessage()]
@@ -124,7 +127,7 @@ def test_a_run_that_stops_moving_says_on_what_then_stops(threads_run, tmp_path, 
         assert said.startswith("the run stalled: nothing done for 60s (orchestration.stall_timeout_s); waiting on 4 tasks")
         assert held in said and said.endswith("what finished is kept: run the same command again to resume")
         assert not (tmp_path / "same" / "dataset").exists()
-        report = on_ray(config.model_copy(update={"llm": llm}), tmp_path)
+        report = on_ray(config, tmp_path)
     assert rows(report).equals(rows(threads))
 
 

@@ -13,7 +13,7 @@ from germinate.llm.cache import ResponseCache
 from germinate.llm.limit import Limit
 from germinate.settings import LLMConfig
 
-__all__ = ["LLM", "Backend", "Completion", "Request", "Result", "check_llm", "checked", "concurrency", "make_llm"]
+__all__ = ["LLM", "Backend", "Completion", "Request", "Result", "check_llm", "checked", "make_llm"]
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +67,9 @@ def checked(config: LLMConfig) -> LLMConfig:
     return config if found else check_llm(config)
 
 
-def concurrency(config: LLMConfig) -> int:
-    """Requests in flight at most: llm.concurrency, or with several servers the sum of theirs."""
-    if config.backend != "openai" or not config.servers:
-        return config.concurrency
-    return sum(server.concurrency or config.concurrency for server in config.servers)
-
-
-def make_llm(
-    config: LLMConfig, cache_path: Path | None, limit: Callable[[str, int], Limit] | None = None
-) -> LLM:
-    """`limit(base_url, concurrency)`: this process's limit for a server when the run's processes share
-    its slots (Ray); by default each server's whole concurrency."""
+def make_llm(config: LLMConfig, cache_path: Path | None, limit: Callable[[str], Limit] | None = None) -> LLM:
+    """`limit(base_url)`: this process's limit for a server when the run's processes share its slots
+    (Ray); by default each server's whole concurrency."""
     config = checked(config)
     backend: Backend
     if config.backend == "llamacpp":
@@ -96,18 +87,18 @@ def make_llm(
         api_key = os.environ.get(config.api_key_env)
         servers = [
             Server(
-                OpenAIBackend(server.base_url, config.model, api_key, config.structured_output, config.timeout_s),
-                server.concurrency or config.concurrency,
-                limit(server.base_url, server.concurrency or config.concurrency) if limit else None,
+                OpenAIBackend(base_url, config.model, api_key, config.structured_output, config.timeout_s),
+                concurrency,
+                limit(base_url) if limit else None,
             )
-            for server in config.servers
+            for base_url, concurrency in config.server_limits.items()
         ]
         backend = SpreadBackend(servers)
     cache = ResponseCache(cache_path) if (config.cache and cache_path) else None
     return LLM(
         backend,
         cache,
-        concurrency=concurrency(config),
+        concurrency=sum(config.server_limits.values()) or config.concurrency,
         max_retries=config.max_retries,
         backoff_s=config.backoff_s,
         outage_timeout_s=config.outage_timeout_s,

@@ -19,13 +19,14 @@ class Limit:
         holds nothing yet: its holder should ask for slots now, not at its next round)."""
         self.size = self._wanted_size = size
         self.in_use = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()  # a cancelled one stays until it is reached
+        self._woken = 0  # waiters given a slot that have not run yet
         self._on_short = on_short
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def waiting(self) -> int:
-        return len(self._waiters)
+        return sum(not waiter.done() for waiter in self._waiters)
 
     @property
     def held(self) -> int:
@@ -45,11 +46,11 @@ class Limit:
             try:
                 await waiter
             except asyncio.CancelledError:
-                self._waiters.remove(waiter)
-                if waiter.done() and not waiter.cancelled():
-                    self._wake()  # woken, then cancelled: the slot it was woken for goes to the next
+                if waiter.done() and not waiter.cancelled():  # woken, then cancelled: the slot goes on
+                    self._woken -= 1
+                    self._wake()
                 raise
-            self._waiters.remove(waiter)
+            self._woken -= 1
         self.in_use += 1
 
     async def __aexit__(self, *exc: object) -> None:
@@ -68,11 +69,8 @@ class Limit:
         self._wake()
 
     def _wake(self) -> None:
-        free = self.size - self.in_use
-        woken = sum(1 for w in self._waiters if w.done() and not w.cancelled())  # woken, not yet running
-        for waiter in self._waiters:
-            if woken >= free:
-                return
+        while self._waiters and self.in_use + self._woken < self.size:
+            waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                woken += 1
+                self._woken += 1
