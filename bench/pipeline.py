@@ -11,8 +11,9 @@ records when each request arrived and left.
   (d) (b) with its shard tasks on a local Ray (`--task-runner ray`): what the run-wide request
       slots cost against threads.
 
-For each: requests, wall time of the command, seconds from its start to its first request,
-requests/s between its first and last request, and the share of that time during which the
+For each: requests, wall time of the command (start to exit), seconds from its start to its first
+request and to its last answer, the tail after that last answer (what the user waits for beyond the
+server), requests/s between its first and last request, and the share of that time during which the
 server had a request in flight. Targets: (b) >= 0.4 x (a)'s rate; (c) busy >= 0.9 and its
 first request <= 5 s after the command started; (d) >= 0.8 x (b)'s rate.
 
@@ -267,6 +268,7 @@ def main() -> None:
                 print(key, "in flight every 0.5 s:", " ".join(map(str, stats["in_flight"])))
             results[key].append({
                 "requests": stats["requests"], "wall": ended - started, "first": stats["first"] - started,
+                "last": stats["last"] - started, "tail": ended - stats["last"],
                 "rate": stats["requests"] / span, "busy": stats["busy_s"] / span,
             })
     server.terminate()
@@ -275,10 +277,11 @@ def main() -> None:
               for key, rows in results.items()}
     print(f"server: {args.delay_ms:g} ms per request, {args.slots} slots; client concurrency {args.concurrency}; "
           f"{args.rounds} round(s), medians")
-    print(f"{'client':<32} {'requests':>8} {'wall s':>7} {'first s':>7} {'req/s':>7} {'busy':>5}")
+    print(f"{'client':<32} {'requests':>8} {'wall s':>7} {'first s':>7} {'last s':>7} {'tail s':>7} {'req/s':>7} "
+          f"{'busy':>5}")
     for key, m in median.items():
-        print(f"{clients[key][0]:<32} {m['requests']:>8.0f} {m['wall']:>7.1f} {m['first']:>7.2f} "
-              f"{m['rate']:>7.0f} {m['busy']:>5.2f}")
+        print(f"{clients[key][0]:<32} {m['requests']:>8.0f} {m['wall']:>7.1f} {m['first']:>7.2f} {m['last']:>7.1f} "
+              f"{m['tail']:>7.1f} {m['rate']:>7.0f} {m['busy']:>5.2f}")
     if "a" in results and "b" in results:
         ratio = statistics.median(b["rate"] / a["rate"] for a, b in zip(results["a"], results["b"]))
         print(f"(b)/(a) rate: {ratio:.2f}  (target >= 0.4)")
