@@ -35,12 +35,15 @@ import ray
 from germinate import progress
 from germinate.config import RunConfig
 from germinate.llm.limit import Limit
+from germinate.settings import OrchestrationConfig
+from germinate.stall import Watch
 
 log = logging.getLogger(__name__)
 
 SYNC_S = 0.25  # how often a worker reports and hears its lease
 LEASE_S = 10.0  # a worker not heard from for this long has lost its slots
 REPORT_TIMEOUT_S = 5.0
+WAIT_S = 2.0  # how often the driver looks up while its workers start
 
 
 def fair_shares(capacity: int, wanted: dict[str, int]) -> dict[str, int]:
@@ -121,9 +124,12 @@ class ShardWorker:
     """Runs the run's tasks in its threads; `state` names the run's state."""
 
     def __init__(self, state: str):
-        from germinate.flows import pipeline  # seconds of imports, paid while the driver plans
+        from germinate.flows import pipeline
 
         self.pipeline, self.state = pipeline, state
+
+    def ready(self) -> None:
+        """Answers once the worker has started: a run's stall clock starts after its workers do."""
 
     def run(self, function: str, parameters: bytes) -> Any:
         return getattr(self.pipeline, function)(**pickle.loads(parameters), shared=self.state)
@@ -146,10 +152,28 @@ class Workers:
         self.name = f"germinate-{config.run_id}-{os.urandom(4).hex()}"
         self.state = RunState.options(name=self.name).remote(config.llm.server_limits)
         count = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        log.info("Ray: %d nodes, %d shard workers", len([n for n in ray.nodes() if n["Alive"]]), count)
         self.actors = [ShardWorker.options(max_concurrency=settings.workers).remote(self.name) for _ in range(count)]
         self.busy = [0] * count
         self.lock = threading.Lock()
+        try:
+            self._wait_started(settings)
+        except BaseException:
+            self.stop()
+            self.shutdown()
+            raise
+
+    def _wait_started(self, settings: OrchestrationConfig) -> None:
+        """Until every worker has started (a cluster may have no free CPU for them), saying so if it
+        takes long: a run's stall clock starts after its workers do."""
+        started, waiting = time.monotonic(), [actor.ready.remote() for actor in self.actors]
+        watch = Watch(settings, lambda: f"{len(self.actors) - len(waiting)} of {len(self.actors)} Ray shard "
+                                        "workers started (does the cluster have a free CPU for each?)")
+        while waiting:
+            _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=WAIT_S)
+            watch.check()
+        nodes = len([node for node in ray.nodes() if node["Alive"]])
+        log.info("Ray: %d shard workers on %d nodes, started in %.1fs", len(self.actors), nodes,
+                 time.monotonic() - started)
 
     def call(self, function: Callable[..., Any], parameters: bytes) -> Any:
         """A task on the least busy worker; returns its result."""
