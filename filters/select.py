@@ -35,7 +35,7 @@ def split_budget(sizes: list[int], budget: int, how: str) -> list[int]:
     """Rows per cluster, never more than a cluster has. Proportional: largest remainders;
     equal: the same share each, what small clusters cannot use going to the others."""
     budget = min(budget, sum(sizes))
-    if not budget:  # nothing to choose from (only seeds came through), or no room left
+    if not budget:  # nothing to choose from
         return [0] * len(sizes)
     if how == "proportional":
         exact = [budget * s / sum(sizes) for s in sizes]
@@ -71,12 +71,12 @@ def select_indices(
     vectors: np.ndarray, weights: np.ndarray, size: int, k: int, split: str, seed: int = 0,
     chosen: np.ndarray | None = None,
 ) -> tuple[np.ndarray, Clusters]:
-    """kMQ on vectors: a boolean mask of the `size` chosen, and the clusters it drew from. `chosen`
-    marks what is in already (the seeds): the rest of `size` is split over the clusters' others."""
+    """kMQ on vectors: a boolean mask of what is chosen, and the clusters it drew from. `chosen` marks
+    what is in already (the seeds that are rows); `size` more are split over the clusters' others."""
     found = spherical_kmeans(vectors, k, seed=seed)
     chosen = np.zeros(len(vectors), dtype=bool) if chosen is None else chosen.copy()
     members = [cluster[~chosen[cluster]] for cluster in found.members()]
-    shares = split_budget([len(m) for m in members], max(0, size - int(chosen.sum())), split)
+    shares = split_budget([len(m) for m in members], size, split)
     rng = np.random.default_rng(seed)
     for cluster, share in zip(members, shares):
         chosen[cluster[weighted_sample(weights[cluster], share, rng)]] = True
@@ -84,8 +84,9 @@ def select_indices(
 
 
 class Select(Stage):
-    """`budget.max_records` records spread over the clusters of their embeddings; deterministic per seed.
-    The seeds, paid for first, are chosen first; the rest of the rows go to the others."""
+    """`budget.max_records` generated records spread over the clusters of their embeddings; deterministic
+    per seed. Seeds that are rows (`include_seeds`) take part in the clustering and are all kept, on
+    top."""
 
     name = "select"
     section = "quality.select"
@@ -100,10 +101,8 @@ class Select(Stage):
         scores = np.array([np.nan if r.quality_score is None else r.quality_score for r in records], dtype=np.float64)
         # Quality weighs when there is any; a record without a score weighs as the average one.
         weights = np.ones(len(records)) if np.isnan(scores).all() else np.nan_to_num(scores, nan=np.nanmean(scores))
-        seeds = np.flatnonzero([r.strategy == "seed" for r in records])[:size]
-        chosen = np.zeros(len(records), dtype=bool)
-        chosen[seeds] = True
-        chosen, found = select_indices(vectors, weights, size, k, self.settings.split, seed, chosen)
+        seeds = np.array([r.strategy == "seed" for r in records])
+        chosen, found = select_indices(vectors, weights, size, k, self.settings.split, seed, seeds)
         kept, rejected = [], []
         for i, record in enumerate(records):
             cluster = int(found.assignments[i])

@@ -27,7 +27,9 @@ from germinate.hub import check_token, publish
 from germinate.llm import LLM, make_llm
 from germinate.metrics import run_metrics
 from germinate.records import Record, show
-from germinate.report import Report, StrategyReport, build_report, not_written, run_line, shortfall, stage_line
+from germinate.report import (
+    Report, StrategyReport, build_report, not_written, run_line, short_of_rows, shortfall, stage_line,
+)
 from germinate.runs import Run, prepare_run
 from germinate.stage import Context, Stage
 from germinate.stall import Watch
@@ -257,6 +259,9 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
     if config.hub.repo_id:  # after the report: a failed upload loses nothing, and a rerun retries it
         report.published = publish(run, config.hub.repo_id, config.hub.private, config.hub.revision)
         report.write(run.report_path)
+    short = short_of_rows(config, report)
+    if short:
+        log.warning(short)
     log.info(run_line(report) + (f"; published: {report.published}" if report.published else ""))
     return report, final
 

@@ -71,7 +71,7 @@ class ShardWork:
     source: str  # a strategy's name, or SEEDS
     units: list[Any]
     allowances: list[Allowance]
-    prime: list[Record] = field(default_factory=list)  # what ordered stages see first: the seeds, kept first
+    prime: list[Record] = field(default_factory=list)  # what ordered stages see first: the seeds (copies are no rows)
 
 
 @dataclass
@@ -82,34 +82,28 @@ class Plan:
 
     @property
     def records(self) -> int:
-        """Records planned in all: the rows every unit may keep."""
+        """Records planned in all (seeds included): the rows every unit may keep."""
         return sum(allowance.records for shard in self.shards for allowance in shard.allowances)
 
 
 def seed_allowances(seeds: list[Record], budget: Allowance, cost: int) -> list[Allowance]:
-    """Seeds are rows of the dataset too, paid for first (a seed that came with its answer needs one
-    call less). A seed past the budget gets nothing, and is kept as rejected `over_budget`."""
-    allowances = []
-    for seed in seeds:
-        need = cost - bool(seed.output)
-        if budget.records >= 1 and budget.take(need):
-            budget.records -= 1
-            allowances.append(Allowance(need, 1))
-        else:
-            allowances.append(Allowance(0, 0))
-    return allowances
+    """Seeds that are rows come on top of the generated rows; their calls (a seed that came with its
+    answer needs one less) are paid first. A seed past the call budget gets nothing, and is kept as
+    rejected `over_budget`."""
+    return [Allowance(cost - bool(seed.output), 1) if budget.take(cost - bool(seed.output)) else Allowance(0, 0)
+            for seed in seeds]
 
 
 def plan(config: RunConfig, seeds: list[Record], strategies: dict[str, Planner]) -> Plan:
-    """Seeds first (shard 0); what is left is split by the strategies' shares, then over each
-    strategy's units (seeds, disciplines), so a unit's share does not depend on the sharding."""
+    """The seeds that are rows first (shard 0); the calls left and the generated rows are split by the
+    strategies' shares, then over each strategy's units (seeds, disciplines), so a unit's share does
+    not depend on the sharding."""
     # With selection on, expansion grows a pool larger than the dataset to choose from.
     pool = config.quality.select.pool if config.quality.select.enabled else 1.0
     budget = Allowance(config.budget.max_llm_calls, math.ceil(config.budget.max_records * pool))
     cost = record_cost(config)
     shown = seeds if config.include_seeds else []
     shards = [ShardWork(0, SEEDS, shown, seed_allowances(shown, budget, cost))]
-    admitted = [seed for seed, allowance in zip(shown, shards[0].allowances) if allowance.records]
     calls, rows = apportion(budget.calls, config.shares), apportion(budget.records, config.shares)
     summary = {}
     for name, strategy in strategies.items():
@@ -122,5 +116,5 @@ def plan(config: RunConfig, seeds: list[Record], strategies: dict[str, Planner])
                                                      allocate(rows[name], len(units)))]
         for start in range(0, len(units), config.shard_size):
             stop = start + config.shard_size
-            shards.append(ShardWork(len(shards), name, units[start:stop], allowances[start:stop], admitted))
+            shards.append(ShardWork(len(shards), name, units[start:stop], allowances[start:stop], seeds))
     return Plan(shards, summary)

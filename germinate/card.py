@@ -112,6 +112,8 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
     budget = report.budget
     problem = report.problem
     partial = f"\n**Partial:** {problem}.\n" if problem else ""
+    seeds_are = ("on top, as given (`strategy` is `seed`; their answers are the seed file's or the model's)."
+                 if config.include_seeds else "not rows: `include_seeds` is off.")
     return f"""---
 {yaml.safe_dump(metadata, sort_keys=False)}---
 
@@ -121,14 +123,14 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
 (`{config.seeds.name}`) by the **{config.strategy_label}** strategy with the model(s)
 {", ".join(f"`{m}`" for m in report.models) or "-"}, then filtered and chosen for diversity:
 
-- **{report.rows - report.seed_rows} generated** ({generated});
-- **{report.seed_rows} seed tasks**, as given (`strategy` is `seed`; their answers are the seed file's or the model's).
+- **{report.rows - report.seed_rows} generated** ({generated}), of {budget.max_records} asked for;
+- **{report.seed_rows} seed tasks**, {seeds_are}
 {partial}
 ## How it was made
 
 {strategy_table(report)}
-Budget: {budget.max_llm_calls} LLM calls ({report.llm_calls} used), {budget.max_records} rows.
-Quality gate: {", ".join(gate) or "none"}. Seeds are {"" if config.include_seeds else "not "}rows of the dataset.
+Budget: {budget.max_llm_calls} LLM calls ({report.llm_calls} used), {budget.max_records} generated rows.
+Quality gate: {", ".join(gate) or "none"}.
 
 {stage_table(report)}
 Every dropped record is kept with its reason in the run's `stages/*/rejected-*.parquet`.

@@ -153,7 +153,7 @@ def run(
         None, help=f"Expansion strategy: {', '.join(strategies())} (mix them in the config)."
     ),
     hops: Optional[int] = typer.Option(None, help="AIDE: depth K of the synthesis tree."),
-    max_records: Optional[int] = typer.Option(None, help="Budget: rows in the dataset, seeds included."),
+    max_records: Optional[int] = typer.Option(None, help="Budget: generated rows in the dataset."),
     max_llm_calls: Optional[int] = typer.Option(None, help="Budget: LLM requests in the whole run."),
     backend: Optional[str] = typer.Option(None, help="llamacpp (embedded, default), openai or vllm."),
     model: Optional[str] = typer.Option(None, help="Model name (openai/vllm) or .gguf path (llamacpp)."),

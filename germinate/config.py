@@ -47,7 +47,10 @@ class CommonConfig(Section):
         description="what happens to each record after expansion, in order: the stages that work record by record "
         "(as records are made), then those that compare the whole set; each switched in its section",
     )
-    include_seeds: bool = Field(True, description="seeds are rows of the dataset too")
+    include_seeds: bool = Field(
+        False, description="the seeds are rows of the dataset too, on top of budget.max_records (a seed without an "
+        "answer is answered, from the LLM-call budget)",
+    )
     output_dir: Path = Path("data/runs")
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     random_seed: int = 0

@@ -78,6 +78,25 @@ def shortfall(config: RunConfig, stages: list[StageStats], rows: list[Record]) -
     return None
 
 
+def short_of_rows(config: RunConfig, report: Report) -> str | None:
+    """Why the dataset has fewer generated rows than budget.max_records, and the setting to raise; None
+    when it has them all."""
+    generated, asked = report.rows - report.seed_rows, config.budget.max_records
+    if generated >= asked:
+        return None
+    made = report.stages[0].kept - report.seed_rows  # what the strategies grew (the seeds' shard aside)
+    if made < asked:  # the calls ran out, or the seeds cannot grow more (evol-instruct: a chain each)
+        why = (f"the strategies grew {made} records with {report.llm_calls} of {config.budget.max_llm_calls} LLM calls: "
+               "raise --max-llm-calls, or give more seeds")
+    elif config.quality.select.enabled:
+        why = (f"the quality gate kept {generated} of the {made} records grown: raise quality.select.pool "
+               "(records grown per row)")
+    else:
+        why = (f"the quality gate kept {generated} of the {made} records grown: switch on quality.select, which grows "
+               "quality.select.pool records per row")
+    return f"{generated} generated rows of the {asked} asked (budget.max_records): {why}"
+
+
 def not_written(problem: str, stages: list[StageStats]) -> str:
     """The one line a user reads when a run fails for its data, with what to do next."""
     again = "run the same command again to retry the unanswered requests, or " if any(
@@ -148,8 +167,10 @@ def stage_line(s: StageStats) -> str:
 
 def run_line(report: Report) -> str:
     """What the run made, on one line: the last line of its summary and of its log."""
-    generated = report.rows - report.seed_rows
-    return (f"{report.rows} rows ({generated} generated, {report.seed_rows} seeds) in {report.dataset} "
+    generated, asked = report.rows - report.seed_rows, report.budget.max_records
+    made = f"{generated} generated" + (f" of {asked} asked" if generated < asked else "")
+    return (f"{report.rows} rows ({made}" + (f" + {report.seed_rows} seeds" if report.seed_rows else "") +
+            f") in {report.dataset} "
             f"({report.llm_calls}/{report.budget.max_llm_calls} LLM calls, {report.wall_seconds:.0f}s wall)")
 
 

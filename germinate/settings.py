@@ -103,7 +103,7 @@ class GenerationConfig(Section):
 
 class BudgetConfig(Section):
     max_llm_calls: int = Field(192, ge=1, description="all LLM requests of the run, answers and judgements included")
-    max_records: int = Field(16, ge=1, description="rows of the dataset, seeds included")
+    max_records: int = Field(16, ge=1, description="generated rows of the dataset (seeds, if included, come on top)")
     max_failed_share: float = Field(
         0.02, ge=0, le=1,
         description="requests that may still fail after their retries before the run counts as failed",

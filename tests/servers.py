@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 import re
 import threading
 import time
@@ -194,9 +195,7 @@ class FaultyServer(LoopbackServer):
             time.sleep(self.timeout_s + 0.5)
         fmt = body.get("response_format") or {}
         schema = fmt.get("schema") or fmt.get("json_schema", {}).get("schema")
-        pick = 0 if self.low_when and self.low_when in json.dumps(body["messages"]) else -1
-        tag = hashlib.sha256(json.dumps([body["messages"], body.get("seed")]).encode()).hexdigest()[:6]
-        content = json.dumps(instance(schema, pick=pick, tag=tag)) if schema else f"Here is a careful answer ({tag})."
+        content = self._content(body, schema)
         if fault == "broken_json":
             content = content[: len(content) // 2]
         return 200, json.dumps(
@@ -211,6 +210,11 @@ class FaultyServer(LoopbackServer):
                 "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
             }
         ).encode()
+
+    def _content(self, body: dict[str, Any], schema: dict[str, Any] | None) -> str:
+        pick = 0 if self.low_when and self.low_when in json.dumps(body["messages"]) else -1
+        tag = hashlib.sha256(json.dumps([body["messages"], body.get("seed")]).encode()).hexdigest()[:6]
+        return json.dumps(instance(schema, pick=pick, tag=tag)) if schema else f"Here is a careful answer ({tag})."
 
     def _handler(self):
         server = self
@@ -332,3 +336,48 @@ class RecordingHub(LoopbackServer):
                 self._serve("POST")
 
         return Handler
+
+
+WORDS = """time year people way day thing life child world school state family student group country problem
+hand part place case week company system program question work number night point home water room area money
+story fact month book job word business issue side kind house service friend power hour game line member law
+city community name team minute idea body information level office door health person art history party
+result change morning reason research moment air teacher education garden river market bridge energy signal
+budget recipe engine theory method sample pattern habit island measure explain compare describe build plan
+write list count solve estimate design test improve choose quick careful simple modern local early strong
+clear public general special recent useful common basic""".split()
+
+
+class WritingServer(FaultyServer):
+    """A FaultyServer whose answers read like a small model's: sentences of varied plain words, a
+    different text for every request (by a hash of its messages and seed), checks that pass ("yes")
+    and judges' top scores. What strategies that compare their records (novelty, constraints) need."""
+
+    def _content(self, body: dict[str, Any], schema: dict[str, Any] | None) -> str:
+        rng = random.Random(json.dumps([body["messages"], body.get("seed")]))
+        if schema:
+            return json.dumps(prose(schema, rng, schema.get("$defs", {})))
+        return " ".join(sentence(rng) for _ in range(rng.randint(2, 4)))
+
+
+def sentence(rng: random.Random) -> str:
+    text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 12)))
+    return text[0].upper() + text[1:] + "."
+
+
+def prose(schema: dict[str, Any], rng: random.Random, defs: dict[str, Any]) -> Any:
+    """A valid instance of a (pydantic-made) JSON schema in varied words."""
+    if "$ref" in schema:
+        return prose(defs[schema["$ref"].split("/")[-1]], rng, defs)
+    if "enum" in schema:
+        return "yes" if "yes" in schema["enum"] else schema["enum"][-1]
+    kind = schema.get("type")
+    if kind == "object":
+        return {key: prose(sub, rng, defs) for key, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        low = schema.get("minItems", 1)
+        return [prose(schema.get("items", {"type": "string"}), rng, defs)
+                for _ in range(rng.randint(low, max(low, min(3, schema.get("maxItems", 3)))))]
+    if kind == "integer":
+        return schema.get("maximum", 7)
+    return sentence(rng)[: schema.get("maxLength")]

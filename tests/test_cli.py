@@ -88,7 +88,7 @@ def test_a_run_written_to_a_file_keeps_its_whole_summary_and_scripts_get_the_rep
         def run(*extra: str) -> subprocess.CompletedProcess:
             return subprocess.run(
                 [sys.executable, "-m", "germinate.cli", "run", "--backend", "openai", "--base-url", server.base_url,
-                 "--seeds", str(seeds_file), "--max-llm-calls", "24", "--max-records", "4",
+                 "--seeds", str(seeds_file), "--max-llm-calls", "48", "--max-records", "4",
                  "--output-dir", str(tmp_path / "runs"), *extra],
                 cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
             )
@@ -98,7 +98,7 @@ def test_a_run_written_to_a_file_keeps_its_whole_summary_and_scripts_get_the_rep
     header = next(line for line in logged.stdout.splitlines() if "stage" in line and "kept" in line)
     assert header.split("┃")[1:-1] and [cell.strip() for cell in header.split("┃")[1:-1]] == [
         "stage", "in", "kept", "dropped", "LLM calls", "cached", "tokens", "time"]
-    assert "4 rows (" in logged.stdout and " generated, " in logged.stdout
+    assert "\n4 rows (4 generated) in " in logged.stdout
     card = (tmp_path / "runs" / "logged" / "dataset" / "README.md").read_text()
     assert f'load_dataset("{tmp_path / "runs" / "logged" / "dataset"}", split="train")' in card
     assert scripted.returncode == 0, scripted.stderr

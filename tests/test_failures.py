@@ -104,7 +104,7 @@ def test_a_failed_judgement_drops_no_record_and_too_many_failures_fail_the_run(f
     fails for its data (a scheduled run ends Failed, no dataset); asked for partial results, it keeps
     every record, seeds included, each noted as not judged."""
     with FaultyServer(delay_s=0.01, dead_when="Assess it.") as server:
-        config = config_for(server, folder, run_id="judge", llm={"max_retries": 1},
+        config = config_for(server, folder, run_id="judge", llm={"max_retries": 1}, include_seeds=True,
                             aide__on_reflection_fail="drop", quality={**GATE, "reflect": {"on_fail": "drop"}})
         state = build_dataset(config, return_state=True)
         assert state.is_failed()

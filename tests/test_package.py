@@ -68,7 +68,7 @@ def test_the_installed_wheel_runs_from_an_empty_folder_with_its_default_seeds(wh
     with FaultyServer() as server:
         run = subprocess.run(
             [env_dir / "bin" / "germinate", "run", "--backend", "openai", "--base-url", server.base_url,
-             "--model", "M", "--max-llm-calls", "40", "--max-records", "8", "--run-id", "wheel"],
+             "--model", "M", "--max-llm-calls", "64", "--max-records", "8", "--run-id", "wheel"],
             cwd=empty, capture_output=True, text=True, timeout=600, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
                                                                      "HF_HUB_OFFLINE": "1", "COLUMNS": "200"},
         )

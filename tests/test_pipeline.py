@@ -51,12 +51,13 @@ def test_dataset_loads_with_datasets_and_has_the_schema(embedded_run):
 
 def test_provenance_is_consistent(embedded_run):
     """Over everything the expansion made: each record's parent, seed, hop and operation fit; the
-    dataset's rows are among them, and every seed is a row (paid for first, chosen first)."""
+    dataset's rows are among them, and no seed is a row (they are not by default)."""
     config, report, run = embedded_run
-    rows = {r.id: dataclasses.asdict(r) for r in run.kept("expand")}
+    made = {r.id: dataclasses.asdict(r) for r in run.kept("expand")}
     dataset = {r["id"] for r in pq.read_table(run.dataset_dir / "data").to_pylist()}
-    seeds = {s["id"] for s in TINY_SEEDS}
-    assert seeds <= dataset <= set(rows)
+    seeds = {r.id: dataclasses.asdict(r) for r in run.seeds()}
+    assert set(seeds) == {s["id"] for s in TINY_SEEDS} and dataset <= set(made) and not dataset & set(seeds)
+    rows = {**seeds, **made}
     hops = set()
     for row in rows.values():
         if row["strategy"] == "seed":
@@ -82,7 +83,7 @@ def test_budget_is_respected(embedded_run):
     assert report.rows <= config.budget.max_records
     stages = {s.stage: s for s in report.stages}
     respond = stages["respond"]
-    assert respond.llm_calls == respond.records_in - 1  # one seed came with its answer
+    assert respond.llm_calls == respond.records_in  # every generated record answered (the seeds are not rows)
     assert stages["expand"].prompt_tokens > 0 and respond.completion_tokens > 0
     assert stages["reflect"].llm_calls >= stages["reflect"].records_in  # every answer judged
 
@@ -134,7 +135,7 @@ def test_failed_requests_become_rejected_records(tmp_path):
             write_seeds(tmp_path), tmp_path / "runs",
             llm={"backend": "openai", "base_url": server.base_url, "max_retries": 2, "backoff_s": 0.01,
                  "timeout_s": 0.5},
-            aide__personas=0, budget__allow_partial=True,
+            aide__personas=0, budget__allow_partial=True, include_seeds=True,
             quality=GATE_OFF,  # this test is about failures
         )
         report = build(config)

@@ -45,7 +45,7 @@ def published(tmp_path_factory):
             "seeds": str(folder / "seeds.jsonl"), "output_dir": str(folder / "runs"), "run_id": "demo",
             "llm": {"backend": "openai", "base_url": server.base_url},
             "aide": {"hops": 1, "attributes": 1, "operations": ["concretizing"], "personas": 0},
-            "budget": {"max_llm_calls": 40, "max_records": 6},
+            "budget": {"max_llm_calls": 40, "max_records": 6}, "include_seeds": True,
             "hub": {"repo_id": "germinate-test/demo", "license": "apache-2.0", "private": True},
         }
         (folder / "run.yaml").write_text(yaml.safe_dump(config))
@@ -96,8 +96,8 @@ def test_the_card_tells_how_the_data_was_made(published):
     rows = pq.read_table(run.dataset_dir / "data").to_pylist()
     seeds = sum(row["strategy"] == "seed" for row in rows)
     assert 0 < seeds < len(rows)  # both kinds, each counted
-    assert f"**{len(rows) - seeds} generated** (aide {len(rows) - seeds})" in card
-    assert f"**{seeds} seed tasks**, as given" in card
+    assert f"**{len(rows) - seeds} generated** (aide {len(rows) - seeds}), of 6 asked for" in card
+    assert f"**{seeds} seed tasks**, on top, as given" in card
     for stage in report["stages"]:
         assert f"| {stage['stage']} | {stage['records_in']} | {stage['kept']} |" in card
     assert f"![cluster_sizes]({CLUSTER_PLOT})" in card and f"![quality_scores]({SCORE_PLOT})" in card

@@ -121,12 +121,12 @@ def test_a_run_that_stops_moving_says_on_what_then_stops(threads_run, tmp_path, 
         server.answering.set()
         server.on_chat = None
         reported = [r.getMessage() for r in caplog.records if "(orchestration.stall_s); waiting on" in r.getMessage()]
-        assert len(reported) >= 2 and all("tasks (shard-0-" in line for line in reported)
+        assert len(reported) >= 2 and all("tasks (shard-1-" in line for line in reported)  # the seeds are not rows
         held = f"Ray worker {os.uname().nodename}:"
         in_flight = [sum(map(int, re.findall(rf"{server.base_url} (\d+) in flight", line))) for line in reported]
         assert 2 in in_flight  # both of the run's slots, held by requests in flight on Ray workers
         said = str(stalled.value)
-        assert said.startswith("the run stalled: nothing done for 20s (orchestration.stall_timeout_s); waiting on 4 tasks")
+        assert said.startswith("the run stalled: nothing done for 20s (orchestration.stall_timeout_s); waiting on 3 tasks")
         assert held in said and said.endswith("what finished is kept: run the same command again to resume")
         assert not (tmp_path / "same" / "dataset").exists()
         report = on_ray(config, tmp_path)

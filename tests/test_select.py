@@ -1,5 +1,6 @@
 """Diversity selection (kMQ) on real embeddings of a few hundred instructions."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -90,6 +91,17 @@ def test_quality_weighs_inside_a_cluster(pool):
         record.quality_score = None
 
 
+def test_seeds_that_are_rows_are_kept_on_top_of_the_generated_rows(pool):
+    """With `include_seeds`, the seeds come on top: `max_records` generated rows are chosen among the
+    generated ones, whatever the number of seeds."""
+    records, _ = pool
+    seeds = [dataclasses.replace(r, id=f"seed-{r.id}", strategy="seed", hop=0) for r in records[:40:2]]
+    kept, rejected = select_diverse(seeds + records[40:], 12, 0, clusters=8)
+    assert sum(r.strategy == "seed" for r in kept) == len(seeds) == 20
+    assert sum(r.strategy == "aide" for r in kept) == 12
+    assert all(r.strategy == "aide" for r in rejected)
+
+
 def test_weighted_sample_follows_the_weights():
     rng = np.random.default_rng(0)
     picks = [weighted_sample(np.array([1.0, 9.0]), 1, rng)[0] for _ in range(2000)]
@@ -101,4 +113,4 @@ def test_budget_split():
     assert sum(split_budget([7, 5, 1], 6, "proportional")) == 6
     assert split_budget([50, 3, 1], 9, "equal") == [5, 3, 1]  # small clusters give what they cannot use
     assert split_budget([2, 2], 10, "equal") == [2, 2]  # never more than there is
-    assert split_budget([0, 0], 5, "proportional") == [0, 0]  # only seeds came through: nothing to choose
+    assert split_budget([0, 0], 5, "proportional") == [0, 0]  # nothing to choose from

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import GATE_OFF, build, germinate
+from conftest import GATE_OFF, TINY_SEEDS, build, germinate
 from germinate.cli import app
 from germinate.generators.glan import concept_sets, sample_concepts
 from germinate.generators.self_instruct import rouge_l, tokens
@@ -123,7 +123,7 @@ def strategy_runs(tmp_path_factory):
     """Each strategy once, on the embedded model with the gate off: provenance is what is checked."""
     import json
 
-    from conftest import TINY_SEEDS, tiny_config
+    from conftest import tiny_config
 
     folder = tmp_path_factory.mktemp("strategies")
     seeds = folder / "seeds.jsonl"
@@ -173,13 +173,13 @@ def test_self_instruct_rows_are_novel_against_the_pool(strategy_runs):
     report, rows = strategy_runs("self-instruct")
     new = generated(rows, "self-instruct")
     for i, row in enumerate(new):
-        for other in new[:i] + [r for r in rows if r["strategy"] == "seed"]:
+        for other in new[:i] + TINY_SEEDS:
             assert rouge_l(tokens(row["instruction"]), tokens(other["instruction"])) < 0.7
 
 
 def test_evol_instruct_rows_form_chains_from_their_seed(strategy_runs):
     report, rows = strategy_runs("evol-instruct")
-    by_id = {r["id"]: r for r in rows}
+    by_id = {r["id"]: {**r, "hop": 0, "seed_id": None} for r in TINY_SEEDS} | {r["id"]: r for r in rows}
     for row in generated(rows, "evol-instruct"):
         assert row["operation"] in ("add_constraints", "deepen", "concretize", "increase_reasoning",
                                     "complicate_input", "breadth")
@@ -196,12 +196,11 @@ def test_mixed_run_respects_the_shares_of_the_budget(tmp_path, seeds_file):
                          budget__max_llm_calls=60, budget__max_records=14, **TINY["tcia"], **TINY["glan"])
     report = build(config)
     split = report.strategies
-    seed_calls = 2  # three seeds, one with its answer: two answers reserved first
-    assert sum(s.max_llm_calls for s in split.values()) == 60 - seed_calls
+    assert sum(s.max_llm_calls for s in split.values()) == 60  # the seeds are not rows: nothing reserved for them
     rows = pq.read_table(Path(report.dataset) / "data").to_pylist()
     for name, share in shares.items():
         part = split[name]
-        assert abs(part.max_llm_calls - share * (60 - seed_calls)) < 1
+        assert abs(part.max_llm_calls - share * 60) < 1
         # what the strategy spent expanding, and the answers it reserved for its records, fit its share
         assert part.expand_calls + part.records <= part.max_llm_calls
         assert 1 <= part.records <= part.max_records
