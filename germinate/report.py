@@ -84,17 +84,18 @@ def short_of_rows(config: RunConfig, report: Report) -> str | None:
     generated, asked = report.rows - report.seed_rows, config.budget.max_records
     if generated >= asked:
         return None
-    made = report.stages[0].kept - report.seed_rows  # what the strategies grew (the seeds' shard aside)
-    if made < asked:  # the calls ran out, or the seeds cannot grow more (evol-instruct: a chain each)
-        why = (f"the strategies grew {made} records with {report.llm_calls} of {config.budget.max_llm_calls} LLM calls: "
-               "raise --max-llm-calls, or give more seeds")
-    elif config.quality.select.enabled:
-        why = (f"the quality gate kept {generated} of the {made} records grown: raise quality.select.pool "
-               "(records grown per row)")
-    else:
-        why = (f"the quality gate kept {generated} of the {made} records grown: switch on quality.select, which grows "
-               "quality.select.pool records per row")
-    return f"{generated} generated rows of the {asked} asked (budget.max_records): {why}"
+    calls = config.budget.max_llm_calls
+    if report.llm_calls >= 0.9 * calls:
+        return (f"{generated} generated rows of the {asked} asked (budget.max_records): the run spent "
+                f"{report.llm_calls} of its {calls} LLM calls: raise --max-llm-calls")
+    # Calls are left: each unit (a seed) had its share of the rows, or too few calls left to grow
+    # another record; the gate dropped some of what was grown.
+    grown = sum(s.records for s in report.strategies.values())
+    more = ("raise quality.select.pool (records grown per row)" if config.quality.select.enabled
+            else "switch on quality.select (it grows quality.select.pool records per row)")
+    return (f"{generated} generated rows of the {asked} asked (budget.max_records): the strategies grew {grown} "
+            f"records with {report.llm_calls} of {calls} LLM calls and the gate kept {generated}: {more}, or "
+            "--max-llm-calls, or give more seeds")
 
 
 def not_written(problem: str, stages: list[StageStats]) -> str:

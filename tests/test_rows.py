@@ -72,4 +72,5 @@ def test_a_budget_too_small_for_the_dataset_says_which_flag_to_raise(server, tmp
     spent = last.split("(")[2].split("/")[0]
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: {len(rows)} generated rows of the 12 asked "
                                                          "(budget.max_records): the strategies grew ")
-    assert warnings[0].endswith(f"records with {spent} of 20 LLM calls: raise --max-llm-calls, or give more seeds")
+    assert f"records with {spent} of 20 LLM calls and the gate kept {len(rows)}: " in warnings[0]
+    assert warnings[0].endswith(", or --max-llm-calls, or give more seeds")
