@@ -120,8 +120,10 @@ def test_a_run_that_stops_moving_says_on_what_then_stops(threads_run, tmp_path, 
             build_dataset(config.model_copy(update={"output_dir": tmp_path, "orchestration": stalling}))
         server.answering.set()
         server.on_chat = None
-        reported = [r.getMessage() for r in caplog.records if "(orchestration.stall_s); waiting on" in r.getMessage()]
-        assert len(reported) >= 2 and all("tasks (shard-1-" in line for line in reported)  # the seeds are not rows
+        # Reports of the shards (a busy machine may first report workers still starting); the seeds are not rows.
+        reported = [r.getMessage() for r in caplog.records if "(orchestration.stall_s); waiting on 3 tasks (shard-1-"
+                    in r.getMessage()]
+        assert len(reported) >= 2
         held = f"Ray worker {os.uname().nodename}:"
         in_flight = [sum(map(int, re.findall(rf"{server.base_url} (\d+) in flight", line))) for line in reported]
         assert 2 in in_flight  # both of the run's slots, held by requests in flight on Ray workers
@@ -143,13 +145,14 @@ class OtherJob:
 
 def test_a_run_whose_workers_cannot_start_says_so_then_stops(threads_run, tmp_path, caplog):
     """A cluster with no free CPU for one of its shard workers (another job holds it): the run says
-    how many workers started, then stops with RunStalled instead of waiting for good."""
+    how many workers started, then stops with RunStalled instead of waiting for good. (20 s: on a
+    busy machine the first worker takes seconds to start.)"""
     config, _ = threads_run
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         other = OtherJob.remote()
         ray.get(other.ready.remote())
-        waiting = RAY.model_copy(update={"stall_s": 1, "stall_timeout_s": 5})
+        waiting = RAY.model_copy(update={"stall_s": 1, "stall_timeout_s": 20})
         with FaultyServer() as server, caplog.at_level(logging.WARNING, logger="germinate"), \
                 pytest.raises(RunStalled) as stalled:
             build_dataset(at(config, server).model_copy(update={"output_dir": tmp_path, "orchestration": waiting}))
@@ -157,7 +160,7 @@ def test_a_run_whose_workers_cannot_start_says_so_then_stops(threads_run, tmp_pa
         ray.shutdown()
     started = "1 of 2 Ray shard workers started (does the cluster have a free CPU for each?)"
     assert any(r.getMessage().endswith(started) for r in caplog.records)
-    assert str(stalled.value).startswith(f"the run stalled: nothing done for 5s (orchestration.stall_timeout_s); "
+    assert str(stalled.value).startswith(f"the run stalled: nothing done for 20s (orchestration.stall_timeout_s); "
                                          f"waiting on {started}")
 
 
