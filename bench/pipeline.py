@@ -238,7 +238,7 @@ def main() -> None:
         "seeds": str(folder / "evol.jsonl"), "strategy": "evol-instruct", "llm": llm, "output_dir": str(folder),
         "evol_instruct": {"generations": args.generations},
         "budget": {"max_llm_calls": args.seeds * 2 * args.generations,  # seeds come with their answers
-                   "max_records": args.seeds * (args.generations + 1)},
+                   "max_records": args.seeds * args.generations},  # generated rows (the seeds are not rows)
         "quality": {stage: {"enabled": False} for stage in
                     ("heuristics", "exact_dedup", "near_dedup", "semantic_dedup", "reflect", "select")},
     }
