@@ -25,7 +25,7 @@ from germinate.errors import RunFailed, UserError
 from germinate.executor import Seeds, run_whole_set, stream_shard
 from germinate.hub import check_token, publish
 from germinate.llm import LLM, make_llm
-from germinate.metrics import run_metrics
+from germinate.metrics import run_metrics, sample_rank
 from germinate.records import Record, show
 from germinate.report import (
     Report, StrategyReport, build_report, not_written, run_line, short_of_rows, shortfall, stage_line,
@@ -101,6 +101,13 @@ def _settle(shared: str | None) -> None:
         ray_run.settle()
 
 
+def embed_ahead(embedder: Embedder, records: list[Record]) -> None:
+    """What a shard makes is embedded while the run goes on, the metrics' sample first: with no
+    stage that needs every vector, what is left of the rest when the run ends is not waited for."""
+    for record in records:
+        embedder.submit([show(record)], sample_rank(record))
+
+
 def run_shard(config: RunConfig, work: ShardWork, shared: str | None = None) -> list[StageStats]:
     """One shard, streamed through every per-record stage, unless an earlier invocation finished it.
     `shared`: on Ray, the name of the run's state (request slots, progress)."""
@@ -115,7 +122,7 @@ def run_shard(config: RunConfig, work: ShardWork, shared: str | None = None) -> 
     allowances = [dataclasses.replace(a) for a in work.allowances]  # a retried task starts from the plan again
     output = llm.run(stream_shard(
         source, work.units, allowances, stages, prime=work.prime, on_call=lambda stage: progress.advance(CALLS),
-        on_record=progress.advance, on_made=lambda records: embedder.submit([show(r) for r in records]),
+        on_record=progress.advance, on_made=functools.partial(embed_ahead, embedder),
     ))
     sealed = not any(s.unanswered_calls for s in output.stats)
     _settle(shared)

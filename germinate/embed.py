@@ -22,8 +22,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -31,7 +32,10 @@ from germinate.errors import UserError
 from germinate.settings import EmbeddingConfig
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-WAITED, BACKGROUND = 0, 1  # what someone waits for goes first
+WAITED, BACKGROUND = 0.0, 1.0  # what someone waits for goes first (background work: 1 and on, lowest first)
+CPU_BATCH, GPU_BATCH = 16, 256  # texts per forward pass (GPU: or per request to a server) by default
+LENGTH_STEP = 4  # tokens: a batch's length is its texts' rounded up to this: little to pad
+HELPING = 512  # texts, about, taken from the queue at once (at least 8 batches)
 
 
 def _model_path(name: str) -> str:
@@ -43,18 +47,70 @@ def _model_path(name: str) -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 
-def _load(name: str):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as transformers_logging
+class _Local:
+    """A sentence-transformers model in this process, fed batches of a fixed shape: `batch_size`
+    rows (empty ones fill it) of a text's length rounded up to a few tokens. A model's numbers move
+    (in the 7th digit) with the shape of what it computes, so a vector is then a function of its
+    text alone: a rerun, a resume, or the same text in other company gets the same one, and what
+    dedup and k-means decide does not move. On a CPU each core takes a batch of its own (one
+    text's matrices are too small to share out)."""
 
-    transformers_logging.disable_progress_bar()  # a pipeline step, not an interactive download
-    transformers_logging.set_verbosity_error()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":  # one core stays with the requests in flight
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-    return SentenceTransformer(_model_path(name), device=device)
+    def __init__(self, config: EmbeddingConfig):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # a pipeline step, not an interactive download
+        transformers_logging.set_verbosity_error()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.batch_size = config.batch_size or (GPU_BATCH if self.device == "cuda" else CPU_BATCH)
+        self.model = SentenceTransformer(_model_path(config.model), device=self.device)
+        precision = config.precision
+        if precision == "auto":
+            precision = "bfloat16" if _native_bfloat16(torch, self.device) else "float32"
+        self.model = self.model.to(getattr(torch, precision))
+        self.where = f"{self.device} {precision}"
+        self.dimension = self.model.get_embedding_dimension()
+        self.limit = self.model.max_seq_length or 512
+        self.filler = {key: ids[0] for key, ids in self.model.tokenizer([""]).items()}
+        self.cores = (os.cpu_count() or 1) if self.device == "cpu" else 1
+        if self.device == "cpu":
+            torch.set_num_threads(1)
+        self.threads = ThreadPoolExecutor(self.cores, thread_name_prefix="germinate-embed")
+
+    def encode(self, texts: list[str]) -> Iterator[tuple[list[int], np.ndarray]]:
+        """(rows of `texts`, their unit vectors), a few batches at a time."""
+        tokens = self.model.tokenizer(texts, truncation=True, max_length=self.limit)  # once, in Rust's threads
+        lengths: dict[int, list[int]] = {}
+        for i, ids in enumerate(tokens["input_ids"]):
+            lengths.setdefault(min(self.limit, -(-len(ids) // LENGTH_STEP) * LENGTH_STEP), []).append(i)
+        batches = [(length, rows[start : start + self.batch_size])
+                   for length, rows in lengths.items() for start in range(0, len(rows), self.batch_size)]
+        for start in range(0, len(batches), self.cores):
+            together = batches[start : start + self.cores]
+            yield from zip((rows for _, rows in together),
+                           self.threads.map(lambda batch: self._forward(tokens, *batch), together))
+
+    def _forward(self, tokens, length: int, rows: list[int]) -> np.ndarray:
+        import torch
+
+        pad = {"input_ids": self.model.tokenizer.pad_token_id}
+        features = {key: torch.tensor([
+            row + [pad.get(key, 0)] * (length - len(row))
+            for row in [ids[i] for i in rows] + [self.filler[key]] * (self.batch_size - len(rows))
+        ], device=self.device) for key, ids in tokens.items()}
+        with torch.inference_mode():
+            found = self.model(features)["sentence_embedding"][: len(rows)].float()
+        return torch.nn.functional.normalize(found, dim=1).cpu().numpy()
+
+
+def _native_bfloat16(torch, device: str) -> bool:
+    """Whether the hardware computes in bfloat16 itself (a CPU's AMX tiles, a recent GPU): there it is
+    2 to 3 times as fast as float32; elsewhere it is emulated, and slower."""
+    if device == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
 
 
 class _Remote:
@@ -62,10 +118,15 @@ class _Remote:
 
     def __init__(self, config: EmbeddingConfig):
         self.config = config
+        self.where = config.base_url
+        self.batch_size = config.batch_size or GPU_BATCH
+        self.dimension = 0  # not known before its first answer
         self.loop = asyncio.new_event_loop()
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return self.loop.run_until_complete(self._encode(texts))
+    def encode(self, texts: list[str]) -> Iterator[tuple[list[int], np.ndarray]]:
+        for start in range(0, len(texts), self.batch_size):
+            rows = list(range(start, min(len(texts), start + self.batch_size)))
+            yield rows, self.loop.run_until_complete(self._encode([texts[i] for i in rows]))
 
     async def _encode(self, texts: list[str]) -> np.ndarray:
         import aiohttp
@@ -99,13 +160,14 @@ class Embedder:
         self.cache = cache
         _worker(config, self.key)  # it starts loading the model now
 
-    def _send(self, priority: int, texts: list[str]) -> Future:
+    def _send(self, priority: float, texts: list[str]) -> Future:
         return _worker(self.config, self.key).send(priority, texts, self.cache)  # a worker that died is replaced
 
-    def submit(self, texts: list[str]) -> None:
-        """Embed and cache these, in the background: nobody waits for them yet."""
+    def submit(self, texts: list[str], rank: float = 0.0) -> None:
+        """Embed and cache these, in the background: nobody waits for them yet. Of the background
+        work, the lower `rank` (0 to 1) goes first."""
         if texts:
-            self._send(BACKGROUND, texts)
+            self._send(BACKGROUND + rank, texts)
 
     def vectors_sync(self, texts: list[str]) -> np.ndarray:
         """float32 array (len(texts), dim) of unit vectors: a dot product is a cosine."""
@@ -147,7 +209,7 @@ class _Worker:
         pickle.dump(message, self.inbox, protocol=pickle.HIGHEST_PROTOCOL)
         self.inbox.flush()
 
-    def send(self, priority: int, texts: list[str], cache: Path | None) -> Future:
+    def send(self, priority: float, texts: list[str], cache: Path | None) -> Future:
         found: Future = Future()
         with self.lock:
             if not self.alive():
@@ -229,7 +291,7 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
 
     threading.Thread(target=read, daemon=True).start()
     try:
-        encoder: object = _Remote(config) if config.base_url else _load(config.model)
+        encoder: _Local | _Remote | Exception = _Remote(config) if config.base_url else _Local(config)
     except Exception as exc:  # a model that will not load: every job hears why
         encoder = RuntimeError(f"embedding model {config.model}: {exc}")
     caches: dict[Path, sqlite3.Connection] = {}
@@ -240,16 +302,18 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
             if None in jobs:
                 return
             jobs.sort(key=lambda j: (j[0], j[1]))
-            # In order, what is waited for first, in helpings of a few batches of distinct texts: many
-            # small asks at once (a seed each, with the same personas) share batches instead of each
-            # padding one of its own, and a wait that comes meanwhile is not held up long.
+            # In order, what is waited for first, in helpings of many distinct texts: many small asks
+            # at once (a seed each, with the same personas; a record each) share full batches instead
+            # of each padding its own.
+            helping = HELPING if isinstance(encoder, Exception) else max(HELPING, 8 * encoder.batch_size)
             taken, texts = [], set()
             for job in jobs:
-                if job[0] != jobs[0][0] or taken and len(texts.union(job[2])) > 4 * config.batch_size:
+                if (job[0] == WAITED) != (jobs[0][0] == WAITED) or taken and len(texts.union(job[2])) > helping:
                     break
                 taken.append(job)
                 texts.update(job[2])
             jobs[:] = jobs[len(taken):]
+            waited = taken[0][0] == WAITED
         for cache in dict.fromkeys(cache for *_, cache in taken):
             together = [j for j in taken if j[3] == cache]  # encoded in one go: fewer, fuller batches
             try:
@@ -260,8 +324,16 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
                     caches[cache] = sqlite3.connect(cache)
                     caches[cache].execute(
                         "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
-                found = _embed(config, [t for j in together for t in j[2]], encoder, caches.get(cache))
-                answers = [(job, _stacked([found[t] for t in texts], encoder), None) for _, job, texts, _ in together]
+                # Background work gives way, between two batches, to a wait that comes meanwhile.
+                found = _embed(config, [t for j in together for t in j[2]], encoder, caches.get(cache),
+                               stop=lambda: not waited and any(j is None or j[0] == WAITED for j in jobs))
+                done, left = [], []
+                for job in together:
+                    (done if all(t in found for t in job[2]) else left).append(job)
+                with arrived:
+                    jobs.extend(left)  # their turn comes again: what was done of them is in the cache
+                answers = [(job, _stacked([found[t] for t in texts], encoder.dimension), None)
+                           for _, job, texts, _ in done]
             except Exception as exc:  # said as text: not every exception pickles
                 answers = [(job, None, RuntimeError(f"embedding failed: {exc}")) for _, job, _, _ in together]
             try:
@@ -272,18 +344,19 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
                 return
 
 
-def _stacked(vectors: list[np.ndarray], encoder) -> np.ndarray:
-    if vectors:
-        return np.stack(vectors)
-    return np.zeros((0, 0 if isinstance(encoder, _Remote) else encoder.get_embedding_dimension()), dtype=np.float32)
+def _stacked(vectors: list[np.ndarray], dimension: int) -> np.ndarray:
+    return np.stack(vectors) if vectors else np.zeros((0, dimension), dtype=np.float32)
 
 
-def _embed(config: EmbeddingConfig, texts: list[str], encoder, db) -> dict[str, np.ndarray]:
-    """Each distinct text's vector: from the run's cache, or encoded (and cached)."""
-    # What the last digits depend on is in the key: the batch's size and where it ran (a CPU, a GPU,
+def _embed(
+    config: EmbeddingConfig, texts: list[str], encoder: _Local | _Remote, db, stop: Callable[[], bool] = lambda: False
+) -> dict[str, np.ndarray]:
+    """Each distinct text's vector: from the run's cache, or encoded (and cached); only some of them
+    when `stop` says so between batches."""
+    # What the last digits depend on is in the key: the batch's shape and where it ran (a CPU, a GPU,
     # a server); a resumed run elsewhere embeds again rather than mix the two.
-    where = config.base_url or str(encoder.device)
-    keys = {t: hashlib.sha1(f"{config.model}\x1f{config.batch_size}\x1f{where}\x1f{t}".encode()).hexdigest()
+    shape = f"{encoder.batch_size}x{LENGTH_STEP}"
+    keys = {t: hashlib.sha1(f"{config.model}\x1f{shape}\x1f{encoder.where}\x1f{t}".encode()).hexdigest()
             for t in dict.fromkeys(texts)}
     found: dict[str, np.ndarray] = {}
     if db is not None:
@@ -295,42 +368,19 @@ def _embed(config: EmbeddingConfig, texts: list[str], encoder, db) -> dict[str, 
             found.update((by_key[key], np.frombuffer(blob, dtype=np.float32)) for key, blob in rows)
     todo = [t for t in keys if t not in found]
     for start in range(0, len(todo), 4096):
-        batch = todo[start : start + 4096]
-        fresh = _encode(config, batch, encoder)
-        found.update(zip(batch, fresh))
+        batch, fresh = todo[start : start + 4096], {}
+        for rows, vectors in encoder.encode(batch):
+            fresh.update((batch[i], vector) for i, vector in zip(rows, vectors))
+            if stop():
+                break
+        found.update(fresh)
         if db is not None:
             with db:
                 db.executemany("INSERT OR REPLACE INTO vectors (key, vector) VALUES (?, ?)",
-                               [(keys[t], v.tobytes()) for t, v in zip(batch, fresh)])
+                               [(keys[t], v.tobytes()) for t, v in fresh.items()])
+        if stop():
+            break
     return found
-
-
-def _encode(config: EmbeddingConfig, texts: list[str], encoder) -> np.ndarray:
-    """Unit vectors, each a function of its text alone. A model's numbers change (in the 7th digit)
-    with the shape of the batch a text is in, and that depends on which texts came together; so
-    every batch has the same shape here: `batch_size` rows (empty ones fill it) of the text's
-    length bucket. Then a rerun, a resume, or a text embedded in another company gets the same
-    vector, and what dedup and k-means decide does not move."""
-    if isinstance(encoder, _Remote):
-        return np.concatenate([encoder.encode(texts[i : i + config.batch_size])
-                               for i in range(0, len(texts), config.batch_size)])
-    import torch
-
-    tokenizer, limit = encoder.tokenizer, encoder.max_seq_length or 512
-    buckets: dict[int, list[int]] = {}  # a text is padded to the power of two above its length
-    for i, ids in enumerate(tokenizer(texts, truncation=True, max_length=limit)["input_ids"]):
-        buckets.setdefault(min(limit, 1 << max(4, (len(ids) - 1).bit_length())), []).append(i)
-    vectors = np.zeros((len(texts), encoder.get_embedding_dimension()), dtype=np.float32)
-    for length, members in buckets.items():
-        for start in range(0, len(members), config.batch_size):
-            rows = members[start : start + config.batch_size]
-            batch = [texts[i] for i in rows] + [""] * (config.batch_size - len(rows))
-            features = tokenizer(batch, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
-            with torch.inference_mode():
-                found = encoder({k: v.to(encoder.device) for k, v in features.items()})["sentence_embedding"]
-            found = torch.nn.functional.normalize(found[: len(rows)], dim=1)
-            vectors[rows] = found.float().cpu().numpy()
-    return vectors
 
 
 def embed(texts: list[str], model: str = DEFAULT_MODEL, cache: Path | None = None) -> np.ndarray:

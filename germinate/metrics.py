@@ -4,6 +4,7 @@ so runs (and strategies) can be compared: `germinate compare RUN_DIR...` and the
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import numpy as np
@@ -16,8 +17,13 @@ from germinate.records import Record, show
 from germinate.runs import Run
 
 
+Vectors = Callable[[list[str]], np.ndarray]
+SAMPLE = 256  # records, about, that a set larger than this is measured on
+
+
 class Metrics(BaseModel):
     rows: int
+    measured_on: int = 0  # rows the vector metrics saw: all of them, or a sample by id of SAMPLE
     generated: int  # records the expansion produced, seeds included, before any filter
     mean_distance: float  # mean pairwise cosine distance of the instructions: higher is more diverse
     clusters_covered: int  # clusters of the reference pool that the rows reach
@@ -45,21 +51,40 @@ def distinct_bigrams(texts: list[str]) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+def sample_rank(record: Record) -> float:
+    """Where a record stands, 0 to 1, in every sample by id: the same in every run and resume."""
+    return int(hashlib.sha1(record.id.encode()).hexdigest()[:12], 16) / 16**12
+
+
+def sample(records: list[Record]) -> list[Record]:
+    """About SAMPLE of `records` (all of them when there are no more): those of the lowest rank.
+    Embedding every row of a large set would take longer than growing it, and a mean over a
+    few hundred is as good as over all for comparing runs."""
+    if len(records) <= SAMPLE:
+        return records
+    return [r for r in records if sample_rank(r) < SAMPLE / len(records)]
+
+
 def pool_clusters(vectors: np.ndarray) -> Clusters:
     """The reference clustering every measured dataset is counted against (about 4 per cluster, at most 64)."""
     return spherical_kmeans(vectors, max(2, min(64, len(vectors) // 4)))
 
 
 def measure(
-    rows: list[Record], vectors: np.ndarray, seed_vectors: np.ndarray, generated: int, clusters: Clusters
+    rows: list[Record], vectors: Vectors, seeds: list[Record], generated: int, clusters: Clusters
 ) -> Metrics:
-    covered = set((vectors @ clusters.centroids.T).argmax(axis=1).tolist()) if len(vectors) else set()
-    new = vectors[[r.strategy != "seed" for r in rows]] if len(vectors) else vectors
+    """`rows` measured on a sample of them, against a sample of the seeds."""
+    measured = sample(rows)
+    found = vectors([show(r) for r in measured])
+    seed_vectors = vectors([show(r) for r in sample(seeds)])
+    covered = set((found @ clusters.centroids.T).argmax(axis=1).tolist()) if len(found) else set()
+    new = found[[r.strategy != "seed" for r in measured]] if len(found) else found
     similarity = float((new @ seed_vectors.T).max(axis=1).mean()) if len(new) and len(seed_vectors) else 0.0
     return Metrics(
         rows=len(rows),
+        measured_on=len(measured),
         generated=generated,
-        mean_distance=round(mean_pairwise_distance(vectors), 4),
+        mean_distance=round(mean_pairwise_distance(found), 4),
         clusters_covered=len(covered),
         clusters=len(clusters.centroids),
         distinct_bigrams=round(distinct_bigrams([r.instruction for r in rows]), 4),
@@ -67,29 +92,21 @@ def measure(
     )
 
 
-Vectors = Callable[[list[str]], np.ndarray]
-
-
 def run_metrics(run: Run, rows: list[Record], vectors: Vectors) -> Metrics:
     """A run's dataset against the clusters of everything its expansion produced (embedded while it ran)."""
-    candidates = run.kept(EXPAND_STAGE) + run.rejected(EXPAND_STAGE)
-    clusters = pool_clusters(vectors([show(r) for r in candidates]))
-    return measure(rows, vectors([show(r) for r in rows]), vectors([show(r) for r in run.seeds()]),
-                   len(candidates), clusters)
+    candidates, seeds = run.kept(EXPAND_STAGE) + run.rejected(EXPAND_STAGE), run.seeds()
+    vectors([show(r) for r in sample(candidates) + sample(rows) + sample(seeds)])  # one wait: the rest reads the cache
+    clusters = pool_clusters(vectors([show(r) for r in sample(candidates)]))
+    return measure(rows, vectors, seeds, len(candidates), clusters)
 
 
 def compare_runs(runs: list[Run], model: str) -> dict[str, Metrics]:
     """Each run's dataset against the clusters of all the runs' datasets together."""
-    rows, vectors, seeds = {}, {}, {}
-    for run in runs:
-        rows[run.root] = run.dataset()
-        vectors[run.root] = embed([show(r) for r in rows[run.root]], model, run.embeddings_path)
-        seeds[run.root] = embed([show(r) for r in run.seeds()], model, run.embeddings_path)
-    clusters = pool_clusters(np.concatenate(list(vectors.values())))
+    datasets = {run.root: run.dataset() for run in runs}
+    pooled = [embed([show(r) for r in sample(datasets[run.root])], model, run.embeddings_path) for run in runs]
+    clusters = pool_clusters(np.concatenate(pooled))
     return {
-        str(run.root): measure(
-            rows[run.root], vectors[run.root], seeds[run.root],
-            len(run.kept(EXPAND_STAGE)) + len(run.rejected(EXPAND_STAGE)), clusters,
-        )
+        str(run.root): measure(datasets[run.root], lambda texts, run=run: embed(texts, model, run.embeddings_path),
+                               run.seeds(), len(run.kept(EXPAND_STAGE)) + len(run.rejected(EXPAND_STAGE)), clusters)
         for run in runs
     }

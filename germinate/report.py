@@ -150,6 +150,7 @@ def describe_metrics(m: Metrics) -> str:
         f"mean pairwise cosine distance {m.mean_distance:.3f}, {m.clusters_covered}/{m.clusters} "
         f"k-means clusters of the candidates covered, distinct bigrams {m.distinct_bigrams:.2f}, "
         f"mean cosine to the nearest seed {m.seed_similarity:.3f}, kept {m.rows}/{m.generated}"
+        + (f" (vectors of a sample of {m.measured_on} rows by id)" if 0 < m.measured_on < m.rows else "")
     )
 
 

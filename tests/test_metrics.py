@@ -79,3 +79,22 @@ def test_compare_names_a_folder_that_is_not_a_run(tmp_path):
     result = germinate("compare", str(tmp_path / "ok"), str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path}: not a germinate run directory (no config.yaml)"]
+
+
+def test_a_large_dataset_is_measured_on_a_sample_by_id_that_the_summary_states():
+    """Embedding every row of a large set would take longer than growing it: the vector metrics
+    read a sample of about SAMPLE rows, the same whatever the rows' order (a resumed run agrees),
+    and the line the card and the summary print says how many rows it saw."""
+    from germinate.metrics import SAMPLE, Metrics, sample
+    from germinate.report import describe_metrics
+
+    rows = [Record(id=f"row-{i}", instruction=f"task {i}") for i in range(10 * SAMPLE)]
+    chosen = sample(rows)
+    assert 0.8 * SAMPLE < len(chosen) < 1.2 * SAMPLE
+    assert {r.id for r in sample(rows[::-1])} == {r.id for r in chosen}
+    assert sample(rows[:SAMPLE]) == rows[:SAMPLE]  # a set this small is measured whole
+    common = dict(generated=10 * SAMPLE, mean_distance=0.5, clusters_covered=3, clusters=4, distinct_bigrams=0.5,
+                  seed_similarity=0.5)
+    assert f"a sample of {len(chosen)} rows" in describe_metrics(
+        Metrics(rows=len(rows), measured_on=len(chosen), **common))
+    assert "sample" not in describe_metrics(Metrics(rows=100, measured_on=100, **common))

@@ -62,6 +62,36 @@ def test_a_vector_depends_on_its_text_alone():
     assert all(np.array_equal(embed([text])[0], vector) for text, vector in list(zip(texts, together))[::5])
 
 
+def test_what_a_stage_waits_for_goes_ahead_of_the_background_work(tmp_path):
+    """A run hands every record it makes to the worker, to embed in the background; a stage that then
+    waits for vectors (AIDE's personas, the metrics) is answered between two batches, not after
+    the backlog."""
+    cache = tmp_path / "embeddings.sqlite"
+    embedder = Embedder(EmbeddingConfig(), cache)
+    embedder.vectors_sync(["the model is loaded"])
+    backlog = [f"Background task number {i}: describe a {i % 7}-step plan for a garden." for i in range(3000)]
+    embedder.submit(backlog)
+    assert embedder.vectors_sync(["waited for"]).shape == (1, 384)
+    with sqlite3.connect(cache) as db:
+        done = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    assert done < len(backlog) // 2  # answered while most of the backlog still waited
+    assert embedder.vectors_sync(backlog[-3:]).shape == (3, 384)
+
+
+def test_precision_is_a_choice_and_vectors_of_one_are_never_read_as_the_other(tmp_path):
+    """float32 gives the same vectors on every machine; auto may compute in bfloat16 (where the
+    hardware has it), within a hundredth of a cosine. The cache keeps the two apart."""
+    cache = tmp_path / "embeddings.sqlite"
+    texts = ["Plan a three-day trip to Kyoto on a small budget.", "Write a sonnet about a lost key."]
+    exact = Embedder(EmbeddingConfig(precision="float32"), cache).vectors_sync(texts)
+    default = Embedder(EmbeddingConfig(), cache).vectors_sync(texts)
+    assert np.allclose(np.linalg.norm(default, axis=1), 1.0, atol=1e-5)
+    assert (exact * default).sum(axis=1).min() > 0.99
+    with sqlite3.connect(cache) as db:
+        kinds = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    assert kinds == (2 if np.array_equal(exact, default) else 4)
+
+
 def test_a_wait_given_up_leaves_the_embedder_working():
     """A shard that fails while it waits for vectors cancels the wait; later waits still get theirs."""
     embedder = Embedder(EmbeddingConfig())
