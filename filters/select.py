@@ -14,13 +14,18 @@ from germinate.records import Record, show
 from germinate.stage import Outcome, Stage
 
 
+MIN_CLUSTER = 4  # points, on average, in a cluster of a k that choose_k tries
+
+
 def choose_k(vectors: np.ndarray, budget: int, sample: int, seed: int = 0) -> int:
     """The k of best silhouette (cosine) over powers of two, on a sample of the points."""
     from sklearn.metrics import silhouette_score
 
     rng = np.random.default_rng(seed)
     points = vectors[rng.choice(len(vectors), min(sample, len(vectors)), replace=False)]
-    grid = [k for k in (2**i for i in range(1, 12)) if k <= min(budget, len(points) - 1)]
+    # A silhouette over clusters of a point or two says little, and their k-means is the grid's
+    # dearest: every k tried leaves clusters of MIN_CLUSTER points on average.
+    grid = [k for k in (2**i for i in range(1, 12)) if k <= min(budget, len(points) // MIN_CLUSTER)]
     if not grid:
         return 1
     scores = {}

@@ -224,6 +224,7 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
         name = f"shard-{w.index}-{w.source}"
         tasks[name] = runner.submit(name, run_shard, config=config, work=w)
     _wait_watched(runner, tasks, run, config)
+    embedder.forget_background()
     by_shard = [future.result() for future in tasks.values()]
     stages = [functools.reduce(operator.add, column) for column in zip(*by_shard)]
     for name in [CALLS, *llm_stages]:

@@ -32,7 +32,9 @@ from germinate.errors import UserError
 from germinate.settings import EmbeddingConfig
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-WAITED, BACKGROUND = 0.0, 1.0  # what someone waits for goes first (background work: 1 and on, lowest first)
+# A job's priority: a run's "forget my background work" first, then what someone waits for, then
+# the background work, from 1 on, lowest first.
+FORGET, WAITED, BACKGROUND = -1.0, 0.0, 1.0
 CPU_BATCH, GPU_BATCH = 16, 256  # texts per forward pass (GPU: or per request to a server) by default
 LENGTH_STEP = 4  # tokens: a batch's length is its texts' rounded up to this: little to pad
 HELPING = 512  # texts, about, taken from the queue at once (at least 8 batches)
@@ -160,7 +162,7 @@ class Embedder:
         self.cache = cache
         _worker(config, self.key)  # it starts loading the model now
 
-    def _send(self, priority: float, texts: list[str]) -> Future:
+    def _send(self, priority: float, texts: list[str]) -> Future | None:
         return _worker(self.config, self.key).send(priority, texts, self.cache)  # a worker that died is replaced
 
     def submit(self, texts: list[str], rank: float = 0.0) -> None:
@@ -168,6 +170,11 @@ class Embedder:
         work, the lower `rank` (0 to 1) goes first."""
         if texts:
             self._send(BACKGROUND + rank, texts)
+
+    def forget_background(self) -> None:
+        """Drop what was submitted to this cache and is not done yet: the run makes no more records,
+        and what it still waits for (the whole-set stages, the metrics) gets every core."""
+        self._send(FORGET, [])
 
     def vectors_sync(self, texts: list[str]) -> np.ndarray:
         """float32 array (len(texts), dim) of unit vectors: a dot product is a cosine."""
@@ -209,19 +216,23 @@ class _Worker:
         pickle.dump(message, self.inbox, protocol=pickle.HIGHEST_PROTOCOL)
         self.inbox.flush()
 
-    def send(self, priority: float, texts: list[str], cache: Path | None) -> Future:
-        found: Future = Future()
+    def send(self, priority: float, texts: list[str], cache: Path | None) -> Future | None:
+        """A job; what is waited for is answered (the Future), the rest is not."""
+        found: Future | None = Future() if priority == WAITED else None
         with self.lock:
             if not self.alive():
-                found.set_exception(RuntimeError("the embedding process stopped"))
+                if found is not None:
+                    found.set_exception(RuntimeError("the embedding process stopped"))
                 return found
             job = next(self.order)
-            self.waiting[job] = found
+            if found is not None:
+                self.waiting[job] = found
             try:
                 self._put((priority, job, texts, cache))
             except OSError:
-                del self.waiting[job]
-                found.set_exception(RuntimeError("the embedding process stopped"))
+                if found is not None:
+                    del self.waiting[job]
+                    found.set_exception(RuntimeError("the embedding process stopped"))
         return found
 
     def _receive(self, outbox_fd: int) -> None:
@@ -302,6 +313,11 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
             if None in jobs:
                 return
             jobs.sort(key=lambda j: (j[0], j[1]))
+            while jobs and jobs[0][0] == FORGET:  # the background work its run sent before it
+                _, before, _, cache = jobs.pop(0)
+                jobs[:] = [j for j in jobs if not (j[0] >= BACKGROUND and j[1] < before and j[3] == cache)]
+            if not jobs:
+                continue
             # In order, what is waited for first, in helpings of many distinct texts: many small asks
             # at once (a seed each, with the same personas; a record each) share full batches instead
             # of each padding its own.
@@ -326,16 +342,17 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
                         "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
                 # Background work gives way, between two batches, to a wait that comes meanwhile.
                 found = _embed(config, [t for j in together for t in j[2]], encoder, caches.get(cache),
-                               stop=lambda: not waited and any(j is None or j[0] == WAITED for j in jobs))
+                               stop=lambda: not waited and any(j is None or j[0] <= WAITED for j in jobs))
                 done, left = [], []
                 for job in together:
                     (done if all(t in found for t in job[2]) else left).append(job)
                 with arrived:
                     jobs.extend(left)  # their turn comes again: what was done of them is in the cache
                 answers = [(job, _stacked([found[t] for t in texts], encoder.dimension), None)
-                           for _, job, texts, _ in done]
+                           for priority, job, texts, _ in done if priority == WAITED]
             except Exception as exc:  # said as text: not every exception pickles
-                answers = [(job, None, RuntimeError(f"embedding failed: {exc}")) for _, job, _, _ in together]
+                answers = [(job, None, RuntimeError(f"embedding failed: {exc}"))
+                           for priority, job, _, _ in together if priority == WAITED]
             try:
                 for answer in answers:
                     pickle.dump(answer, outbox, protocol=pickle.HIGHEST_PROTOCOL)

@@ -95,9 +95,16 @@ def measure(
 def run_metrics(run: Run, rows: list[Record], vectors: Vectors) -> Metrics:
     """A run's dataset against the clusters of everything its expansion produced (embedded while it ran)."""
     candidates, seeds = run.kept(EXPAND_STAGE) + run.rejected(EXPAND_STAGE), run.seeds()
-    vectors([show(r) for r in sample(candidates) + sample(rows) + sample(seeds)])  # one wait: the rest reads the cache
+    vectors = _asked_at_once(vectors, [show(r) for r in sample(candidates) + sample(rows) + sample(seeds)])
     clusters = pool_clusters(vectors([show(r) for r in sample(candidates)]))
     return measure(rows, vectors, seeds, len(candidates), clusters)
+
+
+def _asked_at_once(vectors: Vectors, texts: list[str]) -> Vectors:
+    """`vectors` for these texts only, asked for in one go: one wait, and full batches."""
+    found = vectors(texts)
+    index = {text: i for i, text in enumerate(texts)}
+    return lambda asked: found[[index[text] for text in asked]]
 
 
 def compare_runs(runs: list[Run], model: str) -> dict[str, Metrics]:

@@ -2,6 +2,7 @@
 
 import asyncio
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -76,6 +77,27 @@ def test_what_a_stage_waits_for_goes_ahead_of_the_background_work(tmp_path):
         done = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
     assert done < len(backlog) // 2  # answered while most of the backlog still waited
     assert embedder.vectors_sync(backlog[-3:]).shape == (3, 384)
+
+
+def test_a_run_that_makes_no_more_records_drops_its_background_work(tmp_path):
+    """Once every shard is done, what is left of the background is nobody's: the worker drops it, and
+    the whole-set stages and the metrics have every core to themselves."""
+    cache = tmp_path / "embeddings.sqlite"
+    embedder = Embedder(EmbeddingConfig(), cache)
+    embedder.vectors_sync(["the model is loaded"])
+    worker = germinate.embed._worker(embedder.config)
+    embedder.submit([f"Background task number {i}: list {i % 9} uses of a brick." for i in range(3000)])
+    embedder.forget_background()
+    embedder.vectors_sync(["waited for"])
+    assert germinate.embed._worker(embedder.config) is worker and worker.alive()  # the same process, still there
+
+    def done() -> int:
+        with sqlite3.connect(cache) as db:
+            return db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+
+    before = done()
+    time.sleep(1.5)  # a worker still at the backlog would write a batch per core every few hundredths
+    assert done() == before < 3000
 
 
 def test_precision_is_a_choice_and_vectors_of_one_are_never_read_as_the_other(tmp_path):
