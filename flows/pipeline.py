@@ -211,6 +211,7 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
                 for name in config.strategies}
     work = plan(config, run.seeds(), planners)
     embedder = embedder_for(config, run)  # the embedding model loads while the first requests go out
+    embed_ahead(embedder, run.seeds())  # the metrics compare the rows with them
     # Progress: the run's LLM calls against its budget; the LLM stages' records against the rows planned.
     llm_stages = [EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]
     progress.reset()
