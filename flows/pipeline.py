@@ -209,9 +209,10 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
     per_record, whole_set = stage_classes(config)
     planners = {name: generators.strategies()[name](Context(config), record_cost(config))
                 for name in config.strategies}
-    work = plan(config, run.seeds(), planners)
+    seeds = run.seeds()
+    work = plan(config, seeds, planners)
     embedder = embedder_for(config, run)  # the embedding model loads while the first requests go out
-    embed_ahead(embedder, run.seeds())  # the metrics compare the rows with them
+    embed_ahead(embedder, seeds)  # the metrics compare the rows with them
     # Progress: the run's LLM calls against its budget; the LLM stages' records against the rows planned.
     llm_stages = [EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]
     progress.reset()
@@ -254,13 +255,13 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
                                           records=sum(s.kept for s in expand))
     problem = shortfall(config, stages, final)
     if problem and not config.budget.allow_partial:
-        report = build_report(config, stages, strategies, len(run.seeds()), final, None, None,
+        report = build_report(config, stages, strategies, len(seeds), final, None, None,
                               time.perf_counter() - start, problem)
         run.drop_dataset()
         report.write(run.report_path)
         raise RunFailed(not_written(problem, stages))
     metrics = run_metrics(run, final, embedder.vectors_sync)
-    report = build_report(config, stages, strategies, len(run.seeds()), final, metrics, str(run.dataset_dir),
+    report = build_report(config, stages, strategies, len(seeds), final, metrics, str(run.dataset_dir),
                           time.perf_counter() - start, problem)
     images = plots(final)
     run.write_dataset(final, {"README.md": dataset_card(config, report, list(images)).encode(), **images})

@@ -60,7 +60,10 @@ def plots(records: list[Record]) -> dict[str, bytes]:
             from matplotlib.ticker import MaxNLocator
 
             # Clusters by size, not by label: legible for one cluster or a thousand.
-            ax.bar(range(1, len(sizes) + 1), sizes, width=1.0 if len(sizes) > 40 else 0.8, color="#4c72b0")
+            if len(sizes) > 40:  # bars that touch: one outline, drawn as fast for a thousand as for forty
+                ax.stairs(sizes, [i + 0.5 for i in range(len(sizes) + 1)], fill=True, color="#4c72b0")
+            else:
+                ax.bar(range(1, len(sizes) + 1), sizes, width=0.8, color="#4c72b0")
             ax.set(xlabel="clusters, largest first", ylabel="rows",
                    title=f"Rows per k-means cluster ({len(sizes)} clusters)")
             ax.xaxis.set_major_locator(MaxNLocator(nbins=10, integer=True))

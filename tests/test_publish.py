@@ -196,3 +196,14 @@ def test_export_writes_each_trainer_format(published, tmp_path):
     result = germinate("export", str(run.root), "--format", "csv", cwd=tmp_path)
     assert result.returncode == 2 and "--format: 'csv' is not one of messages, alpaca, sharegpt" in result.stderr
 
+
+
+def test_the_cluster_plot_of_a_selection_into_many_clusters_is_drawn():
+    """A selection into hundreds of clusters (k up to 1024) still gets its plot on the card: as one
+    outline of touching bars, which draws as fast as forty."""
+    from germinate.card import plots
+    from germinate.records import Record
+
+    rows = [Record(id=f"r{i}", instruction=f"task {i}", cluster=i % 300 if i % 3 else i % 7) for i in range(1500)]
+    image = plots(rows)[CLUSTER_PLOT]
+    assert image.startswith(b"\x89PNG") and len(image) > 5000
