@@ -53,10 +53,10 @@ def _model_path(name: str) -> str:
 class _Local:
     """A sentence-transformers model in this process, fed batches of a fixed shape: `batch_size`
     rows (empty ones fill it) of a text's length rounded up to a few tokens. A model's numbers move
-    (in the 7th digit) with the shape of what it computes, so a vector is then a function of its
-    text alone: a rerun, a resume, or the same text in other company gets the same one, and what
-    dedup and k-means decide does not move. On a CPU each core takes a batch of its own (one
-    batch's matrices are too small to share out)."""
+    (in the 7th digit) with the shape of what it computes, so on a CPU a vector is then a function
+    of its text alone: a rerun, a resume, or the same text in other company gets the same one, and
+    what dedup and k-means decide does not move (on a GPU, but for its last digits). On a CPU each
+    core takes a batch of its own (one batch's matrices are too small to share out)."""
 
     def __init__(self, config: EmbeddingConfig):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,13 +78,13 @@ class _Local:
         self.limit = self.model.max_seq_length or 512
         self.filler = {key: ids[0] for key, ids in self.model.tokenizer([""]).items()}
         # A CPU: a batch per core. A GPU: a few batches at once, one made ready while another runs.
-        self.parallel = (os.cpu_count() or 1) if self.device == "cpu" else GPU_THREADS
+        self.parallel = len(os.sched_getaffinity(0)) if self.device == "cpu" else GPU_THREADS
         if self.device == "cpu":
             torch.set_num_threads(1)
         self.threads = ThreadPoolExecutor(self.parallel, thread_name_prefix="germinate-embed")
 
-    def encode(self, texts: list[str]) -> Iterator[tuple[list[int], np.ndarray]]:
-        """(rows of `texts`, their unit vectors), a few batches at a time."""
+    def encode(self, texts: list[str]) -> Iterator[list[tuple[list[int], np.ndarray]]]:
+        """(rows of `texts`, their unit vectors) of a few batches at a time."""
         tokens = self.model.tokenizer(texts, truncation=True, max_length=self.limit)  # once, in Rust's threads
         lengths: dict[int, list[int]] = {}
         for i, ids in enumerate(tokens["input_ids"]):
@@ -93,8 +93,8 @@ class _Local:
                    for length, rows in lengths.items() for start in range(0, len(rows), self.batch_size)]
         for start in range(0, len(batches), self.parallel):
             together = batches[start : start + self.parallel]
-            yield from zip((rows for _, rows in together),
-                           self.threads.map(lambda batch: self._forward(tokens, *batch), together))
+            yield list(zip((rows for _, rows in together),
+                           self.threads.map(lambda batch: self._forward(tokens, *batch), together)))
 
     def _forward(self, tokens, length: int, rows: list[int]) -> np.ndarray:
         import torch
@@ -124,13 +124,13 @@ class _Remote:
         self.config = config
         self.where = config.base_url
         self.batch_size = config.batch_size or GPU_BATCH
-        self.dimension = 0  # not known before its first answer
+        self.dimension = 0  # known from its first answer
         self.loop = asyncio.new_event_loop()
 
-    def encode(self, texts: list[str]) -> Iterator[tuple[list[int], np.ndarray]]:
+    def encode(self, texts: list[str]) -> Iterator[list[tuple[list[int], np.ndarray]]]:
         for start in range(0, len(texts), self.batch_size):
             rows = list(range(start, min(len(texts), start + self.batch_size)))
-            yield rows, self.loop.run_until_complete(self._encode([texts[i] for i in rows]))
+            yield [(rows, self.loop.run_until_complete(self._encode([texts[i] for i in rows])))]
 
     async def _encode(self, texts: list[str]) -> np.ndarray:
         import aiohttp
@@ -147,6 +147,9 @@ class _Remote:
                 raise UserError(f"embedding.base_url: {url} answered HTTP {status}: {raw[:200]!r}")
             data = sorted(orjson.loads(raw)["data"], key=lambda item: item["index"])
             vectors = np.array([item["embedding"] for item in data], dtype=np.float32)
+            if vectors.ndim != 2 or len(vectors) != len(texts):
+                raise ValueError("not one vector per text")
+            self.dimension = vectors.shape[1]
         except aiohttp.ClientError as exc:
             raise UserError(f"embedding.base_url: cannot reach {url} ({type(exc).__name__}: {exc})") from None
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -170,7 +173,7 @@ class Embedder:
     def submit(self, texts: list[str], rank: float = 0.0) -> None:
         """Embed and cache these, in the background: nobody waits for them yet. Of the background
         work, the lower `rank` (0 to 1) goes first."""
-        if texts:
+        if texts and self.cache is not None:  # without a cache, nothing would keep them
             self._send(BACKGROUND + rank, texts)
 
     def forget_background(self) -> None:
@@ -289,6 +292,7 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
     config: EmbeddingConfig = pickle.load(inbox)
     jobs: list = []
     arrived = threading.Condition()
+    urgent = threading.Event()  # a job that background work gives way to is queued
 
     def read() -> None:  # jobs are taken in as they come, while the model loads or encodes
         while True:
@@ -298,6 +302,8 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
                 job = None
             with arrived:
                 jobs.append(job)
+                if job is None or job[0] <= WAITED:
+                    urgent.set()
                 arrived.notify()
             if job is None:
                 return
@@ -332,6 +338,8 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
                 texts.update(job[2])
             jobs[:] = jobs[len(taken):]
             waited = taken[0][0] == WAITED
+            if not any(j[0] <= WAITED for j in jobs):
+                urgent.clear()
         for cache in dict.fromkeys(cache for *_, cache in taken):
             together = [j for j in taken if j[3] == cache]  # encoded in one go: fewer, fuller batches
             try:
@@ -343,13 +351,14 @@ def _serve(inbox_fd: int, outbox_fd: int) -> None:
                     caches[cache].execute(
                         "CREATE TABLE IF NOT EXISTS vectors (key TEXT PRIMARY KEY, vector BLOB NOT NULL)")
                 # Background work gives way, between two batches, to a wait that comes meanwhile.
-                found = _embed(config, [t for j in together for t in j[2]], encoder, caches.get(cache),
-                               stop=lambda: not waited and any(j is None or j[0] <= WAITED for j in jobs))
-                done, left = [], []
-                for job in together:
-                    (done if all(t in found for t in job[2]) else left).append(job)
-                with arrived:
-                    jobs.extend(left)  # their turn comes again: what was done of them is in the cache
+                stop = (lambda: False) if waited else urgent.is_set
+                found = _embed(config, [t for j in together for t in j[2]], encoder, caches.get(cache), stop)
+                done = [j for j in together if all(t in found for t in j[2])]
+                if len(done) < len(together):
+                    if not stop():
+                        raise RuntimeError("the model gave fewer vectors than it was given texts")
+                    with arrived:  # their turn comes again: what was done of them is in the cache
+                        jobs.extend(j for j in together if j not in done)
                 answers = [(job, _stacked([found[t] for t in texts], encoder.dimension), None)
                            for priority, job, texts, _ in done if priority == WAITED]
             except Exception as exc:  # said as text: not every exception pickles
@@ -388,8 +397,9 @@ def _embed(
     todo = [t for t in keys if t not in found]
     for start in range(0, len(todo), 4096):
         batch, fresh = todo[start : start + 4096], {}
-        for rows, vectors in encoder.encode(batch):
-            fresh.update((batch[i], vector) for i, vector in zip(rows, vectors))
+        for together in encoder.encode(batch):
+            for rows, vectors in together:
+                fresh.update((batch[i], vector) for i, vector in zip(rows, vectors))
             if stop():
                 break
         found.update(fresh)

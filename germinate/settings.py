@@ -121,8 +121,8 @@ class EmbeddingConfig(Section):
     )
     batch_size: int | None = Field(
         None, ge=1, description="texts per forward pass, fixed (empty rows fill it) so that a text's vector does not "
-        "depend on the texts it was embedded with; default: 1 on a CPU (each text at its own length, the fastest "
-        "there), 256 on a GPU or per request to base_url",
+        "depend on the texts it was embedded with (on a CPU; on a GPU, but for its last digits); default: 16 on a "
+        "CPU (a batch per core), 256 on a GPU or per request to base_url",
     )
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the local model's number format; auto: bfloat16 where the hardware computes it "

@@ -151,6 +151,7 @@ class FaultyServer(LoopbackServer):
         self.chat_status = chat_status
         self.seeds: dict[str, list[int]] = {}
         self.embedded: list[list[str]] = []  # the inputs of each /embeddings request
+        self.embeddings_short = False  # answer /embeddings with one vector too few
         self.attempts: dict[str, int] = {}
         self.failed_once = 0
         self.in_flight = 0
@@ -229,7 +230,7 @@ class FaultyServer(LoopbackServer):
                     server.embedded.append(body["input"])
                     self._send(200, json.dumps({"object": "list", "data": [
                         {"object": "embedding", "index": i, "embedding": vector(text)}
-                        for i, text in enumerate(body["input"])]}).encode())
+                        for i, text in enumerate(body["input"][: -1 if server.embeddings_short else None])]}).encode())
                     return
                 with server.lock:
                     server.requests += 1

@@ -151,6 +151,17 @@ def test_an_embeddings_server_can_stand_in_for_the_local_model():
     assert not np.allclose(vectors[0], vectors[1])
 
 
+def test_an_embeddings_server_that_answers_short_is_an_error_not_a_wait():
+    """A server that returns fewer vectors than it was sent texts: the wait fails with a line that
+    names the server, instead of asking again forever."""
+    with FaultyServer() as server:
+        server.embeddings_short = True
+        embedder = Embedder(EmbeddingConfig(model="short-embedder", base_url=server.base_url))
+        with pytest.raises(RuntimeError, match="did not answer with an OpenAI-style embeddings list"):
+            embedder.vectors_sync(["a", "b", "c"])
+        assert len(server.embedded) == 1  # asked once
+
+
 def clustered(n: int, k: int, d: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     labels = rng.integers(k, size=n)
