@@ -102,8 +102,8 @@ def _settle(shared: str | None) -> None:
 
 
 def embed_ahead(embedder: Embedder, records: list[Record]) -> None:
-    """What a shard makes is embedded while the run goes on, the metrics' sample first: with no
-    stage that needs every vector, what is left of the rest when the run ends is not waited for."""
+    """Records (the seeds, what the shards make) are embedded while the run goes on, the metrics'
+    sample first: with no stage that needs every vector, the rest is not waited for at the end."""
     for record in records:
         embedder.submit([show(record)], sample_rank(record))
 

@@ -57,7 +57,7 @@ def sample_rank(record: Record) -> float:
 
 
 def sample(records: list[Record]) -> list[Record]:
-    """About SAMPLE of `records` (all of them when there are no more): those of the lowest rank.
+    """About SAMPLE of `records` (all of them when there are no more): those ranked below SAMPLE/n.
     Embedding every row of a large set would take longer than growing it, and a mean over a
     few hundred is as good as over all for comparing runs."""
     if len(records) <= SAMPLE:
