@@ -93,7 +93,9 @@ def test_a_worker_killed_mid_run_costs_no_data(threads_run, tmp_path):
 
     def kill_the_sender(number, address):
         if number == 12:
-            sender = next(c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == address[1])
+            # The live socket of that port: an earlier one left in TIME_WAIT on it belongs to no process.
+            sender = next(c.pid for c in psutil.net_connections("tcp")
+                          if c.pid and c.laddr and c.laddr.port == address[1])
             assert sender != os.getpid()  # a worker, not the driver
             os.kill(sender, signal.SIGKILL)
             killed.append(sender)
