@@ -101,7 +101,9 @@ class PrefectTasks:
             self.shown_at = time.monotonic()
 
     def submit(self, name: str, function: Callable[..., Any], **parameters: Any):
-        call = {"function": function, "parameters": pickle.dumps(parameters), "workers": self.workers}
+        # Shards go to the Ray workers; a whole-set stage runs here, where the run's vectors are made.
+        workers = self.workers if function is pipeline.run_shard else None
+        call = {"function": function, "parameters": pickle.dumps(parameters), "workers": workers}
         return self.runner.submit(self.tasks[function].with_options(task_run_name=name), call)
 
     def wait(self, future, timeout: float) -> bool:

@@ -59,7 +59,8 @@ def llm_for(config: RunConfig, run: Run, shared: str | None = None) -> LLM:
 
 
 def embedder_for(config: RunConfig, run: Run) -> Embedder:
-    """The run's vectors, cached in its directory; the model starts loading at once, in its own process."""
+    """The run's vectors, cached in its directory, from this process's embedding worker (it starts on the
+    first ask; `prepare` warms it in the driver)."""
     return Embedder(config.embedding, run.embeddings_path)
 
 
@@ -94,6 +95,17 @@ def stage_classes(config: RunConfig) -> tuple[list[type[Stage]], list[type[Stage
     return per_record, whole_set
 
 
+def _embedded_ahead(shared: str | None, embedder: Embedder) -> Callable[[list[Record]], None]:
+    """Where what a shard makes goes to be embedded while the run goes on: this process's worker, or on
+    Ray the driver's (through the run's state): the whole-set stages and the metrics run there, and
+    a shard worker then loads no model unless a strategy asks it for vectors."""
+    if shared:
+        from germinate.flows import ray_run
+
+        return ray_run.attach(shared).made
+    return functools.partial(embed_ahead, embedder)
+
+
 def _settle(shared: str | None) -> None:
     if shared:
         from germinate.flows import ray_run
@@ -122,28 +134,26 @@ def run_shard(config: RunConfig, work: ShardWork, shared: str | None = None) -> 
     allowances = [dataclasses.replace(a) for a in work.allowances]  # a retried task starts from the plan again
     output = llm.run(stream_shard(
         source, work.units, allowances, stages, prime=work.prime, on_call=lambda stage: progress.advance(CALLS),
-        on_record=progress.advance, on_made=functools.partial(embed_ahead, embedder),
+        on_record=progress.advance, on_made=_embedded_ahead(shared, embedder),
     ))
     sealed = not any(s.unanswered_calls for s in output.stats)
     _settle(shared)
     return run.write_shard(work.index, output.made, output.kept, output.rejected, output.stats, sealed)
 
 
-def run_stage(
-    config: RunConfig, stage: str, source: str | None, sealed_input: bool, shared: str | None = None
-) -> StageStats:
-    """A whole-set stage, on what the previous one kept (`source`; None: what the shards let through)."""
+def run_stage(config: RunConfig, stage: str, source: str | None, sealed_input: bool) -> StageStats:
+    """A whole-set stage, on what the previous one kept (`source`; None: what the shards let through).
+    It runs in the driver, whatever the runner: the run's vectors are embedded there."""
     run = Run(config.output_dir / config.run_id)
     finished = run.finished_stage(stage)
     if finished is not None:
         return finished
     records = run.kept(source) if source else run.survivors()
     cls = {cls.name: cls for cls in stage_classes(config)[1]}[stage]
-    llm = llm_for(config, run, shared) if cls.calls_llm else None
+    llm = llm_for(config, run) if cls.calls_llm else None
     found = cls(Context(config, llm, embedder_for(config, run).vectors))
     whole = run_whole_set(found, records)
     (kept, rejected), stats = llm.run(whole) if llm else asyncio.run(whole)
-    _settle(shared)
     return run.write_stage(stage, kept, rejected, stats, sealed_input and not stats.unanswered_calls)
 
 

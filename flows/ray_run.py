@@ -1,11 +1,12 @@
 """Shard tasks on Ray. The driver runs each Prefect task run and hands its work to one of the run's
 shard workers: long-lived Ray actors, one per CPU of the cluster, each running tasks in its
-threads as the threads runner does, so a worker's imports, LLM client and embedding model are
-paid once, not per task. A worker killed mid-task is restarted by Ray, which calls the task again
-(a task can run twice: finished shards have markers, answered requests are cached). The run acts
-as one: each server's `concurrency` bounds the requests in flight of the whole run, not each
-worker's, and progress reaches the driver's bars and the Prefect UI while the shards run. Wiring
-only; imported when `orchestration.task_runner` is ray.
+threads as the threads runner does, so a worker's imports and LLM client are paid once, not per
+task. What the workers make is embedded in the driver, where the whole-set stages run: one model
+per run, and a worker loads one only if its strategy asks for vectors. A worker killed mid-task is
+restarted by Ray, which calls the task again (a task can run twice: finished shards have markers,
+answered requests are cached). The run acts as one: each server's `concurrency` bounds the
+requests in flight of the whole run, not each worker's, and progress reaches the driver's bars and
+the Prefect UI while the shards run. Wiring only; imported when `orchestration.task_runner` is ray.
 
 The slots are leased, not lent one request at a time. A Ray actor per run (`RunState`, its name
 unique per run and given to the run's shard workers) holds each server's slots; a thread in every
@@ -34,7 +35,11 @@ import ray
 
 from germinate import progress
 from germinate.config import RunConfig
+from germinate.embed import Embedder
 from germinate.llm.limit import Limit
+from germinate.metrics import sample_rank
+from germinate.records import Record, show
+from germinate.runs import Run
 from germinate.settings import OrchestrationConfig
 from germinate.stall import Watch
 
@@ -44,6 +49,10 @@ SYNC_S = 0.25  # how often a worker reports and hears its lease
 LEASE_S = 10.0  # a worker not heard from for this long has lost its slots
 REPORT_TIMEOUT_S = 5.0
 WAIT_S = 2.0  # how often the driver looks up while its workers start
+# Ray runs its workers at niceness 15, to yield the CPU to its own services. A shard worker is the
+# run itself: at 15, the driver's embedding process or any busy program beside it leaves the worker
+# a few percent of a core (a run's first request then came a minute late on a loaded laptop).
+LOCAL_RAY = {"worker_niceness": 0}
 
 
 def fair_shares(capacity: int, wanted: dict[str, int]) -> dict[str, int]:
@@ -73,19 +82,25 @@ class Holder:
 # One call at a time (a threaded actor with one thread): its state needs no lock.
 @ray.remote(num_cpus=0)
 class RunState:
-    """Each server's slots, leased to the run's workers, and the progress counts they report."""
+    """Each server's slots, leased to the run's workers, and the progress counts and records made that
+    they report."""
 
     def __init__(self, capacity: dict[str, int]):
         self.capacity = capacity
         self.holders: dict[str, Holder] = {}
         self.lost: list[str] = []  # workers whose lease lapsed, not yet told to the driver
         self.counts: Counter = Counter()
+        self.made: list[tuple[float, str]] = []
 
-    def report(self, worker: str, use: dict[str, tuple[int, int, int]], counts: dict[str, int]) -> dict[str, int]:
-        """A worker's state (`use`: per server, slots held, in use, waiting) and progress; returns how
-        many slots of each server it may use from now on."""
+    def report(
+        self, worker: str, use: dict[str, tuple[int, int, int]], counts: dict[str, int], made: list[tuple[float, str]]
+    ) -> dict[str, int]:
+        """A worker's state (`use`: per server, slots held, in use, waiting), progress and records made
+        (their sample rank and text, to embed); returns how many slots of each server it may use from
+        now on."""
         now = time.monotonic()
         self.counts.update(counts)
+        self.made.extend(made)
         for other, holder in list(self.holders.items()):
             if now - holder.seen > LEASE_S and other != worker:
                 self.lost.append(other)
@@ -102,11 +117,13 @@ class RunState:
             this.held[server] = max(held, sizes[server])  # a shrinking lease counts until reported
         return sizes
 
-    def take(self) -> tuple[dict[str, int], list[str]]:
-        """For the driver: the progress counted since it last asked, and the workers lost since."""
+    def take(self) -> tuple[dict[str, int], list[str], list[tuple[float, str]]]:
+        """For the driver: the progress counted since it last asked, the workers lost since, and the
+        records made since."""
         counts, self.counts = dict(self.counts), Counter()
         lost, self.lost = self.lost, []
-        return counts, lost
+        made, self.made = self.made, []
+        return counts, lost, made
 
     def describe(self) -> str:
         """Who holds what, for a run that waits too long."""
@@ -148,7 +165,8 @@ class Workers:
                 ray.init(address=settings.ray_address, log_to_driver=False)
             else:  # no dashboard: its processes take seconds of the two cores a laptop has
                 log.info("Ray: a local instance")
-                ray.init(log_to_driver=False, include_dashboard=False)
+                ray.init(log_to_driver=False, include_dashboard=False, _system_config=LOCAL_RAY)
+        self.embedder = Embedder(config.embedding, Run(config.output_dir / config.run_id).embeddings_path)
         self.name = f"germinate-{config.run_id}-{os.urandom(4).hex()}"
         self.state = RunState.options(name=self.name).remote(config.llm.server_limits)
         count = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -187,10 +205,13 @@ class Workers:
                 self.busy[chosen] -= 1
 
     def collect(self) -> None:
-        """What the workers did, into this process's progress."""
-        counts, lost = ray.get(self.state.take.remote())
+        """What the workers did, into this process's progress; what they made, to this process's
+        embedding worker."""
+        counts, lost, made = ray.get(self.state.take.remote())
         for stage, amount in counts.items():
             progress.advance(stage, amount)
+        for rank, text in made:
+            self.embedder.submit([text], rank)
         for worker in lost:
             log.warning("Ray worker %s stopped reporting for %gs: its request slots go back to the run",
                         worker, LEASE_S)
@@ -217,7 +238,8 @@ class Lease:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"  # a restarted worker is another
         self.limits: dict[str, Limit] = {}
         self.counts: Counter = Counter()
-        self.lock = threading.Lock()  # the counts
+        self.made_since: list[tuple[float, str]] = []
+        self.lock = threading.Lock()  # the counts and the records made
         self.reporting = threading.Lock()  # one report at a time: the thread's, or a task's last
         self.asked = threading.Event()
         self.heard = time.monotonic()
@@ -238,18 +260,24 @@ class Lease:
     def finish(self, stage: str) -> None:
         pass
 
+    def made(self, records: list[Record]) -> None:
+        """Records a shard made, for the driver to embed while the run goes on."""
+        with self.lock:
+            self.made_since.extend((sample_rank(record), show(record)) for record in records)
+
     def report(self) -> None:
-        """Tell the run's state what this worker uses, wants and did; use the slots it grants."""
+        """Tell the run's state what this worker uses, wants, did and made; use the slots it grants."""
         with self.reporting:
             with self.lock:
                 counts, self.counts = dict(self.counts), Counter()
+                made, self.made_since = self.made_since, []
             use = {server: (limit.held, limit.in_use, limit.waiting) for server, limit in self.limits.items()}
             # A report that times out still reaches the actor (in order, after the ones before), so its
-            # counts are not sent again; its grant is unknown, so the lease stays as it was.
-            sizes = ray.get(self.state.report.remote(self.worker, use, counts), timeout=REPORT_TIMEOUT_S)
+            # counts and records are not sent again; its grant is unknown, so the lease stays as it was.
+            sizes = ray.get(self.state.report.remote(self.worker, use, counts, made), timeout=REPORT_TIMEOUT_S)
             self.heard = time.monotonic()
-            for server, size in sizes.items():
-                self.limits[server].resize(size)
+            for server, limit in self.limits.items():  # a server this worker has not asked yet has none
+                limit.resize(sizes[server])
 
     def _run(self) -> None:
         while True:

@@ -159,13 +159,13 @@ class _Remote:
 
 class Embedder:
     """A run's handle on the embedding worker of its model: `vectors` waits for its texts (which go
-    ahead of the background work), `submit` sends texts to embed and cache for later."""
+    ahead of the background work), `submit` sends texts to embed and cache for later. The worker
+    starts on the first of them (or on `warm`): a process that never asks loads no model."""
 
     def __init__(self, config: EmbeddingConfig, cache: Path | None = None):
         self.config = config
         self.key = config.model_dump_json()  # once: a send per batch of records looks the worker up by it
         self.cache = cache
-        _worker(config, self.key)  # it starts loading the model now
 
     def _send(self, priority: float, texts: list[str]) -> Future | None:
         return _worker(self.config, self.key).send(priority, texts, self.cache)  # a worker that died is replaced

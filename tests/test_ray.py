@@ -20,7 +20,7 @@ from germinate import progress
 from germinate.errors import RunStalled, UserError
 from germinate.flows.build import build_dataset
 from germinate.flows.pipeline import CALLS
-from germinate.flows.ray_run import fair_shares
+from germinate.flows.ray_run import LOCAL_RAY, fair_shares
 from germinate.settings import OrchestrationConfig
 from servers import FaultyServer
 
@@ -47,6 +47,23 @@ def rows(report):
     return pq.read_table(report.dataset + "/data")
 
 
+def sender(address) -> psutil.Process:
+    """The process that sent a request from `address` (the live socket of that port: an earlier one
+    left in TIME_WAIT on it belongs to no process)."""
+    return psutil.Process(next(c.pid for c in psutil.net_connections("tcp")
+                               if c.pid and c.laddr and c.laddr.port == address[1]))
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray of two CPUs for the tests after the first: each run joins it, as a run joins a
+    cluster, and leaves it up (starting and stopping Ray takes seconds, 3 to 4 times that on a busy
+    machine). The first test starts and stops a Ray of its own, as `germinate run` does."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config=LOCAL_RAY)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def threads_run(tmp_path_factory):
     """The reference: the run on threads, against a server that holds 2 requests at once."""
@@ -59,23 +76,34 @@ def threads_run(tmp_path_factory):
 def test_ray_gives_the_threads_result_within_one_request_limit(threads_run, tmp_path, caplog):
     """The same run on a local Ray with a shard per seed: the same dataset, at most
     `llm.concurrency` requests in flight at the server although several workers send them, and every
-    request counted in the driver's progress."""
+    request counted in the driver's progress. The workers start no embedding model (this strategy
+    asks for no vectors): what they make is embedded in the driver. (First in the module: no Ray is
+    up yet.)"""
     config, threads = threads_run
+    children = []  # of the worker that sent each request: the commands of its child processes
+
+    def look_at_the_sender(number, address):
+        worker = sender(address)
+        if worker.pid != os.getpid():  # the driver checks the server and embeds
+            children.append([" ".join(child.cmdline()) for child in worker.children()])
+
     with FaultyServer(delay_s=0.1) as server, caplog.at_level(logging.INFO, logger="germinate"):
+        server.on_chat = look_at_the_sender
         report = on_ray(at(config, server), tmp_path / "ray")
     said = [r.getMessage() for r in caplog.records]
     assert "Ray: a local instance" in said  # one shard worker per core:
     assert any(line.startswith("Ray: 2 shard workers on 1 nodes, started in ") for line in said)
     assert server.max_in_flight == 2  # each worker alone would have taken 2
+    assert children and not any("germinate.embed" in command for commands in children for command in commands)
     assert progress.done(CALLS) == report.llm_calls == threads.llm_calls
     assert report.rows == threads.rows > 3
     assert rows(report).equals(rows(threads))
 
 
-def test_each_servers_limit_holds_across_the_workers(tmp_path):
+def test_each_servers_limit_holds_across_the_workers(local_ray, tmp_path):
     """Two servers of one model, taking 2 and 3 requests at once, and two Ray workers sending: neither
     server ever has more in flight than its own limit, and both are used to it."""
-    with FaultyServer(delay_s=0.5) as small, FaultyServer(delay_s=0.5) as large:
+    with FaultyServer(delay_s=0.25) as small, FaultyServer(delay_s=0.25) as large:
         endpoints = [{"base_url": small.base_url, "concurrency": 2}, {"base_url": large.base_url, "concurrency": 3}]
         config = config_for(tmp_path, {"endpoints": endpoints}, aide__attributes=3,
                             budget={"max_llm_calls": 120, "max_records": 40})  # more requests at once
@@ -84,7 +112,7 @@ def test_each_servers_limit_holds_across_the_workers(tmp_path):
     assert small.max_in_flight == 2 and large.max_in_flight == 3
 
 
-def test_a_worker_killed_mid_run_costs_no_data(threads_run, tmp_path):
+def test_a_worker_killed_mid_run_costs_no_data(local_ray, threads_run, tmp_path):
     """The Ray worker that sends the 12th request is killed (SIGKILL) as it sends it: Ray restarts it
     and runs its tasks again, the run finishes without the slots it held (its lease lapses), and the
     dataset equals the threads run's."""
@@ -93,12 +121,10 @@ def test_a_worker_killed_mid_run_costs_no_data(threads_run, tmp_path):
 
     def kill_the_sender(number, address):
         if number == 12:
-            # The live socket of that port: an earlier one left in TIME_WAIT on it belongs to no process.
-            sender = next(c.pid for c in psutil.net_connections("tcp")
-                          if c.pid and c.laddr and c.laddr.port == address[1])
-            assert sender != os.getpid()  # a worker, not the driver
-            os.kill(sender, signal.SIGKILL)
-            killed.append(sender)
+            worker = sender(address).pid
+            assert worker != os.getpid()  # a worker, not the driver
+            os.kill(worker, signal.SIGKILL)
+            killed.append(worker)
 
     with FaultyServer(delay_s=0.1) as server:
         server.on_chat = kill_the_sender
@@ -108,7 +134,7 @@ def test_a_worker_killed_mid_run_costs_no_data(threads_run, tmp_path):
     assert report.status == "complete" and rows(report).equals(rows(threads))
 
 
-def test_a_run_that_stops_moving_says_on_what_then_stops(threads_run, tmp_path, caplog):
+def test_a_run_that_stops_moving_says_on_what_then_stops(local_ray, threads_run, tmp_path, caplog):
     """The server takes requests and never answers: the run logs what it waits on (its tasks, the Ray
     worker holding the slots, its requests in flight) after orchestration.stall_s, stops with
     RunStalled after stall_timeout_s, and the same run resumes to the threads run's dataset once the
@@ -147,21 +173,20 @@ class OtherJob:
         pass
 
 
-def test_a_run_whose_workers_cannot_start_says_so_then_stops(threads_run, tmp_path, caplog):
+def test_a_run_whose_workers_cannot_start_says_so_then_stops(local_ray, threads_run, tmp_path, caplog):
     """A cluster with no free CPU for one of its shard workers (another job holds it): the run says
     how many workers started, then stops with RunStalled instead of waiting for good. (20 s: on a
     busy machine the first worker takes seconds to start.)"""
     config, _ = threads_run
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    other = OtherJob.remote()
     try:
-        other = OtherJob.remote()
         ray.get(other.ready.remote())
         waiting = RAY.model_copy(update={"stall_s": 1, "stall_timeout_s": 20})
         with FaultyServer() as server, caplog.at_level(logging.WARNING, logger="germinate"), \
                 pytest.raises(RunStalled) as stalled:
             build_dataset(at(config, server).model_copy(update={"output_dir": tmp_path, "orchestration": waiting}))
     finally:
-        ray.shutdown()
+        ray.kill(other)
     started = "1 of 2 Ray shard workers started (does the cluster have a free CPU for each?)"
     assert any(r.getMessage().endswith(started) for r in caplog.records)
     assert str(stalled.value).startswith(f"the run stalled: nothing done for 20s (orchestration.stall_timeout_s); "
