@@ -25,7 +25,7 @@ from germinate.errors import RunFailed, UserError
 from germinate.executor import Seeds, run_whole_set, stream_shard
 from germinate.hub import check_token, publish
 from germinate.llm import LLM, make_llm
-from germinate.metrics import run_metrics, sample_rank
+from germinate.metrics import run_metrics, sample_priority
 from germinate.records import Record, show
 from germinate.report import (
     Report, StrategyReport, build_report, not_written, run_line, short_of_rows, shortfall, stage_line,
@@ -95,15 +95,16 @@ def stage_classes(config: RunConfig) -> tuple[list[type[Stage]], list[type[Stage
     return per_record, whole_set
 
 
-def _embedded_ahead(shared: str | None, embedder: Embedder) -> Callable[[list[Record]], None]:
-    """Where what a shard makes goes to be embedded while the run goes on: this process's worker, or on
-    Ray the driver's (through the run's state): the whole-set stages and the metrics run there, and
-    a shard worker then loads no model unless a strategy asks it for vectors."""
+def _embedded_ahead(shared: str | None, embedder: Embedder, rows: int) -> Callable[[list[Record]], None]:
+    """Where what a shard makes goes to be embedded while the run goes on (of a dataset of about
+    `rows`): this process's worker, or on Ray the driver's (through the run's state): the whole-set
+    stages and the metrics run there, and a shard worker then loads no model unless a strategy asks
+    it for vectors."""
     if shared:
         from germinate.flows import ray_run
 
-        return ray_run.attach(shared).made
-    return functools.partial(embed_ahead, embedder)
+        return functools.partial(ray_run.attach(shared).made, size=rows)
+    return functools.partial(embed_ahead, embedder, size=rows)
 
 
 def _settle(shared: str | None) -> None:
@@ -113,11 +114,12 @@ def _settle(shared: str | None) -> None:
         ray_run.settle()
 
 
-def embed_ahead(embedder: Embedder, records: list[Record]) -> None:
-    """Records (the seeds, what the shards make) are embedded while the run goes on, the metrics'
-    sample first: with no stage that needs every vector, the rest is not waited for at the end."""
+def embed_ahead(embedder: Embedder, records: list[Record], size: int) -> None:
+    """Records of a set of about `size` (the seeds, the rows the shards make) are embedded while the
+    run goes on, the metrics' samples of every set first: with no stage that needs every vector, the
+    rest is not waited for at the end."""
     for record in records:
-        embedder.submit([show(record)], sample_rank(record))
+        embedder.submit([show(record)], sample_priority(record, size))
 
 
 def run_shard(config: RunConfig, work: ShardWork, shared: str | None = None) -> list[StageStats]:
@@ -134,7 +136,7 @@ def run_shard(config: RunConfig, work: ShardWork, shared: str | None = None) -> 
     allowances = [dataclasses.replace(a) for a in work.allowances]  # a retried task starts from the plan again
     output = llm.run(stream_shard(
         source, work.units, allowances, stages, prime=work.prime, on_call=lambda stage: progress.advance(CALLS),
-        on_record=progress.advance, on_made=_embedded_ahead(shared, embedder),
+        on_record=progress.advance, on_made=_embedded_ahead(shared, embedder, config.budget.max_records),
     ))
     sealed = not any(s.unanswered_calls for s in output.stats)
     _settle(shared)
@@ -222,7 +224,7 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
     seeds = run.seeds()
     work = plan(config, seeds, planners)
     embedder = embedder_for(config, run)  # the embedding model loads while the first requests go out
-    embed_ahead(embedder, seeds)  # the metrics compare the rows with them
+    embed_ahead(embedder, seeds, len(seeds))  # the metrics compare the rows with them
     # Progress: the run's LLM calls against its budget; the LLM stages' records against the rows planned.
     llm_stages = [EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]
     progress.reset()

@@ -37,7 +37,7 @@ from germinate import progress
 from germinate.config import RunConfig
 from germinate.embed import Embedder
 from germinate.llm.limit import Limit
-from germinate.metrics import sample_rank
+from germinate.metrics import sample_priority
 from germinate.records import Record, show
 from germinate.runs import Run
 from germinate.settings import OrchestrationConfig
@@ -96,7 +96,7 @@ class RunState:
         self, worker: str, use: dict[str, tuple[int, int, int]], counts: dict[str, int], made: list[tuple[float, str]]
     ) -> dict[str, int]:
         """A worker's state (`use`: per server, slots held, in use, waiting), progress and records made
-        (their sample rank and text, to embed); returns how many slots of each server it may use from
+        (their priority and text, to embed); returns how many slots of each server it may use from
         now on."""
         now = time.monotonic()
         self.counts.update(counts)
@@ -260,10 +260,11 @@ class Lease:
     def finish(self, stage: str) -> None:
         pass
 
-    def made(self, records: list[Record]) -> None:
-        """Records a shard made, for the driver to embed while the run goes on."""
+    def made(self, records: list[Record], size: int) -> None:
+        """Records a shard made (of a dataset of about `size`), for the driver to embed while the run
+        goes on."""
         with self.lock:
-            self.made_since.extend((sample_rank(record), show(record)) for record in records)
+            self.made_since.extend((sample_priority(record, size), show(record)) for record in records)
 
     def report(self) -> None:
         """Tell the run's state what this worker uses, wants, did and made; use the slots it grants."""

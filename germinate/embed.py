@@ -172,7 +172,7 @@ class Embedder:
 
     def submit(self, texts: list[str], rank: float = 0.0) -> None:
         """Embed and cache these, in the background: nobody waits for them yet. Of the background
-        work, the lower `rank` (0 to 1) goes first."""
+        work, the lower `rank` (0 or more) goes first."""
         if texts and self.cache is not None:  # without a cache, nothing would keep them
             self._send(BACKGROUND + rank, texts)
 

@@ -56,6 +56,13 @@ def sample_rank(record: Record) -> float:
     return int(hashlib.sha1(record.id.encode()).hexdigest()[:12], 16) / 16**12
 
 
+def sample_priority(record: Record, size: int) -> float:
+    """How soon a record of a set of about `size` will be wanted by the metrics: below 1 if it will
+    likely be in the set's sample, and lower the more likely; so records of sets of any size
+    compare (embedding ahead takes the sample of each set first)."""
+    return sample_rank(record) * size / SAMPLE
+
+
 def sample(records: list[Record]) -> list[Record]:
     """About SAMPLE of `records` (all of them when there are no more): those ranked below SAMPLE/n.
     Embedding every row of a large set would take longer than growing it, and a mean over a

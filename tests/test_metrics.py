@@ -98,3 +98,17 @@ def test_a_large_dataset_is_measured_on_a_sample_by_id_that_the_summary_states()
     assert f"a sample of {len(chosen)} rows" in describe_metrics(
         Metrics(rows=len(rows), measured_on=len(chosen), **common))
     assert "sample" not in describe_metrics(Metrics(rows=100, measured_on=100, **common))
+
+
+def test_what_the_metrics_will_sample_is_embedded_first_whatever_the_sets_size():
+    """A run embeds its records while it goes on, in order of `sample_priority`: the records of each
+    set (1,750 seeds, 3,500 rows) that its sample will take come before any that it will not, so at
+    the end the metrics wait for the few made last, not for a backlog."""
+    from germinate.metrics import sample, sample_priority
+
+    seeds = [Record(id=f"seed-{i}", instruction=f"seed task {i}") for i in range(1750)]
+    rows = [Record(id=f"row-{i}", instruction=f"task {i}") for i in range(3500)]
+    order = sorted([(sample_priority(r, len(seeds)), r.id) for r in seeds] +
+                   [(sample_priority(r, len(rows)), r.id) for r in rows])
+    wanted = {r.id for r in sample(seeds) + sample(rows)}
+    assert {record for _, record in order[: len(wanted)]} == wanted
