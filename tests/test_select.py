@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_stage, run_stage
 from germinate.embed import embed
-from germinate.filters.select import Select, choose_k, split_budget, weighted_sample
+from germinate.filters.select import Select, choose_k, silhouette, split_budget, weighted_sample
 from germinate.records import Record
 
 
@@ -79,6 +79,21 @@ def test_selection_is_deterministic_per_seed(pool):
 def test_k_is_chosen_by_silhouette_near_the_number_of_task_kinds(pool):
     _, vectors = pool
     assert choose_k(vectors, budget=100, sample=2000) in (4, 8, 16)
+
+
+def test_the_silhouette_is_scikit_learns(pool):
+    """The run computes the silhouette itself (importing scikit-learn took 0.85 s of a run's end); it
+    agrees with scikit-learn's, singleton clusters included."""
+    from sklearn.metrics import silhouette_score
+
+    from germinate.kmeans import spherical_kmeans
+
+    _, vectors = pool
+    for k in (2, 8, 100):
+        labels = spherical_kmeans(vectors, k).assignments
+        assert abs(silhouette(vectors, labels) - silhouette_score(vectors, labels, metric="cosine")) < 1e-5
+    alone = np.array([0] * (len(vectors) - 1) + [1])  # a cluster of one point
+    assert abs(silhouette(vectors, alone) - silhouette_score(vectors, alone, metric="cosine")) < 1e-5
 
 
 def test_quality_weighs_inside_a_cluster(pool):
