@@ -40,7 +40,8 @@ def write_records(path: Path, records: list[Record]) -> None:
 def read_records(path: Path) -> list[Record]:
     # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose import (pandas with
     # it) took 0.2 s of a run's end.
-    return from_table(pq.ParquetFile(path).read())
+    with pq.ParquetFile(path) as parquet:
+        return from_table(parquet.read())
 
 
 def _decode(path: Path, raw: bytes) -> str:
