@@ -60,7 +60,7 @@ def _ray_workers(config: RunConfig):
 
 class PrefectTasks:
     """A pipeline runner whose tasks are Prefect task runs in this process's threads, named after their
-    shard or stage; on Ray a shard's hands its work to a shard worker. A shard that fails on an error is
+    shard or stage; on Ray a shard task hands its work to a shard worker. A shard that fails on an error is
     retried with exponential backoff and jitter."""
 
     def __init__(self, config: RunConfig):
