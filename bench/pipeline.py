@@ -6,7 +6,7 @@ valid, varied English (distinct per request, the same for the same request), and
 records when each request arrived and left.
 
   (a) a raw aiohttp client loop: the requests of (b), at the same concurrency;
-  (b) `germinate run`, Evol-Instruct, 1,750 distinct seeds x 2 generations, quality gate off;
+  (b) `germinate run`, Evol-Instruct, 1,750 distinct seeds (no answers) x 2 generations, gate off;
   (c) `germinate run`, AIDE, hops 3, the full quality gate, 20,000 LLM calls;
   (d) (b) with its shard tasks on a local Ray (`--task-runner ray`): what the run-wide request
       slots cost against threads.
@@ -169,9 +169,10 @@ def call(url: str) -> dict:
 
 
 def evol_seeds(count: int) -> list[dict]:
+    """Instructions without answers, as a user's seed file usually is."""
     rng = random.Random(0)
-    return [{"id": f"bench-{i}", "instruction": f"{sentence(rng, rng.randint(6, 12))[:-1]} ({i})?",
-             "output": sentence(rng, 12)} for i in range(count)]
+    return [{"id": f"bench-{i}", "instruction": f"{sentence(rng, rng.randint(6, 12))[:-1]} ({i})?"}
+            for i in range(count)]
 
 
 async def raw_loop(base_url: str, bodies: list[dict], concurrency: int) -> None:
@@ -239,7 +240,7 @@ def main() -> None:
     evol = {
         "seeds": str(folder / "evol.jsonl"), "strategy": "evol-instruct", "llm": llm, "output_dir": str(folder),
         "evol_instruct": {"generations": args.generations},
-        "budget": {"max_llm_calls": args.seeds * 2 * args.generations,  # seeds come with their answers
+        "budget": {"max_llm_calls": args.seeds * 2 * args.generations,  # the seeds are not rows: none is answered
                    "max_records": args.seeds * args.generations},  # generated rows (the seeds are not rows)
         "quality": {stage: {"enabled": False} for stage in
                     ("heuristics", "exact_dedup", "near_dedup", "semantic_dedup", "reflect", "select")},
