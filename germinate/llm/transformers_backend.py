@@ -1,0 +1,356 @@
+"""A GGUF model in-process through transformers on torch, the requests in flight decoded together
+(`llm.backend: transformers`; nothing to compile at install).
+
+One sequence at a time leaves a CPU's matrix units idle (a 135M model decodes one token in a few
+milliseconds of arithmetic and tens of milliseconds of Python); decoding every request in flight
+in one forward pass uses them. Every forward takes a list of pieces, each the new tokens of one
+request, packed into one sequence: a prompt being read, or the last token sampled.
+
+A request's answer does not depend on the requests it was decoded with, so a run samples the same
+text however its requests happen to meet:
+- every matrix product runs on blocks of exactly `BLOCK` rows (CPU kernels choose how to sum by
+  the shape: a fixed shape sums every row the same way, wherever it sits in the block);
+- attention runs request by request, over that request's own keys (kept in its own buffer);
+- each request samples from its own generator, seeded by the request.
+tests/test_transformers_backend.py checks a request decoded alone against the same request among
+others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import llguidance
+import llguidance.hf
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_model
+from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as transformers_logging
+
+from germinate.llm.base import Backend, Completion, Request
+from germinate.llm.errors import PermanentError
+
+log = logging.getLogger(__name__)
+
+TOP_K, MIN_P = 40, 0.05
+BLOCK = 16  # rows per matrix product: the kernels are fast from 16 rows, and one sequence wastes little
+
+
+def _fast_dtype():
+    """bfloat16 where the CPU multiplies it natively (AMX, AVX512-BF16), float32 elsewhere."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        flags = ""
+    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else torch.float32
+
+
+@dataclass
+class _Job:
+    request: Request
+    schema: dict[str, Any] | None
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+
+
+@dataclass
+class _Sequence:
+    """One request being decoded: its keys and values, its sampler and its grammar."""
+
+    job: _Job
+    prompt: list[int]
+    keys: Any  # (layers, kv_heads, capacity, head_dim)
+    values: Any
+    generator: Any
+    matcher: Any | None
+    pending: list[int]  # tokens the next forward reads
+    length: int = 0  # tokens in the buffers
+    made: list[int] = field(default_factory=list)
+
+
+class TransformersBackend(Backend):
+    def __init__(self, model_path: Path, n_ctx: int = 2048, rows: int = 16):
+        self.model = model_path.name
+        self.location = str(model_path)
+        self._n_ctx = n_ctx
+        self._rows = rows  # requests decoded together
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._serve, args=(model_path,), name="germinate-transformers", daemon=True)
+        self._thread.start()
+
+    async def complete(self, request: Request, schema: dict[str, Any] | None) -> Completion:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._jobs.put(_Job(request, schema, future, loop))
+        return await future
+
+    async def close(self) -> None:
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)  # torch must not be mid-step when the interpreter exits
+
+    # --- the decoding thread ---
+
+    def _serve(self, model_path: Path) -> None:
+        try:
+            self._load(model_path)
+        except BaseException as exc:  # every request gets the reason
+            self._failure = exc
+        live: list[_Sequence] = []
+        while True:
+            if self._admit(live, wait=not live):
+                break
+            if not live:  # what came could not start
+                continue
+            try:
+                self._step(live)
+            except Exception as exc:  # a failed forward fails the requests in it, not the backend
+                log.exception("the model failed")
+                for sequence in live:
+                    self._answer(sequence.job, error=PermanentError(f"model_error: {exc!r}"))
+                live.clear()
+        for sequence in live:
+            self._answer(sequence.job, error=PermanentError("closed: the run ended before this request"))
+
+    def _admit(self, live: list[_Sequence], wait: bool) -> bool:
+        """Start the requests that wait, up to `rows` in all; True when the backend closes."""
+        while len(live) < self._rows:
+            try:
+                job = self._jobs.get(timeout=None) if wait else self._jobs.get_nowait()
+            except queue.Empty:
+                return False
+            wait = False
+            if job is None:
+                return True
+            if self._failure is not None:
+                self._answer(job, error=self._failure)
+                continue
+            try:
+                live.append(self._start(job))
+            except PermanentError as exc:
+                self._answer(job, error=exc)
+        return False
+
+    def _load(self, model_path: Path) -> None:
+        torch.set_num_threads(os.cpu_count() or 1)
+        AttentionInterface.register("germinate_per_sequence", _attention)
+        dtype = _fast_dtype()
+        folder = _converted(model_path, dtype)
+        self._tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="germinate_per_sequence")
+        self._net = _in_fixed_blocks(model.eval())
+        config = model.config
+        self._shape = (
+            config.num_hidden_layers,
+            config.num_key_value_heads,
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads,
+        )
+        self._eos = self._tokenizer.eos_token_id
+        self._grammar_tokenizer = llguidance.hf.from_tokenizer(self._tokenizer)
+
+    def _start(self, job: _Job) -> _Sequence:
+        request = job.request
+        prompt = self._tokenizer.apply_chat_template(
+            request.messages, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        if len(prompt) >= self._n_ctx:
+            raise PermanentError(f"context_overflow: the prompt has {len(prompt)} tokens, llm.n_ctx is {self._n_ctx}")
+        capacity = min(len(prompt) + request.max_tokens, self._n_ctx)
+        layers, heads, dim = self._shape
+        dtype = self._net.dtype
+        return _Sequence(
+            job=job,
+            prompt=prompt,
+            keys=torch.empty(layers, heads, capacity, dim, dtype=dtype),
+            values=torch.empty(layers, heads, capacity, dim, dtype=dtype),
+            generator=torch.Generator().manual_seed(request.seed),
+            matcher=self._matcher(job.schema),
+            pending=prompt,
+        )
+
+    def _matcher(self, schema: dict[str, Any] | None):
+        if schema is None:
+            return None
+        matcher = llguidance.LLMatcher(self._grammar_tokenizer, _grammar(json.dumps(schema, sort_keys=True)))
+        if matcher.is_error():
+            raise PermanentError(f"bad_schema: {matcher.get_error()}")
+        return matcher
+
+    def _step(self, live: list[_Sequence]) -> None:
+        """One forward over every live sequence's pending tokens, then one token sampled for each."""
+        tokens = [t for s in live for t in s.pending]
+        positions = [s.length + i for s in live for i in range(len(s.pending))]
+        ends = torch.tensor(list(itertools.accumulate(len(s.pending) for s in live))) - 1
+        with torch.inference_mode():
+            logits = self._net(
+                input_ids=torch.tensor([tokens]),
+                position_ids=torch.tensor([positions]),
+                use_cache=False,
+                logits_to_keep=ends,
+                sequences=live,
+            ).logits[0].float()
+        for sequence in live:
+            sequence.length += len(sequence.pending)
+        finished = []
+        for sequence, row in zip(live, logits):
+            token = self._sample(sequence, row)
+            sequence.made.append(token)
+            sequence.pending = [token]
+            reason = self._finish_reason(sequence, token)
+            if reason:
+                finished.append(sequence)
+                self._answer(sequence.job, completion=self._completion(sequence, reason))
+        for sequence in finished:
+            live.remove(sequence)
+
+    def _sample(self, sequence: _Sequence, logits) -> int:
+        request = sequence.job.request
+        if sequence.matcher is not None:
+            bits = np.frombuffer(sequence.matcher.compute_bitmask(), dtype=np.uint8)
+            allowed = torch.from_numpy(np.unpackbits(bits, bitorder="little")[: len(logits)].astype(bool))
+            logits = logits.masked_fill(~allowed, float("-inf"))
+        if request.temperature <= 0:
+            return int(logits.argmax())
+        # llama.cpp's default chain: the TOP_K likeliest, then top_p, then min_p, then the temperature.
+        # Without the first and the third a 135M model rambles on.
+        probs = torch.softmax(logits, dim=-1)
+        top, index = probs.topk(TOP_K)
+        kept = ((top.cumsum(0) - top) < request.top_p) & (top >= MIN_P * top[0])
+        weights = top[kept] ** (1 / request.temperature)
+        cumulative = weights.cumsum(0)
+        draw = torch.rand(1, generator=sequence.generator) * cumulative[-1]
+        return int(index[min(int(torch.searchsorted(cumulative, draw)), len(weights) - 1)])
+
+    def _finish_reason(self, sequence: _Sequence, token: int) -> str | None:
+        matcher = sequence.matcher
+        if matcher is not None and token != self._eos:
+            matcher.consume_token(token)
+        if token == self._eos or (matcher is not None and matcher.is_stopped()):
+            return "stop"
+        request = sequence.job.request
+        if len(sequence.made) >= request.max_tokens or sequence.length + 1 >= sequence.keys.shape[2]:
+            return "length"
+        return None
+
+    def _completion(self, sequence: _Sequence, reason: str) -> Completion:
+        made = [t for t in sequence.made if t != self._eos]
+        return Completion(
+            text=self._tokenizer.decode(made, skip_special_tokens=True),
+            finish_reason=reason,
+            prompt_tokens=len(sequence.prompt),
+            completion_tokens=len(sequence.made),
+        )
+
+    @staticmethod
+    def _answer(job: _Job, completion: Completion | None = None, error: BaseException | None = None) -> None:
+        def settle() -> None:
+            if job.future.done():  # the request was cancelled meanwhile
+                return
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(completion)
+
+        try:
+            job.loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # its event loop is closed: nobody waits
+            pass
+
+
+def _converted(model_path: Path, dtype) -> Path:
+    """The GGUF file as transformers' own files, converted once per machine: reading a GGUF (its
+    49k-token vocabulary above all) takes 20 s, these files 2 s."""
+    stat = model_path.stat()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "germinate" / "models"
+    folder = cache / f"{model_path.stem}-{stat.st_size}-{stat.st_mtime_ns}-{str(dtype).removeprefix('torch.')}"
+    if (folder / "model.safetensors").exists():
+        return folder
+    transformers_logging.disable_progress_bar()  # the run shows its own progress
+    transformers_logging.set_verbosity_error()
+    log.info("converting %s for transformers, once, into %s", model_path, folder)
+    tokenizer = AutoTokenizer.from_pretrained(model_path.parent, gguf_file=model_path.name)
+    model = AutoModelForCausalLM.from_pretrained(model_path.parent, gguf_file=model_path.name, dtype=dtype)
+    scratch = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    scratch.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(scratch / "model.safetensors"))
+    model.config.save_pretrained(scratch)
+    tokenizer.save_pretrained(scratch)
+    try:
+        scratch.rename(folder)
+    except OSError:  # another process converted it meanwhile
+        shutil.rmtree(scratch, ignore_errors=True)
+    return folder
+
+
+@functools.cache
+def _grammar(schema_json: str) -> str:
+    # No free whitespace: a small model given the choice fills its max_tokens with blank lines.
+    compact = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
+    return llguidance.LLMatcher.grammar_from_json_schema(_closed(json.loads(schema_json)), overrides=compact)
+
+
+def _closed(schema: Any) -> Any:
+    """Objects take only their declared keys, as llama.cpp's grammars did: JSON Schema allows others
+    by default, and a small model then invents keys until its max_tokens."""
+    if isinstance(schema, list):
+        return [_closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    closed = {key: _closed(value) for key, value in schema.items()}
+    if "properties" in closed and "additionalProperties" not in closed:
+        closed["additionalProperties"] = False
+    return closed
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sequences=(), **_):
+    """Each sequence's new tokens attend to that sequence's keys alone (and are stored there).
+
+    query: (1, heads, tokens, dim), the pieces of `sequences` one after the other; returns
+    (1, tokens, heads, dim)."""
+    layer = module.layer_idx
+    out = torch.empty_like(query)
+    start = 0
+    for sequence in sequences:
+        n, begin = len(sequence.pending), sequence.length
+        end = begin + n
+        sequence.keys[layer, :, begin:end] = key[0, :, start : start + n]
+        sequence.values[layer, :, begin:end] = value[0, :, start : start + n]
+        out[0, :, start : start + n] = F.scaled_dot_product_attention(
+            query[:, :, start : start + n].contiguous(),
+            sequence.keys[layer : layer + 1, :, :end],
+            sequence.values[layer : layer + 1, :, :end],
+            is_causal=n > 1,  # a prompt read whole, from an empty buffer
+            scale=scaling,
+            enable_gqa=True,
+        )
+        start += n
+    return out.transpose(1, 2), None
+
+
+def _in_fixed_blocks(model):
+    """Every linear layer multiplies in blocks of exactly BLOCK rows (see the module's docstring)."""
+
+    def forward(layer, x):
+        rows = x.reshape(-1, x.shape[-1])
+        count = rows.shape[0]
+        padded = F.pad(rows, (0, 0, 0, -count % BLOCK))
+        out = torch.cat([F.linear(block, layer.weight, layer.bias) for block in padded.split(BLOCK)])
+        return out[:count].reshape(*x.shape[:-1], -1)
+
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Linear):
+            layer.forward = functools.partial(forward, layer)
+    return model

@@ -1,0 +1,81 @@
+"""The transformers backend: the SmolLM2 GGUF from PyPI, in this process, several requests decoded together."""
+
+import asyncio
+import json
+
+import pytest
+from pydantic import BaseModel
+
+from germinate.llm import make_llm
+from germinate.llm.base import Request, json_schema
+from germinate.llm.transformers_backend import TransformersBackend
+from germinate.llm.errors import PermanentError
+from germinate.llm.gguf import default_model_path
+from germinate.settings import LLMConfig
+
+
+class Task(BaseModel):
+    instruction: str
+    difficulty: int
+
+
+@pytest.fixture(scope="module")
+def backend():
+    backend = TransformersBackend(default_model_path(), n_ctx=512)
+    yield backend
+    asyncio.run(backend.close())
+
+
+def ask(topic: str, seed: int, schema: bool) -> tuple[Request, dict | None]:
+    request = Request([{"role": "user", "content": f"Write one new task about {topic}."}], max_tokens=24, seed=seed)
+    return request, (json_schema(Task) if schema else None)
+
+
+REQUESTS = [ask(topic, seed, schema=seed % 2 == 1) for seed, topic in
+            enumerate(["rivers", "prime numbers", "bread", "sorting a list", "the moon", "tax forms"])]
+
+
+def test_an_answer_is_the_same_alone_and_among_other_requests(backend):
+    """A run's requests meet in batches by timing: what one request samples must not depend on it."""
+
+    async def alone():
+        return [await backend.complete(*request) for request in REQUESTS]
+
+    async def together(requests):
+        return await asyncio.gather(*(backend.complete(*request) for request in requests))
+
+    single = asyncio.run(alone())
+    crowd = asyncio.run(together(REQUESTS + [ask("volcanoes", 99, schema=True)]))
+    reversed_crowd = asyncio.run(together(REQUESTS[::-1]))[::-1]
+    assert [c.text for c in crowd[:-1]] == [c.text for c in single] == [c.text for c in reversed_crowd]
+    assert len({c.text for c in single}) == len(single)  # the seeds and prompts differ, so do the answers
+    for completion, (_, schema) in zip(single, REQUESTS):
+        assert completion.prompt_tokens > 10 and 0 < completion.completion_tokens <= 24
+        if schema and completion.finish_reason == "stop":  # constrained: a finished answer is the schema's JSON
+            Task.model_validate(json.loads(completion.text))
+
+
+def test_a_prompt_longer_than_the_context_fails_alone(backend):
+    long = Request([{"role": "user", "content": "word " * 600}], max_tokens=8)
+
+    async def both():
+        return await asyncio.gather(backend.complete(long, None), backend.complete(*REQUESTS[0]),
+                                    return_exceptions=True)
+
+    failed, answered = asyncio.run(both())
+    assert isinstance(failed, PermanentError) and str(failed).startswith("context_overflow: the prompt has ")
+    assert answered.completion_tokens > 0
+
+
+def test_a_run_can_choose_it():
+    """`llm.backend: transformers` through the LLM layer: the schema's JSON comes back parsed."""
+    llm = make_llm(LLMConfig(backend="transformers", max_retries=2), cache_path=None)
+    try:
+        request = Request([{"role": "user", "content": "Write one new task about rivers, as JSON."}], schema=Task,
+                          max_tokens=160, seed=3)
+        [result] = llm.run(llm.generate([request]))
+    finally:
+        llm.close()
+    assert result.ok, result.error
+    assert isinstance(result.parsed, Task) and result.parsed.instruction
+    assert llm.model == "SmolLM2-135M-Instruct.Q4_1.gguf"
