@@ -286,6 +286,7 @@ def _converted(model_path: Path, dtype) -> Path:
     scratch = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
     scratch.mkdir(parents=True, exist_ok=True)
     save_model(model, str(scratch / "model.safetensors"))
+    del model.config.quantization_config  # the weights are plain tensors now: read them as such
     model.config.save_pretrained(scratch)
     tokenizer.save_pretrained(scratch)
     try:
