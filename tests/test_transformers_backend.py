@@ -78,4 +78,5 @@ def test_a_run_can_choose_it():
         llm.close()
     assert result.ok, result.error
     assert isinstance(result.parsed, Task) and result.parsed.instruction
+    assert result.text.startswith('{"instruction": ')  # the schema's order, not the alphabet's
     assert llm.model == "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -184,7 +184,7 @@ class TransformersBackend(Backend):
     def _matcher(self, schema: dict[str, Any] | None):
         if schema is None:
             return None
-        matcher = llguidance.LLMatcher(self._grammar_tokenizer, _grammar(json.dumps(schema, sort_keys=True)))
+        matcher = llguidance.LLMatcher(self._grammar_tokenizer, _grammar(json.dumps(schema)))
         if matcher.is_error():
             raise PermanentError(f"bad_schema: {matcher.get_error()}")
         return matcher
@@ -298,6 +298,8 @@ def _converted(model_path: Path, dtype) -> Path:
 
 @functools.cache
 def _grammar(schema_json: str) -> str:
+    """The grammar of a schema given as text (to be cached). The text keeps the schema's key order:
+    the properties are written in that order, and a judge's critique must come before its scores."""
     # No free whitespace: a small model given the choice fills its max_tokens with blank lines.
     compact = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": ", "lenient": True}
     return llguidance.LLMatcher.grammar_from_json_schema(_closed(json.loads(schema_json)), overrides=compact)
