@@ -10,6 +10,7 @@ from typing import Callable
 from germinate.errors import UserError
 from germinate.llm.base import LLM, Backend, Completion, Request, Result
 from germinate.llm.cache import ResponseCache
+from germinate.llm.gguf import resolve_model_path
 from germinate.llm.limit import Limit
 from germinate.settings import LLMConfig
 
@@ -25,8 +26,6 @@ def check_llm(config: LLMConfig) -> LLMConfig:
     so the run records exactly what it used.
     """
     if config.backend in ("llamacpp", "transformers"):
-        from germinate.llm.gguf import resolve_model_path
-
         resolve_model_path(config.model)
         return config
     if config.backend == "vllm":
@@ -73,12 +72,10 @@ def make_llm(config: LLMConfig, cache_path: Path | None, limit: Callable[[str], 
     config = checked(config)
     backend: Backend
     if config.backend == "llamacpp":
-        from germinate.llm.gguf import resolve_model_path
         from germinate.llm.llamacpp import LlamaCppBackend
 
         backend = LlamaCppBackend(resolve_model_path(config.model), n_ctx=config.n_ctx)
     elif config.backend == "transformers":
-        from germinate.llm.gguf import resolve_model_path
         from germinate.llm.transformers_backend import TransformersBackend
 
         backend = TransformersBackend(resolve_model_path(config.model), n_ctx=config.n_ctx, rows=config.concurrency)

@@ -207,6 +207,8 @@ class TransformersBackend(Backend):
         finished = []
         for sequence, row in zip(live, logits):
             token = self._sample(sequence, row)
+            if sequence.matcher is not None and token != self._eos:
+                sequence.matcher.consume_token(token)
             sequence.made.append(token)
             sequence.pending = [token]
             reason = self._finish_reason(sequence, token)
@@ -236,8 +238,6 @@ class TransformersBackend(Backend):
 
     def _finish_reason(self, sequence: _Sequence, token: int) -> str | None:
         matcher = sequence.matcher
-        if matcher is not None and token != self._eos:
-            matcher.consume_token(token)
         if token == self._eos or (matcher is not None and matcher.is_stopped()):
             return "stop"
         request = sequence.job.request
