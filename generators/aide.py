@@ -170,6 +170,7 @@ class AIDE(Strategy):
             frontier = frontier[: hop_calls // (1 + self.child_cost)]
             if not frontier or hop_records == 0:
                 break
+            later_hops = allowance.calls - hop_calls  # what this hop leaves to the next ones
             allowance.take(len(frontier))
             # A token is at least one character: the schema's bounds make the JSON always fit.
             extraction_tokens = 24 + TOPIC_CHARS + self.settings.attributes * (ATTRIBUTE_CHARS + 8)
@@ -178,10 +179,19 @@ class AIDE(Strategy):
                                count=self.settings.attributes, task=show(n)) for n in frontier]
             )
             jobs = self._plan(frontier, extractions, rng)
-            affordable = min(len(jobs), (hop_calls - len(frontier)) // self.child_cost, hop_records)
-            jobs = jobs[: max(0, affordable)]
-            allowance.take(self.child_cost * len(jobs))
-            frontier = await self._children(seed, hop, jobs, allowance, emit)
+            frontier = []
+            # A child dropped early gives back what it did not spend: the hop writes its nodes' next
+            # children with it until it has its records, so a small budget is not left unspent.
+            while len(frontier) < hop_records:
+                count = min(len(jobs), (allowance.calls - later_hops) // self.child_cost, hop_records - len(frontier))
+                if count <= 0:
+                    if frontier or not later_hops or not jobs:
+                        break
+                    later_hops = 0  # no child survived: there is no next hop to keep calls for
+                    continue
+                batch, jobs = jobs[:count], jobs[count:]
+                allowance.take(self.child_cost * count)
+                frontier += await self._children(seed, hop, batch, allowance, emit)
 
     def _plan(self, nodes: list[Record], extractions: list[Result], rng: random.Random) -> list[Job]:
         """Every (attribute x operation) and persona child of each node, interleaved across nodes
