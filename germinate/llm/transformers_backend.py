@@ -19,6 +19,7 @@ others.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import itertools
 import json
@@ -47,6 +48,16 @@ log = logging.getLogger(__name__)
 
 TOP_K, MIN_P = 40, 0.05
 BLOCK = 16  # rows per matrix product: the kernels are fast from 16 rows, and one sequence wastes little
+
+# Backends not closed yet. A decoding thread still in torch when the interpreter tears torch down
+# crashes the process (a run that failed, a caller that forgot `close`): each is stopped first.
+_open: set[TransformersBackend] = set()
+
+
+@atexit.register
+def _stop_open_backends() -> None:
+    for backend in list(_open):
+        backend._stop()
 
 
 def _fast_dtype():
@@ -89,8 +100,10 @@ class TransformersBackend(Backend):
         self._rows = rows  # requests decoded together
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._failure: BaseException | None = None
+        self._closing = threading.Event()
         self._thread = threading.Thread(target=self._serve, args=(model_path,), name="germinate-transformers", daemon=True)
         self._thread.start()
+        _open.add(self)
 
     async def complete(self, request: Request, schema: dict[str, Any] | None) -> Completion:
         loop = asyncio.get_running_loop()
@@ -99,8 +112,14 @@ class TransformersBackend(Backend):
         return await future
 
     async def close(self) -> None:
-        self._jobs.put(None)
-        await asyncio.to_thread(self._thread.join)  # torch must not be mid-step when the interpreter exits
+        await asyncio.to_thread(self._stop)
+
+    def _stop(self) -> None:
+        """End the decoding thread after its current step; what is in flight fails as closed."""
+        self._closing.set()
+        self._jobs.put(None)  # wakes a thread that waits for work
+        self._thread.join()
+        _open.discard(self)
 
     # --- the decoding thread ---
 
@@ -110,7 +129,7 @@ class TransformersBackend(Backend):
         except BaseException as exc:  # every request gets the reason
             self._failure = exc
         live: list[_Sequence] = []
-        while True:
+        while not self._closing.is_set():
             if self._admit(live, wait=not live):
                 break
             if not live:  # what came could not start
@@ -122,8 +141,9 @@ class TransformersBackend(Backend):
                 for sequence in live:
                     self._answer(sequence.job, error=PermanentError(f"model_error: {exc!r}"))
                 live.clear()
-        for sequence in live:
-            self._answer(sequence.job, error=PermanentError("closed: the run ended before this request"))
+        waiting = [self._jobs.get_nowait() for _ in range(self._jobs.qsize())]
+        for job in [s.job for s in live] + [job for job in waiting if job is not None]:
+            self._answer(job, error=PermanentError("closed: the run ended before this request"))
 
     def _admit(self, live: list[_Sequence], wait: bool) -> bool:
         """Start the requests that wait, up to `rows` in all; True when the backend closes."""
@@ -286,7 +306,7 @@ def _converted(model_path: Path, dtype) -> Path:
     scratch = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
     scratch.mkdir(parents=True, exist_ok=True)
     save_model(model, str(scratch / "model.safetensors"))
-    del model.config.quantization_config  # the weights are plain tensors now: read them as such
+    vars(model.config).pop("quantization_config", None)  # the weights are plain tensors now: read them as such
     model.config.save_pretrained(scratch)
     tokenizer.save_pretrained(scratch)
     try:
