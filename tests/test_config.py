@@ -18,7 +18,7 @@ def test_yaml_then_overrides(tmp_path):
     assert config.aide.hops == 1  # the command line wins over the file
     assert config.llm.concurrency == 8
     assert config.budget.max_records == 500
-    assert config.llm.backend == "llamacpp"  # untouched default
+    assert config.llm.backend == "transformers"  # untouched default
 
 
 @pytest.mark.parametrize(
@@ -50,3 +50,9 @@ def test_empty_section_takes_overrides_and_a_scalar_section_is_an_error(tmp_path
     assert build_config(write(tmp_path, "aide:\n"), {"aide.hops": 3}).aide.hops == 3
     with pytest.raises(UserError, match="'aide' must be a mapping"):
         build_config(write(tmp_path, "aide: 3\n"), {"aide.hops": 3})
+
+
+def test_configs_that_name_llamacpp_run_the_embedded_model(tmp_path):
+    """The embedded GGUF model ran through llama.cpp before it ran on torch: old configs keep working."""
+    config = build_config(write(tmp_path, "llm:\n  backend: llamacpp\n"))
+    assert config.llm.backend == "transformers"

@@ -29,9 +29,11 @@ def write_seeds(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def embedded_run(tmp_path_factory):
     """One real run on the embedded SmolLM2 model with the whole quality gate, shared by the
-    assertions below. A row budget of 6 from a pool of up to 12 makes selection choose."""
+    assertions below. A row budget of 6 from a pool of up to 12 makes selection choose; 60 calls
+    grow enough children that what the gate drops of a 135M model's (a third) leaves 6."""
     folder = tmp_path_factory.mktemp("embedded")
     config = tiny_config(write_seeds(folder), folder / "runs", aide__on_reflection_fail="keep", budget__max_records=6,
+                         budget__max_llm_calls=60,
                          generation__response_max_tokens=160)  # room to finish: cut-off answers are dropped
     report = build(config)
     return config, report, Run(Path(report.dataset).parent)

@@ -25,7 +25,7 @@ def check_llm(config: LLMConfig) -> LLMConfig:
     Returns the config with what was found filled in (the server's model name),
     so the run records exactly what it used.
     """
-    if config.backend in ("llamacpp", "transformers"):
+    if config.backend == "transformers":
         resolve_model_path(config.model)
         return config
     if config.backend == "vllm":
@@ -71,11 +71,7 @@ def make_llm(config: LLMConfig, cache_path: Path | None, limit: Callable[[str], 
     (Ray); by default each server's whole concurrency."""
     config = checked(config)
     backend: Backend
-    if config.backend == "llamacpp":
-        from germinate.llm.llamacpp import LlamaCppBackend
-
-        backend = LlamaCppBackend(resolve_model_path(config.model), n_ctx=config.n_ctx)
-    elif config.backend == "transformers":
+    if config.backend == "transformers":
         from germinate.llm.transformers_backend import TransformersBackend
 
         backend = TransformersBackend(resolve_model_path(config.model), n_ctx=config.n_ctx, rows=config.concurrency)
