@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import GATE_OFF, TINY_SEEDS, build, germinate
+from germinate.runs import Run
 from germinate.cli import app
 from germinate.generators.glan import concept_sets, sample_concepts
 from germinate.generators.self_instruct import rouge_l, tokens
@@ -290,3 +291,19 @@ def test_a_strategy_is_one_file_found_through_its_entry_point(tmp_path, seeds_fi
     restated = [row for row in rows if row["strategy"] == "restate"]
     assert restated and all(row["parent_id"] == row["seed_id"] for row in restated)
     assert "tone: formal" in (dataset / "README.md").read_text()
+
+
+def test_aide_spends_what_dropped_children_give_back(make_config):
+    """A child the judge drops early gives back its calls: the hop writes its node's next child with
+    them, so a seed whose first child fails still grows its tree to the configured depth (each
+    seed's share here buys one child per hop). The loopback server judges every persona child
+    low: only the attribute child of each node can survive."""
+    with FaultyServer(low_when="clearly different from its parent task") as server:
+        config = make_config(llm={"backend": "openai", "base_url": server.base_url},
+                             aide__personas=2, aide__reflection_tries=0, quality=GATE_OFF,
+                             budget__max_llm_calls=42, budget__max_records=6)
+        run = Run(Path(build(config).dataset).parent)
+    kept = run.kept("expand")
+    assert {(r.seed_id, r.hop) for r in kept} == {(s["id"], hop) for s in TINY_SEEDS for hop in (1, 2)}
+    assert all(r.operation == "concretizing" for r in kept)
+    assert run.rejected("expand") and all(r.operation == "persona" for r in run.rejected("expand"))
