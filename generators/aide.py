@@ -185,7 +185,7 @@ class AIDE(Strategy):
             while len(frontier) < hop_records:
                 count = min(len(jobs), (allowance.calls - later_hops) // self.child_cost, hop_records - len(frontier))
                 if count <= 0:
-                    if frontier or not later_hops or not jobs:
+                    if frontier or not later_hops:
                         break
                     later_hops = 0  # no child survived: there is no next hop to keep calls for
                     continue

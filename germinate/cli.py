@@ -137,6 +137,10 @@ def _summary(report: Report) -> None:
     )
 
 
+# The LLM flags `run` and the taxonomy commands share.
+BACKEND_HELP = "transformers (embedded, default), openai or vllm."
+MODEL_HELP = "Model name (openai/vllm) or .gguf path (transformers)."
+
 # The settings `germinate run`'s flags set, so a bad value is blamed on the flag, not on the config file.
 RUN_FLAGS = {
     "seeds": "--seeds", "strategies": "--strategy", "aide.hops": "--hops", "budget.max_records": "--max-records",
@@ -156,8 +160,8 @@ def run(
     hops: Optional[int] = typer.Option(None, help="AIDE: depth K of the synthesis tree."),
     max_records: Optional[int] = typer.Option(None, help="Budget: generated rows in the dataset."),
     max_llm_calls: Optional[int] = typer.Option(None, help="Budget: LLM requests in the whole run."),
-    backend: Optional[str] = typer.Option(None, help="transformers (embedded, default), openai or vllm."),
-    model: Optional[str] = typer.Option(None, help="Model name (openai/vllm) or .gguf path (transformers)."),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1."),
     concurrency: Optional[int] = typer.Option(None, help="LLM requests in flight at once."),
     output_dir: Optional[Path] = typer.Option(None, help="Where runs are written (default data/runs)."),
@@ -433,8 +437,8 @@ def taxonomy_build(
     fields: int = typer.Option(8, help="Fields the LLM names when none are given."),
     sub_fields: int = typer.Option(4, help="Sub-fields per field."),
     disciplines: int = typer.Option(4, help="Disciplines per sub-field."),
-    backend: Optional[str] = typer.Option(None, help="transformers (embedded, default), openai or vllm."),
-    model: Optional[str] = typer.Option(None, help="Model name (openai/vllm) or .gguf path (transformers)."),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1."),
 ) -> None:
     """Generate a taxonomy with the LLM; edit the YAML by hand afterwards if you like."""
@@ -457,8 +461,8 @@ def taxonomy_extend(
     out: Path = typer.Option(..., help="Where to write the extended taxonomy (may be PATH itself)."),
     disciplines: int = typer.Option(2, help="New disciplines asked for per sub-field."),
     field: list[str] = typer.Option([], help="Extend only this field (repeat); default: all."),
-    backend: Optional[str] = typer.Option(None, help="transformers (embedded, default), openai or vllm."),
-    model: Optional[str] = typer.Option(None, help="Model name (openai/vllm) or .gguf path (transformers)."),
+    backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
+    model: Optional[str] = typer.Option(None, help=MODEL_HELP),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1."),
 ) -> None:
     """Ask the LLM for more disciplines under each sub-field; names already present are skipped."""

