@@ -70,7 +70,9 @@ class LLMConfig(Section):
         description="how the server takes a JSON schema: json_schema (vLLM, OpenAI) or "
         "json_object with a schema (llama.cpp); auto asks the server who it is",
     )
-    concurrency: int = Field(16, ge=1, le=4096, description="requests in flight at once (at each endpoint)")
+    concurrency: int = Field(
+        32, ge=1, le=4096, description="requests in flight at once (at each endpoint; the embedded model decodes them together)"
+    )
     max_retries: int = Field(4, ge=0, le=20)
     backoff_s: float = Field(0.5, gt=0, description="first retry delay; doubles each try, with jitter")
     timeout_s: float = Field(120.0, gt=0)

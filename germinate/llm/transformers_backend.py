@@ -4,12 +4,13 @@
 One sequence at a time leaves a CPU's matrix units idle (a 135M model decodes one token in a few
 milliseconds of arithmetic and tens of milliseconds of Python); decoding every request in flight
 in one forward pass uses them. Every forward takes a list of pieces, each the new tokens of one
-request, packed into one sequence: a prompt being read, or the last token sampled.
+request, packed into one sequence: a prompt being read, or the last token sampled (with the tokens
+a JSON grammar forces after it, so that a schema's keys cost no step of their own).
 
 A request's answer does not depend on the requests it was decoded with, so a run samples the same
 text however its requests happen to meet:
-- every matrix product runs on blocks of exactly `BLOCK` rows (CPU kernels choose how to sum by
-  the shape: a fixed shape sums every row the same way, wherever it sits in the block);
+- every matrix product sums each row as a block of exactly `BLOCK` rows does (CPU kernels choose
+  how to sum by the shape: a fixed shape sums every row the same way, wherever it sits in it);
 - attention runs request by request, over that request's own keys (kept in its own buffer);
 - each request samples from its own generator, seeded by the request.
 tests/test_transformers_backend.py checks a request decoded alone against the same request among
@@ -167,6 +168,8 @@ class TransformersBackend(Backend):
     def _load(self, model_path: Path) -> None:
         torch.set_num_threads(os.cpu_count() or 1)
         AttentionInterface.register("germinate_per_sequence", _attention)
+        transformers_logging.disable_progress_bar()  # the run shows its own progress
+        transformers_logging.set_verbosity_error()
         dtype = _fast_dtype()
         folder = _converted(model_path, dtype)
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -191,7 +194,7 @@ class TransformersBackend(Backend):
         capacity = min(len(prompt) + request.max_tokens, self._n_ctx)
         layers, heads, dim = self._shape
         dtype = self._net.dtype
-        return _Sequence(
+        sequence = _Sequence(
             job=job,
             prompt=prompt,
             keys=torch.empty(layers, heads, capacity, dim, dtype=dtype),
@@ -200,6 +203,8 @@ class TransformersBackend(Backend):
             matcher=self._matcher(job.schema),
             pending=prompt,
         )
+        sequence.pending = prompt + self._forced(sequence)
+        return sequence
 
     def _matcher(self, schema: dict[str, Any] | None):
         if schema is None:
@@ -227,10 +232,11 @@ class TransformersBackend(Backend):
         finished = []
         for sequence, row in zip(live, logits):
             token = self._sample(sequence, row)
-            if sequence.matcher is not None and token != self._eos:
-                sequence.matcher.consume_token(token)
             sequence.made.append(token)
             sequence.pending = [token]
+            if sequence.matcher is not None and token != self._eos:
+                sequence.matcher.consume_token(token)
+                sequence.pending += self._forced(sequence)
             reason = self._finish_reason(sequence, token)
             if reason:
                 finished.append(sequence)
@@ -261,9 +267,26 @@ class TransformersBackend(Backend):
         if token == self._eos or (matcher is not None and matcher.is_stopped()):
             return "stop"
         request = sequence.job.request
-        if len(sequence.made) >= request.max_tokens or sequence.length + 1 >= sequence.keys.shape[2]:
+        full = sequence.length + len(sequence.pending) >= sequence.keys.shape[2]
+        if len(sequence.made) >= request.max_tokens or full:
             return "length"
         return None
+
+    def _forced(self, sequence: _Sequence) -> list[int]:
+        """The tokens the grammar allows no choice for (a JSON key, its quotes and colon), taken as made:
+        the next forward reads them all at once instead of one step each (a judgement's keys are a
+        third of its tokens). They follow from the request's own tokens, so its answer stays its own."""
+        matcher = sequence.matcher
+        if matcher is None or matcher.is_stopped():
+            return []
+        room = min(
+            sequence.job.request.max_tokens - len(sequence.made),
+            sequence.keys.shape[2] - sequence.length - len(sequence.pending) - 1,
+        )
+        forced = matcher.compute_ff_tokens()[: max(room, 0)]
+        matcher.consume_tokens(forced)
+        sequence.made += forced
+        return forced
 
     def _completion(self, sequence: _Sequence, reason: str) -> Completion:
         made = [t for t in sequence.made if t != self._eos]
@@ -298,8 +321,6 @@ def _converted(model_path: Path, dtype) -> Path:
     folder = cache / f"{model_path.stem}-{stat.st_size}-{stat.st_mtime_ns}-{str(dtype).removeprefix('torch.')}"
     if (folder / "model.safetensors").exists():
         return folder
-    transformers_logging.disable_progress_bar()  # the run shows its own progress
-    transformers_logging.set_verbosity_error()
     log.info("converting %s for transformers, once, into %s", model_path, folder)
     tokenizer = AutoTokenizer.from_pretrained(model_path.parent, gguf_file=model_path.name)
     model = AutoModelForCausalLM.from_pretrained(model_path.parent, gguf_file=model_path.name, dtype=dtype)
@@ -355,7 +376,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
             query[:, :, start : start + n].contiguous(),
             sequence.keys[layer : layer + 1, :, :end],
             sequence.values[layer : layer + 1, :, :end],
-            is_causal=n > 1,  # a prompt read whole, from an empty buffer
+            # Several new tokens (a prompt, or a sampled token and the grammar's forced ones after it)
+            # each see the keys before them: the mask's diagonal starts at the piece's offset.
+            attn_mask=torch.ones(n, end, dtype=torch.bool).tril(begin) if n > 1 else None,
             scale=scaling,
             enable_gqa=True,
         )
@@ -364,16 +387,38 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 
 
 def _in_fixed_blocks(model):
-    """Every linear layer multiplies in blocks of exactly BLOCK rows (see the module's docstring)."""
+    """Every linear layer multiplies its rows padded to a multiple of BLOCK, in blocks of exactly BLOCK
+    rows (see the module's docstring). Most CPU kernels sum each row of a larger product exactly as a
+    block does; where the model's own shapes show that at load, the padded rows go in one product,
+    which reads each weight once per step instead of once per block."""
+    whole = _rows_sum_alike(model)
 
     def forward(layer, x):
         rows = x.reshape(-1, x.shape[-1])
         count = rows.shape[0]
         padded = F.pad(rows, (0, 0, 0, -count % BLOCK))
-        out = torch.cat([F.linear(block, layer.weight, layer.bias) for block in padded.split(BLOCK)])
+        if whole:
+            out = F.linear(padded, layer.weight, layer.bias)
+        else:
+            out = torch.cat([F.linear(block, layer.weight, layer.bias) for block in padded.split(BLOCK)])
         return out[:count].reshape(*x.shape[:-1], -1)
 
     for layer in model.modules():
         if isinstance(layer, torch.nn.Linear):
             layer.forward = functools.partial(forward, layer)
     return model
+
+
+def _rows_sum_alike(model) -> bool:
+    """Whether products of 3 and of 8 blocks give each row bit for bit what its block alone gives,
+    for every linear layer's shape of the model."""
+    shapes = {layer.weight.shape: layer for layer in model.modules() if isinstance(layer, torch.nn.Linear)}
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for layer in shapes.values():
+            x = torch.randn(8 * BLOCK, layer.in_features, generator=generator, dtype=layer.weight.dtype)
+            blocks = torch.cat([F.linear(block, layer.weight, layer.bias) for block in x.split(BLOCK)])
+            for count in (3 * BLOCK, 8 * BLOCK):
+                if not torch.equal(F.linear(x[:count], layer.weight, layer.bias), blocks[:count]):
+                    return False
+    return True
