@@ -140,6 +140,7 @@ def _summary(report: Report) -> None:
 # The LLM flags `run` and the taxonomy commands share.
 BACKEND_HELP = "transformers (embedded, default), openai or vllm."
 MODEL_HELP = "Model name (openai/vllm) or .gguf path (transformers)."
+BASE_URL_HELP = "OpenAI-compatible server, e.g. http://localhost:8000/v1."
 
 # The settings `germinate run`'s flags set, so a bad value is blamed on the flag, not on the config file.
 RUN_FLAGS = {
@@ -162,7 +163,7 @@ def run(
     max_llm_calls: Optional[int] = typer.Option(None, help="Budget: LLM requests in the whole run."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1."),
+    base_url: Optional[str] = typer.Option(None, help=BASE_URL_HELP),
     concurrency: Optional[int] = typer.Option(None, help="LLM requests in flight at once."),
     output_dir: Optional[Path] = typer.Option(None, help="Where runs are written (default data/runs)."),
     run_id: Optional[str] = typer.Option(None, help="Name the run; an existing id resumes that run."),
@@ -439,7 +440,7 @@ def taxonomy_build(
     disciplines: int = typer.Option(4, help="Disciplines per sub-field."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1."),
+    base_url: Optional[str] = typer.Option(None, help=BASE_URL_HELP),
 ) -> None:
     """Generate a taxonomy with the LLM; edit the YAML by hand afterwards if you like."""
     from germinate.taxonomy import builder
@@ -463,7 +464,7 @@ def taxonomy_extend(
     field: list[str] = typer.Option([], help="Extend only this field (repeat); default: all."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
     model: Optional[str] = typer.Option(None, help=MODEL_HELP),
-    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible server, e.g. http://localhost:8000/v1."),
+    base_url: Optional[str] = typer.Option(None, help=BASE_URL_HELP),
 ) -> None:
     """Ask the LLM for more disciplines under each sub-field; names already present are skipped."""
     from germinate.taxonomy import builder, load_taxonomy

@@ -71,7 +71,8 @@ class LLMConfig(Section):
         "json_object with a schema (llama.cpp); auto asks the server who it is",
     )
     concurrency: int = Field(
-        32, ge=1, le=4096, description="requests in flight at once (at each endpoint; the embedded model decodes them together)"
+        32, ge=1, le=4096,
+        description="requests in flight at once (at each endpoint; the embedded model decodes them together)",
     )
     max_retries: int = Field(4, ge=0, le=20)
     backoff_s: float = Field(0.5, gt=0, description="first retry delay; doubles each try, with jitter")
