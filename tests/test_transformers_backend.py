@@ -80,3 +80,23 @@ def test_a_run_can_choose_it():
     assert isinstance(result.parsed, Task) and result.parsed.instruction
     assert result.text.startswith('{"instruction": ')  # the schema's order, not the alphabet's
     assert llm.model == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_the_4bit_weights_multiply_as_the_float_weights_do(backend):
+    """The shipped GGUF is Q4_1: a sampled token's rows go through torch's 4-bit kernel, which must
+    give what the float weights give, to bfloat16's precision. Weights that are not 4-bit (the Q8_0
+    output layer, a float layer) keep the float product."""
+    import torch
+    import torch.nn.functional as F
+
+    from germinate.llm.transformers_backend import _four_bit, _packed
+
+    asyncio.run(backend.complete(*REQUESTS[0]))  # the model is loaded
+    layer = backend._net.model.layers[0].mlp.down_proj
+    x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        packed = _packed(layer)
+        assert packed is not None
+        exact = F.linear(x, layer.weight)
+        assert torch.allclose(_four_bit(layer, packed, x), exact, atol=0.01 * exact.abs().max().item())
+        assert _packed(backend._net.lm_head) is None and _packed(torch.nn.Linear(64, 64, bias=False)) is None

@@ -10,6 +10,10 @@ A request's answer does not depend on the requests it was decoded with, so a run
 text however its requests happen to meet:
 - every matrix product sums each row as a block of exactly `BLOCK` rows does (CPU kernels choose
   how to sum by the shape: a fixed shape sums every row the same way, wherever it sits in it);
+- a sampled token's rows go through torch's 4-bit kernel where the weights are 4-bit already (the
+  shipped GGUF is Q4_1): a step then reads an eighth of the bytes, and decoding is bound by reading
+  the weights. That kernel sums each row alone. A prompt's rows keep the float product, which is
+  faster for many rows at once;
 - attention runs request by request, over that request's own keys (kept in its own buffer);
 - each request samples from its own generator, seeded by the request.
 tests/test_transformers_backend.py checks a request decoded alone against the same request among
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 
 TOP_K, MIN_P = 40, 0.05
 BLOCK = 16  # rows per matrix product: the kernels are fast from 16 rows, and one sequence wastes little
+GROUP = 32  # weights per scale in a Q4_0/Q4_1 GGUF, and in torch's 4-bit kernel
 
 # Backends not closed yet. A decoding thread still in torch when the interpreter tears torch down
 # crashes the process (a run that failed, a caller that forgot `close`): each is stopped first.
@@ -174,6 +179,7 @@ class TransformersBackend(Backend):
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="germinate_per_sequence")
         self._net = _in_fixed_blocks(model.eval())
+        self._net.prompt_rows = 0  # rows of the step's input that are prompts being read
         config = model.config
         self._shape = (
             config.num_hidden_layers,
@@ -213,6 +219,8 @@ class TransformersBackend(Backend):
 
     def _step(self, live: list[_Sequence]) -> None:
         """One forward over every live sequence's pending tokens, then one token sampled for each."""
+        live.sort(key=lambda s: s.length > 0)  # the prompts being read first: the layers split their rows there
+        self._net.prompt_rows = sum(len(s.pending) for s in live if s.length == 0)
         tokens = [t for s in live for t in s.pending]
         positions = [s.length + i for s in live for i in range(len(s.pending))]
         ends = torch.tensor(list(itertools.accumulate(len(s.pending) for s in live))) - 1
@@ -364,26 +372,70 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 
 
 def _in_fixed_blocks(model):
-    """Every linear layer multiplies its rows padded to a multiple of BLOCK, in blocks of exactly BLOCK
-    rows (see the module's docstring). Most CPU kernels sum each row of a larger product exactly as a
-    block does; where the model's own shapes show that at load, the padded rows go in one product,
-    which reads each weight once per step instead of once per block."""
+    """Every linear layer multiplies a prompt's rows padded to a multiple of BLOCK, in blocks of exactly
+    BLOCK rows, and a sampled token's rows with the 4-bit kernel where the layer is 4-bit (see the
+    module's docstring). Most CPU kernels sum each row of a larger product exactly as a block does;
+    where the model's own shapes show that at load, the padded rows go in one product, which reads
+    each weight once per step instead of once per block."""
     whole = _rows_sum_alike(model)
+    head = model.get_output_embeddings()  # its rows are the pieces' last ones, not the step's rows
 
-    def forward(layer, x):
+    def forward(layer, packed, x):
         rows = x.reshape(-1, x.shape[-1])
-        count = rows.shape[0]
-        padded = F.pad(rows, (0, 0, 0, -count % BLOCK))
-        if whole:
-            out = F.linear(padded, layer.weight, layer.bias)
-        else:
-            out = torch.cat([F.linear(block, layer.weight, layer.bias) for block in padded.split(BLOCK)])
-        return out[:count].reshape(*x.shape[:-1], -1)
+        split = model.prompt_rows if packed is not None else rows.shape[0]
+        out = [_in_blocks(layer, rows[:split], whole)] if split else []
+        if split < rows.shape[0]:
+            out.append(_four_bit(layer, packed, rows[split:]))
+        return torch.cat(out).reshape(*x.shape[:-1], -1)
 
-    for layer in model.modules():
-        if isinstance(layer, torch.nn.Linear):
-            layer.forward = functools.partial(forward, layer)
+    with torch.inference_mode():
+        for layer in model.modules():
+            if isinstance(layer, torch.nn.Linear):
+                packed = None if layer is head else _packed(layer)
+                layer.forward = functools.partial(forward, layer, packed)
     return model
+
+
+def _in_blocks(layer, rows, whole: bool):
+    count = rows.shape[0]
+    padded = F.pad(rows, (0, 0, 0, -count % BLOCK))
+    if whole:
+        out = F.linear(padded, layer.weight, layer.bias)
+    else:
+        out = torch.cat([F.linear(block, layer.weight, layer.bias) for block in padded.split(BLOCK)])
+    return out[:count]
+
+
+def _four_bit(layer, packed, rows):
+    weights, scales = packed
+    out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16).contiguous(), weights, GROUP, scales)
+    out = out.to(rows.dtype)
+    return out if layer.bias is None else out + layer.bias
+
+
+def _packed(layer):
+    """The layer's weights for torch's 4-bit kernel, when every group of GROUP weights is a minimum plus
+    steps 0-15 of one size (as a Q4_1 file's are, once read as floats), and the kernel gives each row
+    alone what it gives it among others; None otherwise (the layer keeps its float product)."""
+    n, k = layer.weight.shape
+    if k % GROUP or n % 64 or layer.weight.dtype != torch.float32:
+        return None
+    groups = layer.weight.detach().reshape(n, k // GROUP, GROUP)
+    low = groups.amin(-1, keepdim=True)
+    step = (groups.amax(-1, keepdim=True) - low) / 15
+    levels = ((groups - low) / step.clamp_min(1e-30)).round()
+    if not torch.all((levels * step + low - groups).abs() <= 1e-3 * step + 1e-12):
+        return None
+    scales = torch.cat([step, low + 8 * step], dim=-1).transpose(0, 1).to(torch.bfloat16).contiguous()
+    try:
+        weights = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.reshape(n, k).int(), 2)
+        packed = weights, scales
+        x = torch.randn(3 * BLOCK, k, generator=torch.Generator().manual_seed(0))
+        together = _four_bit(layer, packed, x)
+        alone = torch.cat([_four_bit(layer, packed, row) for row in x.split(1)])
+    except RuntimeError:  # this build of torch has no such kernel for this shape
+        return None
+    return packed if torch.equal(together, alone) else None
 
 
 def _rows_sum_alike(model) -> bool:
