@@ -35,7 +35,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 run: install
-	$(BIN)/germinate run
+	$(BIN)/germinate run --config examples/demo.yaml
 
 # pytest exits 5 when it collects no tests; that is not a failure.
 test: install-dev

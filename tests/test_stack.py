@@ -32,7 +32,7 @@ def test_every_example_config_is_a_deployment_with_its_settings_and_a_paused_sch
         (schedule,) = deployment["schedules"]
         assert schedule["active"] is False and len(schedule["cron"].split()) == 5
         assert deployment["work_pool"]["name"] == "germinate"
-    assert build_config(ROOT / "examples" / "demo.yaml") == RunConfig()  # the demo is `make run`'s run
+    assert "germinate run --config examples/demo.yaml" in (ROOT / "Makefile").read_text()  # `make run`'s run
 
 
 def test_the_flow_parameters_are_a_form():
