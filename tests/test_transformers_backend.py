@@ -19,6 +19,11 @@ class Task(BaseModel):
     difficulty: int
 
 
+class TitledTask(BaseModel):
+    title: str
+    instruction: str
+
+
 @pytest.fixture(scope="module")
 def backend():
     backend = TransformersBackend(default_model_path(), n_ctx=512)
@@ -53,6 +58,30 @@ def test_an_answer_is_the_same_alone_and_among_other_requests(backend):
         assert completion.prompt_tokens > 10 and 0 < completion.completion_tokens <= 24
         if schema and completion.finish_reason == "stop":  # constrained: a finished answer is the schema's JSON
             Task.model_validate(json.loads(completion.text))
+
+
+def test_the_tokens_a_schema_forces_are_read_at_once_without_changing_the_answer(backend, monkeypatch):
+    """A JSON key and its punctuation are taken without a step each and read in one forward after the
+    token sampled before them. They must see exactly the keys before them: greedy answers equal the
+    answers decoded one token at a time (the backend below has the shortcut turned off). The text
+    written after the second key is what would change if they did not."""
+    requests = [Request([{"role": "user", "content": f"Write one new task about {topic}, as JSON."}],
+                        max_tokens=40, temperature=0.0) for topic in ("rivers", "tax forms")]
+    schema = json_schema(TitledTask)
+
+    async def answers(backend):
+        return await asyncio.gather(*(backend.complete(request, schema) for request in requests))
+
+    shortcut = asyncio.run(answers(backend))
+    monkeypatch.setattr(TransformersBackend, "_forced", lambda self, sequence: [])
+    stepwise_backend = TransformersBackend(default_model_path(), n_ctx=512)
+    try:
+        stepwise = asyncio.run(answers(stepwise_backend))
+    finally:
+        asyncio.run(stepwise_backend.close())
+    assert [a.text for a in shortcut] == [a.text for a in stepwise]
+    assert all(a.text.startswith('{"title": "') and '", "instruction": "' in a.text for a in shortcut)
+    assert [a.completion_tokens for a in shortcut] == [a.completion_tokens for a in stepwise]
 
 
 def test_a_prompt_longer_than_the_context_fails_alone(backend):

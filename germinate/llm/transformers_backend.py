@@ -4,7 +4,8 @@
 One sequence at a time leaves a CPU's matrix units idle (a 135M model decodes one token in a few
 milliseconds of arithmetic and tens of milliseconds of Python); decoding every request in flight
 in one forward pass uses them. Every forward takes a list of pieces, each the new tokens of one
-request, packed into one sequence: a prompt being read, or the last token sampled.
+request, packed into one sequence: a prompt being read, or the last token sampled (with the tokens
+a JSON grammar forces after it, so that a schema's keys cost no step of their own).
 
 A request's answer does not depend on the requests it was decoded with, so a run samples the same
 text however its requests happen to meet:
@@ -206,7 +207,7 @@ class TransformersBackend(Backend):
             values=torch.empty(layers, heads, capacity, dim, dtype=dtype),
             generator=torch.Generator().manual_seed(request.seed),
             matcher=self._matcher(job.schema),
-            pending=prompt,
+            pending=prompt,  # what a grammar forces first follows the first token sampled: it is made, not read
         )
 
     def _matcher(self, schema: dict[str, Any] | None):
@@ -237,10 +238,11 @@ class TransformersBackend(Backend):
         finished = []
         for sequence, row in zip(live, logits):
             token = self._sample(sequence, row)
-            if sequence.matcher is not None and token != self._eos:
-                sequence.matcher.consume_token(token)
             sequence.made.append(token)
             sequence.pending = [token]
+            if sequence.matcher is not None and token != self._eos:
+                sequence.matcher.consume_token(token)
+                sequence.pending += self._forced(sequence)
             reason = self._finish_reason(sequence, token)
             if reason:
                 finished.append(sequence)
@@ -271,9 +273,26 @@ class TransformersBackend(Backend):
         if token == self._eos or (matcher is not None and matcher.is_stopped()):
             return "stop"
         request = sequence.job.request
-        if len(sequence.made) >= request.max_tokens or sequence.length + 1 >= sequence.keys.shape[2]:
+        full = sequence.length + len(sequence.pending) >= sequence.keys.shape[2]
+        if len(sequence.made) >= request.max_tokens or full:
             return "length"
         return None
+
+    def _forced(self, sequence: _Sequence) -> list[int]:
+        """The tokens the grammar allows no choice for (a JSON key, its quotes and colon), taken as made:
+        the next forward reads them all at once instead of one step each (a judgement's keys are a
+        third of its tokens). They follow from the request's own tokens, so its answer stays its own."""
+        matcher = sequence.matcher
+        if matcher is None or matcher.is_stopped():
+            return []
+        room = min(
+            sequence.job.request.max_tokens - len(sequence.made),
+            sequence.keys.shape[2] - sequence.length - len(sequence.pending) - 1,
+        )
+        forced = matcher.compute_ff_tokens()[: max(room, 0)]
+        matcher.consume_tokens(forced)
+        sequence.made += forced
+        return forced
 
     def _completion(self, sequence: _Sequence, reason: str) -> Completion:
         made = [t for t in sequence.made if t != self._eos]
@@ -363,7 +382,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
             query[:, :, start : start + n].contiguous(),
             sequence.keys[layer : layer + 1, :, :end],
             sequence.values[layer : layer + 1, :, :end],
-            is_causal=n > 1,  # a prompt read whole, from an empty buffer
+            # Several new tokens (a prompt, or a sampled token and the grammar's forced ones after it)
+            # each see the keys before them: the mask's diagonal starts at the piece's offset.
+            attn_mask=torch.ones(n, end, dtype=torch.bool).tril(begin) if n > 1 else None,
             scale=scaling,
             enable_gqa=True,
         )
