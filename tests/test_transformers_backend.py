@@ -84,6 +84,27 @@ def test_the_tokens_a_schema_forces_are_read_at_once_without_changing_the_answer
     assert [a.completion_tokens for a in shortcut] == [a.completion_tokens for a in stepwise]
 
 
+def test_a_system_message_is_read_once_and_changes_no_answer(backend):
+    """The requests of a run share their system message: its keys are computed once, alone, and copied.
+    An answer must not depend on which request needed them first (here: itself, or another before it
+    on a second backend)."""
+    from germinate.prompts import SYSTEM
+
+    def ask_with_system(topic: str, seed: int):
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Write one new task about {topic}."}]
+        return Request(messages, max_tokens=24, seed=seed), None
+
+    first = asyncio.run(backend.complete(*ask_with_system("rivers", 1)))
+    other = TransformersBackend(default_model_path(), n_ctx=512)
+    try:
+        asyncio.run(other.complete(*ask_with_system("bread", 2)))
+        again = asyncio.run(other.complete(*ask_with_system("rivers", 1)))
+        assert list(other._system_parts) == [SYSTEM]
+    finally:
+        asyncio.run(other.close())
+    assert again.text == first.text and again.prompt_tokens == first.prompt_tokens
+
+
 def test_a_prompt_longer_than_the_context_fails_alone(backend):
     long = Request([{"role": "user", "content": "word " * 600}], max_tokens=8)
 
@@ -127,5 +148,5 @@ def test_the_4bit_weights_multiply_as_the_float_weights_do(backend):
         packed = _packed(layer)
         assert packed is not None
         exact = F.linear(x, layer.weight)
-        assert torch.allclose(_four_bit(layer, packed, x), exact, atol=0.01 * exact.abs().max().item())
+        assert torch.allclose(_four_bit(x, packed), exact, atol=0.01 * exact.abs().max().item())
         assert _packed(backend._net.lm_head) is None and _packed(torch.nn.Linear(64, 64, bias=False)) is None

@@ -4,8 +4,9 @@
 One sequence at a time leaves a CPU's matrix units idle (a 135M model decodes one token in a few
 milliseconds of arithmetic and tens of milliseconds of Python); decoding every request in flight
 in one forward pass uses them. Every forward takes a list of pieces, each the new tokens of one
-request, packed into one sequence: a prompt being read, or the last token sampled (with the tokens
-a JSON grammar forces after it, so that a schema's keys cost no step of their own).
+request, packed into one sequence: a prompt being read (after its system message, whose keys are
+read once and copied), or the last token sampled (with the tokens a JSON grammar forces after it, so
+that a schema's keys cost no step of their own).
 
 A request's answer does not depend on the requests it was decoded with, so a run samples the same
 text however its requests happen to meet:
@@ -87,7 +88,7 @@ class _Job:
 class _Sequence:
     """One request being decoded: its keys and values, its sampler and its grammar."""
 
-    job: _Job
+    job: _Job | None  # None: a shared part of prompts, read alone
     prompt: list[int]
     keys: Any  # (layers, kv_heads, capacity, head_dim)
     values: Any
@@ -181,6 +182,7 @@ class TransformersBackend(Backend):
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="germinate_per_sequence")
         self._net = _in_fixed_blocks(model.eval())
         self._net.prompt_rows = 0  # rows of the step's input that are prompts being read
+        self._system_parts: dict[str, _Sequence] = {}  # system message -> its keys and values, read alone
         config = model.config
         self._shape = (
             config.num_hidden_layers,
@@ -198,17 +200,46 @@ class TransformersBackend(Backend):
         if len(prompt) >= self._n_ctx:
             raise PermanentError(f"context_overflow: the prompt has {len(prompt)} tokens, llm.n_ctx is {self._n_ctx}")
         capacity = min(len(prompt) + request.max_tokens, self._n_ctx)
+        sequence = self._sequence(
+            prompt,
+            capacity,
+            job=job,
+            generator=torch.Generator().manual_seed(request.seed),
+            matcher=self._matcher(job.schema),
+        )
+        shared = self._system_part(request.messages, prompt)
+        if shared is not None:  # its keys are copied, not computed again
+            sequence.length = shared.length
+            sequence.keys[:, :, : shared.length] = shared.keys
+            sequence.values[:, :, : shared.length] = shared.values
+            sequence.pending = prompt[shared.length :]
+        return sequence
+
+    def _sequence(self, prompt: list[int], capacity: int, **parts: Any) -> _Sequence:
         layers, heads, dim = self._shape
         dtype = self._net.dtype
         return _Sequence(
-            job=job,
             prompt=prompt,
             keys=torch.empty(layers, heads, capacity, dim, dtype=dtype),
             values=torch.empty(layers, heads, capacity, dim, dtype=dtype),
-            generator=torch.Generator().manual_seed(request.seed),
-            matcher=self._matcher(job.schema),
             pending=prompt,  # what a grammar forces first follows the first token sampled: it is made, not read
+            **parts,
         )
+
+    def _system_part(self, messages: list[dict[str, str]], prompt: list[int]) -> _Sequence | None:
+        """The prompt's system message, read alone once per process: the requests of a run share
+        it (a fifth of a demo prompt's tokens). Every prompt that starts with it has its keys from
+        that one reading, so its answer is the same whichever request read it first."""
+        if messages[0]["role"] != "system":
+            return None
+        text = messages[0]["content"]
+        if text not in self._system_parts:
+            tokens = self._tokenizer.apply_chat_template(messages[:1], tokenize=True, return_dict=True)["input_ids"]
+            alone = self._sequence(tokens, len(tokens), job=None, generator=None, matcher=None)
+            self._forward([alone])
+            self._system_parts[text] = alone
+        shared = self._system_parts[text]
+        return shared if prompt[: shared.length] == shared.prompt and len(prompt) > shared.length else None
 
     def _matcher(self, schema: dict[str, Any] | None):
         if schema is None:
@@ -220,21 +251,7 @@ class TransformersBackend(Backend):
 
     def _step(self, live: list[_Sequence]) -> None:
         """One forward over every live sequence's pending tokens, then one token sampled for each."""
-        live.sort(key=lambda s: s.length > 0)  # the prompts being read first: the layers split their rows there
-        self._net.prompt_rows = sum(len(s.pending) for s in live if s.length == 0)
-        tokens = [t for s in live for t in s.pending]
-        positions = [s.length + i for s in live for i in range(len(s.pending))]
-        ends = torch.tensor(list(itertools.accumulate(len(s.pending) for s in live))) - 1
-        with torch.inference_mode():
-            logits = self._net(
-                input_ids=torch.tensor([tokens]),
-                position_ids=torch.tensor([positions]),
-                use_cache=False,
-                logits_to_keep=ends,
-                sequences=live,
-            ).logits[0].float()
-        for sequence in live:
-            sequence.length += len(sequence.pending)
+        logits = self._forward(live)
         finished = []
         for sequence, row in zip(live, logits):
             token = self._sample(sequence, row)
@@ -249,6 +266,26 @@ class TransformersBackend(Backend):
                 self._answer(sequence.job, completion=self._completion(sequence, reason))
         for sequence in finished:
             live.remove(sequence)
+
+    def _forward(self, live: list[_Sequence]):
+        """The logits of each sequence's last pending token, its pending tokens' keys and values stored
+        in its buffers. Sorts `live`: the prompts being read first, where the layers split their rows."""
+        live.sort(key=lambda s: bool(s.made))
+        self._net.prompt_rows = sum(len(s.pending) for s in live if not s.made)
+        tokens = [t for s in live for t in s.pending]
+        positions = [s.length + i for s in live for i in range(len(s.pending))]
+        ends = torch.tensor(list(itertools.accumulate(len(s.pending) for s in live))) - 1
+        with torch.inference_mode():
+            logits = self._net(
+                input_ids=torch.tensor([tokens]),
+                position_ids=torch.tensor([positions]),
+                use_cache=False,
+                logits_to_keep=ends,
+                sequences=live,
+            ).logits[0].float()
+        for sequence in live:
+            sequence.length += len(sequence.pending)
+        return logits
 
     def _sample(self, sequence: _Sequence, logits) -> int:
         request = sequence.job.request
@@ -406,7 +443,7 @@ def _in_fixed_blocks(model):
         split = model.prompt_rows if packed is not None else rows.shape[0]
         out = [_in_blocks(layer, rows[:split], whole)] if split else []
         if split < rows.shape[0]:
-            out.append(_four_bit(layer, packed, rows[split:]))
+            out.append(_four_bit(rows[split:], packed, layer.bias))
         return torch.cat(out).reshape(*x.shape[:-1], -1)
 
     with torch.inference_mode():
@@ -427,19 +464,19 @@ def _in_blocks(layer, rows, whole: bool):
     return out[:count]
 
 
-def _four_bit(layer, packed, rows):
+def _four_bit(rows, packed, bias=None):
     weights, scales = packed
     out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows.to(torch.bfloat16).contiguous(), weights, GROUP, scales)
     out = out.to(rows.dtype)
-    return out if layer.bias is None else out + layer.bias
+    return out if bias is None else out + bias
 
 
 def _packed(layer):
     """The layer's weights for torch's 4-bit kernel, when every group of GROUP weights is a minimum plus
-    steps 0-15 of one size (as a Q4_1 file's are, once read as floats), and the kernel gives each row
-    alone what it gives it among others; None otherwise (the layer keeps its float product)."""
+    steps 0-15 of one size (as a Q4_1 file's are, once read as floats) and the kernel sums each row
+    of the layer's shape alone; None otherwise (the layer keeps its float product)."""
     n, k = layer.weight.shape
-    if k % GROUP or n % 64 or layer.weight.dtype != torch.float32:
+    if layer.weight.dtype != torch.float32 or not _four_bit_rows_alone(n, k):
         return None
     groups = layer.weight.detach().reshape(n, k // GROUP, GROUP)
     low = groups.amin(-1, keepdim=True)
@@ -448,15 +485,24 @@ def _packed(layer):
     if not torch.all((levels * step + low - groups).abs() <= 1e-3 * step + 1e-12):
         return None
     scales = torch.cat([step, low + 8 * step], dim=-1).transpose(0, 1).to(torch.bfloat16).contiguous()
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.reshape(n, k).int(), 2), scales
+
+
+@functools.cache
+def _four_bit_rows_alone(n: int, k: int) -> bool:
+    """Whether torch's 4-bit kernel takes an (n, k) weight and gives each row alone what it gives it
+    among others."""
+    if k % GROUP or n % 64:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    levels = torch.randint(0, 16, (n, k), dtype=torch.int32, generator=generator)
+    scales = torch.rand(k // GROUP, n, 2, generator=generator).to(torch.bfloat16)
+    x = torch.randn(3 * BLOCK, k, generator=generator)
     try:
-        weights = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels.reshape(n, k).int(), 2)
-        packed = weights, scales
-        x = torch.randn(3 * BLOCK, k, generator=torch.Generator().manual_seed(0))
-        together = _four_bit(layer, packed, x)
-        alone = torch.cat([_four_bit(layer, packed, row) for row in x.split(1)])
-    except RuntimeError:  # this build of torch has no such kernel for this shape
-        return None
-    return packed if torch.equal(together, alone) else None
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(levels, 2), scales
+        return torch.equal(_four_bit(x, packed), torch.cat([_four_bit(row, packed) for row in x.split(1)]))
+    except RuntimeError:  # this build of torch has no such kernel, or not for this shape
+        return False
 
 
 def _rows_sum_alike(model) -> bool:
