@@ -518,3 +518,10 @@ def _rows_sum_alike(model) -> bool:
                 if not torch.equal(F.linear(x[:count], layer.weight, layer.bias), blocks[:count]):
                     return False
     return True
+
+
+if __name__ == "__main__":  # `make install`: the shipped model converted at install, not in the first run
+    from germinate.llm.gguf import default_model_path
+
+    transformers_logging.disable_progress_bar()
+    print(f"germinate: the embedded model, for torch: {_converted(default_model_path(), _fast_dtype())}")
