@@ -38,8 +38,10 @@ def requests(count: int, salt: int) -> list[tuple[Request, dict | None]]:
     for i in range(count):
         topic = TOPICS[i % len(TOPICS)]
         judged = i % 2 == 1
-        ask = (f"Task: write a short poem about {topic}, number {salt}-{i}.\n\nAssess the task: a one-sentence "
-               "critique, then a score" if judged else f"Write one new task about {topic} for an assistant ({salt}-{i}).")
+        if judged:
+            ask = f"Task: write a short poem about {topic}, number {salt}-{i}.\n\nAssess the task: a critique, a score"
+        else:
+            ask = f"Write one new task about {topic} for an assistant ({salt}-{i})."
         messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": ask}]
         made.append((Request(messages, max_tokens=96, seed=salt * 1000 + i), VERDICT if judged else None))
     return made

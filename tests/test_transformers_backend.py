@@ -91,7 +91,8 @@ def test_a_system_message_is_read_once_and_changes_no_answer(backend):
     from germinate.prompts import SYSTEM
 
     def ask_with_system(topic: str, seed: int):
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Write one new task about {topic}."}]
+        user = f"Write one new task about {topic}."
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
         return Request(messages, max_tokens=24, seed=seed), None
 
     first = asyncio.run(backend.complete(*ask_with_system("rivers", 1)))
