@@ -20,7 +20,7 @@ $(BIN)/python:
 
 # Re-installs when pyproject.toml changes. torch first and pinned: the CPU wheel, not CUDA.
 # `make run` needs the package alone (nothing to compile) and the model converted for torch, once per
-# machine (20 s; a run would do it otherwise); `make test` adds the dev extra.
+# machine (20-30 s; a run would do it otherwise); `make test` adds the dev extra.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .

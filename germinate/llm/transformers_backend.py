@@ -181,7 +181,6 @@ class TransformersBackend(Backend):
         self._tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="germinate_per_sequence")
         self._net = _in_fixed_blocks(model.eval())
-        self._net.prompt_rows = 0  # rows of the step's input that are prompts being read
         self._system_parts: dict[str, _Sequence] = {}  # system message -> its keys and values, read alone
         config = model.config
         self._shape = (
@@ -271,7 +270,7 @@ class TransformersBackend(Backend):
         """The logits of each sequence's last pending token, its pending tokens' keys and values stored
         in its buffers. Sorts `live`: the prompts being read first, where the layers split their rows."""
         live.sort(key=lambda s: bool(s.made))
-        self._net.prompt_rows = sum(len(s.pending) for s in live if not s.made)
+        self._net.prompt_rows = sum(len(s.pending) for s in live if not s.made)  # the layers read it
         tokens = [t for s in live for t in s.pending]
         positions = [s.length + i for s in live for i in range(len(s.pending))]
         ends = torch.tensor(list(itertools.accumulate(len(s.pending) for s in live))) - 1
@@ -441,10 +440,13 @@ def _in_fixed_blocks(model):
     def forward(layer, packed, x):
         rows = x.reshape(-1, x.shape[-1])
         split = model.prompt_rows if packed is not None else rows.shape[0]
-        out = [_in_blocks(layer, rows[:split], whole)] if split else []
-        if split < rows.shape[0]:
-            out.append(_four_bit(rows[split:], packed, layer.bias))
-        return torch.cat(out).reshape(*x.shape[:-1], -1)
+        if split == rows.shape[0]:
+            out = _in_blocks(layer, rows, whole)
+        elif split == 0:
+            out = _four_bit(rows, packed, layer.bias)
+        else:  # a step that reads prompts and samples tokens: only then are two parts joined
+            out = torch.cat([_in_blocks(layer, rows[:split], whole), _four_bit(rows[split:], packed, layer.bias)])
+        return out.reshape(*x.shape[:-1], -1)
 
     with torch.inference_mode():
         for layer in model.modules():
