@@ -113,6 +113,7 @@ class Select(Stage):
     name = "select"
     section = "quality.select"
     whole_set = True
+    compares_vectors = True
 
     async def run(self, records: list[Record]) -> Outcome:
         if not records:

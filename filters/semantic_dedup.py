@@ -50,6 +50,7 @@ class SemanticDedup(Stage):
     name = "semantic_dedup"
     section = "quality.semantic_dedup"
     whole_set = True
+    compares_vectors = True
 
     async def run(self, records: list[Record]) -> Outcome:
         if not records:

@@ -25,8 +25,8 @@ from germinate.errors import RunFailed, UserError
 from germinate.executor import Seeds, run_whole_set, stream_shard
 from germinate.hub import check_token, publish
 from germinate.llm import LLM, make_llm
-from germinate.metrics import run_metrics, sample_priority
-from germinate.records import Record, show
+from germinate.metrics import run_metrics, wanted_ahead
+from germinate.records import Record
 from germinate.report import (
     Report, StrategyReport, build_report, not_written, run_line, short_of_rows, shortfall, stage_line,
 )
@@ -95,16 +95,16 @@ def stage_classes(config: RunConfig) -> tuple[list[type[Stage]], list[type[Stage
     return per_record, whole_set
 
 
-def _embedded_ahead(shared: str | None, embedder: Embedder, rows: int) -> Callable[[list[Record]], None]:
+def _embedded_ahead(shared: str | None, embedder: Embedder, rows: int, every: bool) -> Callable[[list[Record]], None]:
     """Where what a shard makes goes to be embedded while the run goes on (of a dataset of about
-    `rows`): this process's worker, or on Ray the driver's (through the run's state): the whole-set
-    stages and the metrics run there, and a shard worker then loads no model unless a strategy asks
-    it for vectors."""
+    `rows`; `every` record, or the metrics' sample): this process's worker, or on Ray the driver's
+    (through the run's state): the whole-set stages and the metrics run there, and a shard worker then
+    loads no model unless a strategy asks it for vectors."""
     if shared:
         from germinate.flows import ray_run
 
-        return functools.partial(ray_run.attach(shared).made, size=rows)
-    return functools.partial(embed_ahead, embedder, size=rows)
+        return functools.partial(ray_run.attach(shared).made, size=rows, every=every)
+    return functools.partial(embed_ahead, embedder, size=rows, every=every)
 
 
 def _settle(shared: str | None) -> None:
@@ -114,12 +114,17 @@ def _settle(shared: str | None) -> None:
         ray_run.settle()
 
 
-def embed_ahead(embedder: Embedder, records: list[Record], size: int) -> None:
+def embed_ahead(embedder: Embedder, records: list[Record], size: int, every: bool) -> None:
     """Records of a set of about `size` (the seeds, the rows the shards make) are embedded while the
-    run goes on, the metrics' samples of every set first: with no stage that needs every vector, the
-    rest is not waited for at the end."""
-    for record in records:
-        embedder.submit([show(record)], sample_priority(record, size))
+    run goes on, the metrics' samples of every set first; only those samples unless a stage compares
+    `every` record's vector."""
+    for priority, text in wanted_ahead(records, size, every):
+        embedder.submit([text], priority)
+
+
+def compares_vectors(config: RunConfig) -> bool:
+    """Whether a whole-set stage of the run reads every record's vector."""
+    return any(cls.compares_vectors for cls in stage_classes(config)[1])
 
 
 def run_shard(config: RunConfig, work: ShardWork, shared: str | None = None) -> list[StageStats]:
@@ -136,7 +141,8 @@ def run_shard(config: RunConfig, work: ShardWork, shared: str | None = None) -> 
     allowances = [dataclasses.replace(a) for a in work.allowances]  # a retried task starts from the plan again
     output = llm.run(stream_shard(
         source, work.units, allowances, stages, prime=work.prime, on_call=lambda stage: progress.advance(CALLS),
-        on_record=progress.advance, on_made=_embedded_ahead(shared, embedder, config.budget.max_records),
+        on_record=progress.advance,
+        on_made=_embedded_ahead(shared, embedder, config.budget.max_records, compares_vectors(config)),
     ))
     sealed = not any(s.unanswered_calls for s in output.stats)
     _settle(shared)
@@ -224,7 +230,7 @@ def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Re
     seeds = run.seeds()
     work = plan(config, seeds, planners)
     embedder = embedder_for(config, run)  # the embedding model loads while the first requests go out
-    embed_ahead(embedder, seeds, len(seeds))  # the metrics compare the rows with them
+    embed_ahead(embedder, seeds, len(seeds), compares_vectors(config))  # the metrics compare rows with them
     # Progress: the run's LLM calls against its budget; the LLM stages' records against the rows planned.
     llm_stages = [EXPAND_STAGE, *(cls.name for cls in per_record if cls.calls_llm)]
     progress.reset()

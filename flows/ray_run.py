@@ -37,8 +37,8 @@ from germinate import progress
 from germinate.config import RunConfig
 from germinate.embed import Embedder
 from germinate.llm.limit import Limit
-from germinate.metrics import sample_priority
-from germinate.records import Record, show
+from germinate.metrics import wanted_ahead
+from germinate.records import Record
 from germinate.runs import Run
 from germinate.settings import OrchestrationConfig
 from germinate.stall import Watch
@@ -260,11 +260,11 @@ class Lease:
     def finish(self, stage: str) -> None:
         pass
 
-    def made(self, records: list[Record], size: int) -> None:
+    def made(self, records: list[Record], size: int, every: bool) -> None:
         """Records a shard made (of a dataset of about `size`), for the driver to embed while the run
-        goes on."""
+        goes on: `every` one, or those the metrics will likely sample."""
         with self.lock:
-            self.made_since.extend((sample_priority(record, size), show(record)) for record in records)
+            self.made_since.extend(wanted_ahead(records, size, every))
 
     def report(self) -> None:
         """Tell the run's state what this worker uses, wants, did and made; use the slots it grants."""

@@ -19,6 +19,8 @@ from germinate.runs import Run
 
 Vectors = Callable[[list[str]], np.ndarray]
 SAMPLE = 256  # records, about, that a set larger than this is measured on
+# Priorities below this are a set's sample when it has at least 80% of the records planned for it.
+SAMPLE_AHEAD = 1.25
 
 
 class Metrics(BaseModel):
@@ -61,6 +63,14 @@ def sample_priority(record: Record, size: int) -> float:
     likely be in the set's sample, and lower the more likely; so records of sets of any size
     compare (embedding ahead takes the sample of each set first)."""
     return sample_rank(record) * size / SAMPLE
+
+
+def wanted_ahead(records: list[Record], size: int, every: bool) -> list[tuple[float, str]]:
+    """(priority, text) of the records, of a set of about `size`, whose vectors a run will want: every
+    one when a stage compares them all, else those likely in the metrics' sample. Embedding the rest
+    would take the cores the run itself needs (on 2 cores, longer than growing the set)."""
+    ranked = ((sample_priority(record, size), record) for record in records)
+    return [(priority, show(record)) for priority, record in ranked if every or priority < SAMPLE_AHEAD]
 
 
 def sample(records: list[Record]) -> list[Record]:

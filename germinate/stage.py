@@ -71,6 +71,8 @@ class Stage(ABC):
     whole_set: ClassVar[bool] = False
     ordered: ClassVar[bool] = False
     calls_llm: ClassVar[bool] = False
+    # A whole-set stage that reads every record's vector: the run embeds each record while it is made.
+    compares_vectors: ClassVar[bool] = False
 
     def __init__(self, context: Context):
         self.context = context

@@ -4,7 +4,7 @@ import numpy as np
 
 from germinate.io import write_records
 from germinate.metrics import distinct_bigrams, mean_pairwise_distance
-from germinate.records import Record
+from germinate.records import Record, show
 from germinate.runs import Run
 from test_cli import germinate
 
@@ -112,3 +112,17 @@ def test_what_the_metrics_will_sample_is_embedded_first_whatever_the_sets_size()
                    [(sample_priority(r, len(rows)), r.id) for r in rows])
     wanted = {r.id for r in sample(seeds) + sample(rows)}
     assert {record for _, record in order[: len(wanted)]} == wanted
+
+
+def test_a_run_embeds_ahead_only_what_it_will_compare():
+    """With no stage that compares every record's vector (semantic dedup, selection), a run embeds
+    ahead the records its metrics will sample and few others: the rest would take the cores that
+    generation needs. With such a stage, every record."""
+    from germinate.metrics import sample, wanted_ahead
+
+    rows = [Record(id=f"row-{i}", instruction=f"task {i}") for i in range(3500)]
+    few = {text for _, text in wanted_ahead(rows, len(rows), every=False)}
+    assert {show(r) for r in sample(rows)} <= few
+    assert {show(r) for r in sample(rows[:2800])} <= few  # a set of 80% of the size planned for it
+    assert len(few) < 1.5 * len(sample(rows))
+    assert len(wanted_ahead(rows, len(rows), every=True)) == len(rows)
