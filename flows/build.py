@@ -45,18 +45,6 @@ shard_task = task(_call, name="shard", cache_policy=NO_CACHE, persist_result=Fal
 stage_task = task(_call, name="whole-set stage", cache_policy=NO_CACHE, persist_result=False)
 
 
-def _ray_workers(config: RunConfig):
-    """The class that starts a run's Ray shard workers, when its config asks for Ray; checked per run,
-    inside the flow, so a deployment or a served flow runs where its config says."""
-    if config.orchestration.task_runner != "ray":
-        return None
-    try:
-        from germinate.flows import ray_run
-    except ImportError:
-        raise UserError("orchestration.task_runner: ray needs the ray extra (pip install -e '.[ray]')") from None
-    return ray_run.Workers
-
-
 class PrefectTasks:
     """A pipeline runner whose tasks are Prefect task runs in this process's threads, named after their
     shard or stage; on Ray a shard task hands its work to a shard worker. A shard that fails on an error is
@@ -77,7 +65,7 @@ class PrefectTasks:
 
     def __enter__(self) -> "PrefectTasks":
         with ExitStack() as stack:  # what is entered here is left in reverse order by __exit__
-            workers = _ray_workers(self.config)
+            workers = pipeline.ray_workers(self.config)
             self.workers = workers(self.config) if workers else None
             if self.workers:  # Ray goes last, once no thread waits on it
                 stack.callback(self.workers.shutdown)
@@ -120,17 +108,10 @@ class PrefectTasks:
         return self.workers.describe() if self.workers else ""
 
 
-def check_run(config: RunConfig) -> None:
-    """What `germinate serve` checks before it schedules runs (each run checks its seeds and servers)."""
-    pipeline.check_run(config)
-    _ray_workers(config)
-
-
 @flow(name="build-dataset", persist_result=False, log_prints=True)
 def build_dataset(config: RunConfig) -> Report:
     """Seeds -> expand (the configured strategies) -> the per-record stages, as records are made ->
     the whole-set stages -> Hugging Face dataset folder. Resumes finished shards."""
-    _ray_workers(config)
     with _logs_in_the_flow_run(runtime.flow_run.id):
         config, _ = pipeline.prepare(config)
         _name_flow_run(config)

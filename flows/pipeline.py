@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import logging
 import operator
+import pickle
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -181,29 +182,56 @@ class Runner(Protocol):
 
 
 class Threads:
-    """Shard tasks on threads of this process, all sharing its one LLM client and limit."""
+    """Shard tasks on threads of this process, all sharing its one LLM client and limit; on Ray
+    (`orchestration.task_runner`), each shard thread hands its shard to one of the run's Ray shard
+    workers, and the whole-set stages stay here."""
 
-    def __init__(self, workers: int):
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="germinate-shard")
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.pool = ThreadPoolExecutor(max_workers=config.orchestration.workers, thread_name_prefix="germinate-shard")
+        self.remote = None
 
     def submit(self, name: str, task: Callable[..., Any], **parameters: Any) -> Future:
+        if self.remote and task is run_shard:
+            return self.pool.submit(self.remote.call, task, pickle.dumps(parameters))
         return self.pool.submit(task, **parameters)
 
     def wait(self, future: Future, timeout: float) -> bool:
-        return bool(wait([future], timeout).done)
+        finished = bool(wait([future], timeout).done)
+        if self.remote:  # the workers' progress, and what they made, to this process
+            self.remote.collect()
+        return finished
 
     def done(self, future: Future) -> bool:
         return future.done()
 
     def describe(self) -> str:
-        return ""
+        return self.remote.describe() if self.remote else ""
 
     def __enter__(self) -> Threads:
+        workers = ray_workers(self.config)
+        self.remote = workers(self.config) if workers else None
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
+        if self.remote:  # the workers go first: a thread still waiting on one (a failed run) ends
+            self.remote.stop()
         # A failed or stalled run does not wait for its tasks: its LLM was aborted, so they end soon.
         self.pool.shutdown(wait=exc_type is None, cancel_futures=True)
+        if self.remote:
+            self.remote.shutdown()
+
+
+def ray_workers(config: RunConfig):
+    """The class that starts a run's Ray shard workers (flows/ray_run.py), when its config asks for
+    Ray; None otherwise."""
+    if config.orchestration.task_runner != "ray":
+        return None
+    try:
+        from germinate.flows import ray_run
+    except ImportError:
+        raise UserError("orchestration.task_runner: ray needs the ray extra (pip install -e '.[ray]')") from None
+    return ray_run.Workers
 
 
 def _wait_watched(runner: Runner, tasks: dict[str, Any], run: Run, config: RunConfig) -> None:
@@ -298,6 +326,7 @@ def check_run(config: RunConfig) -> None:
     """What a user can get wrong beyond the config's own checks, found before anything is written."""
     generators.check_strategies(config)
     stage_classes(config)
+    ray_workers(config)
     if config.hub.repo_id:
         check_token()
 
@@ -328,8 +357,8 @@ def execute(config: RunConfig, runner: ContextManager[Runner]) -> tuple[Report, 
 
 
 def build_here(config: RunConfig) -> Report:
-    """The run in this process, shard tasks on threads: no orchestrator to start, so the first request
-    goes out at once."""
+    """The run from this process, shard tasks on its threads or on Ray, without Prefect: no API server
+    to start (Prefect's ephemeral one takes 5-30 s), so the first request goes out at once."""
     config, _ = prepare(config)
-    report, _ = execute(config, Threads(config.orchestration.workers))
+    report, _ = execute(config, Threads(config))
     return report

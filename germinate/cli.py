@@ -208,7 +208,7 @@ def run(
         resolved = build_config(config, values, RUN_FLAGS)
         warm(resolved.embedding)  # the model loads (seconds) while Prefect and the stages are imported
         resolved = resolved.model_copy(update={"run_id": resolved.run_id or new_run_id()})  # named if interrupted
-        if resolved.orchestration.task_runner == "ray" or _prefect_server():
+        if _prefect_server():
             from germinate.flows.build import build_dataset as build
         else:
             from germinate.flows.pipeline import build_here as build
@@ -376,7 +376,8 @@ def serve(
             CronSchedule(cron=cron)
         except ValueError:
             raise UserError(f"--cron: '{cron}' is not a cron expression (e.g. \"0 3 * * *\")") from None
-        from germinate.flows.build import build_dataset, check_run
+        from germinate.flows.build import build_dataset
+        from germinate.flows.pipeline import check_run
 
         check_run(resolved)
     except UserError as exc:

@@ -19,7 +19,7 @@ from conftest import GATE_OFF, tiny_config
 from germinate import progress
 from germinate.errors import RunStalled, UserError
 from germinate.flows.build import build_dataset
-from germinate.flows.pipeline import CALLS
+from germinate.flows.pipeline import CALLS, build_here
 from germinate.flows.ray_run import LOCAL_RAY, fair_shares
 from germinate.settings import OrchestrationConfig
 from servers import FaultyServer
@@ -34,8 +34,9 @@ def config_for(tmp_path, llm, **changes):
                        run_id="same", shard_size=1, **changes)
 
 
-def on_ray(config, folder):
-    return build_dataset(config.model_copy(update={"output_dir": folder, "orchestration": RAY}))
+def on_ray(config, folder, build=build_dataset):
+    """The run on Ray: as a Prefect flow run (a deployment's), or as `germinate run` makes it (`build_here`)."""
+    return build(config.model_copy(update={"output_dir": folder, "orchestration": RAY}))
 
 
 def at(config, server):
@@ -74,9 +75,9 @@ def threads_run(tmp_path_factory):
 
 
 def test_ray_gives_the_threads_result_within_one_request_limit(threads_run, tmp_path, caplog):
-    """The same run on a local Ray with a shard per seed: the same dataset, at most
-    `llm.concurrency` requests in flight at the server although several workers send them, and every
-    request counted in the driver's progress. The workers start no embedding model (this strategy
+    """The same run on a local Ray with a shard per seed, as `germinate run` starts it (no Prefect):
+    the same dataset, at most `llm.concurrency` requests in flight at the server although several
+    workers send them, and every request counted in the driver's progress. The workers start no embedding model (this strategy
     asks for no vectors): what they make is embedded in the driver. (First in the module: no Ray is
     up yet.)"""
     config, threads = threads_run
@@ -89,7 +90,7 @@ def test_ray_gives_the_threads_result_within_one_request_limit(threads_run, tmp_
 
     with FaultyServer(delay_s=0.1) as server, caplog.at_level(logging.INFO, logger="germinate"):
         server.on_chat = look_at_the_sender
-        report = on_ray(at(config, server), tmp_path / "ray")
+        report = on_ray(at(config, server), tmp_path / "ray", build_here)
     said = [r.getMessage() for r in caplog.records]
     assert "Ray: a local instance" in said  # one shard worker per core:
     assert any(line.startswith("Ray: 2 shard workers on 1 nodes, started in ") for line in said)
