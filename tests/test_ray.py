@@ -77,9 +77,9 @@ def threads_run(tmp_path_factory):
 def test_ray_gives_the_threads_result_within_one_request_limit(threads_run, tmp_path, caplog):
     """The same run on a local Ray with a shard per seed, as `germinate run` starts it (no Prefect):
     the same dataset, at most `llm.concurrency` requests in flight at the server although several
-    workers send them, and every request counted in the driver's progress. The workers start no embedding model (this strategy
-    asks for no vectors): what they make is embedded in the driver. (First in the module: no Ray is
-    up yet.)"""
+    workers send them, and every request counted in the driver's progress. The workers start no
+    embedding model (this strategy asks for no vectors): what they make is embedded in the driver.
+    (First in the module: no Ray is up yet.)"""
     config, threads = threads_run
     children = []  # of the worker that sent each request: the commands of its child processes
 
