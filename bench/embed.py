@@ -35,8 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline import sentence  # noqa: E402  (the bench server's words)
 
 from germinate.embed import Embedder, _model_path  # noqa: E402
+from germinate.filters.semantic_dedup import SemanticDedupConfig  # noqa: E402
 from germinate.metrics import mean_pairwise_distance  # noqa: E402
-from germinate.settings import EmbeddingConfig, SemanticDedupConfig  # noqa: E402
+from germinate.settings import EmbeddingConfig  # noqa: E402
 
 
 def made_texts(count: int) -> list[str]:

@@ -1,16 +1,20 @@
 """The quality gate: one stage per module (germinate.stage.Stage), found by `stages()`.
 
-A new filter is a new module here with a `Filter` (or `Stage`) subclass, its settings section in
-germinate/settings.py (`quality.<name>`), and its name in the config's `stages` order."""
+A new filter is one new module here with a `Filter` (or `Stage`) subclass, its `section`
+(`quality.<name>`) and its `Settings` (if it has any beyond `enabled`), and its name in the
+config's `stages` order; the config's `quality` is made from the filters found. A filter in
+another package is found through its entry point in the group `germinate.stages`."""
 
 from __future__ import annotations
 
 import sys
 from functools import cache
 
-from germinate.stage import Stage, discover
+from germinate.stage import Stage, discover_with_plugins
+
+ENTRY_POINTS = "germinate.stages"
 
 
 @cache
 def stages() -> dict[str, type[Stage]]:
-    return discover(sys.modules[__name__], Stage)
+    return discover_with_plugins(sys.modules[__name__], Stage, ENTRY_POINTS, "stage")

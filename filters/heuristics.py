@@ -10,9 +10,31 @@ import re
 from typing import Callable
 
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
+from pydantic import Field
 
 from germinate.records import Record, normalize, show
+from germinate.settings import StageSettings
 from germinate.stage import Context, Filter
+
+
+# Heuristic filters' defaults (filters/heuristics.py): words and phrases, matched case-insensitively
+# on word boundaries. Self-Instruct dropped instructions about images, files and browsing.
+UNSUPPORTED = (
+    "this image", "the image", "the picture", "the photo", "this photo", "the video", "this video",
+    "the audio", "the recording", "draw", "sketch", "attached", "attachment", "upload", "the link",
+    "this link", "the url", "browse", "visit", "click", "go to", "search the web", "search online",
+    "open the file", "the attached file",
+)
+REFUSALS = (
+    "I'm sorry", "I am sorry", "I apologize", "I apologise", "As an AI", "as a language model",
+    "I cannot help", "I can't help", "I cannot assist", "I can't assist", "I'm not able to", "I am unable to",
+)
+LEAKAGE = (
+    "Topic:", "Attribute:", "Original seed task", "Seed task:", "Draft of a new task", "Critique of the draft",
+    "Write one new task", "Write only the", "New task:", "Rewritten task", "Improved task", "the critique",
+    "Basic query:", "Given Prompt", "Rewritten Prompt", "#Created Prompt#", "Key concepts:",
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|assistant|>", "<|user|>",
+)
 
 
 def _phrases(phrases: list[str]) -> re.Pattern | None:
@@ -45,9 +67,28 @@ def _words(text: str | None) -> int:
     return len(text.split()) if text else 0
 
 
+class HeuristicsConfig(StageSettings):
+    min_words: int = Field(3, ge=0, description="instruction (with its input), in words")
+    max_words: int = Field(400, ge=1)
+    max_response_words: int = Field(2000, ge=1)
+    languages: list[str] = Field(["en"], description="ISO 639-1 codes to keep; an empty list keeps any language")
+    min_language_confidence: float = Field(
+        0.5, ge=0, le=1, description="drop another language only when the identifier is at least this sure"
+    )
+    unsupported: list[str] = Field(
+        default_factory=lambda: list(UNSUPPORTED),
+        description="words of instructions a text-only model cannot follow (images, files, browsing)",
+    )
+    refusals: list[str] = Field(default_factory=lambda: list(REFUSALS), description="phrases of refusing answers")
+    leakage: list[str] = Field(
+        default_factory=lambda: list(LEAKAGE), description="prompt-template words that must not reach the data"
+    )
+
+
 class Heuristics(Filter):
     name = "heuristics"
     section = "quality.heuristics"
+    Settings = HeuristicsConfig
 
     def __init__(self, context: Context):
         super().__init__(context)

@@ -8,9 +8,11 @@ import functools
 
 # Imported with the module, before a run's first request (datasketch brings scipy: a second's import).
 from datasketch import MinHash, MinHashLSH
+from pydantic import Field
 
 from germinate.filters.dedup import duplicate
 from germinate.records import Record, normalize, show
+from germinate.settings import StageSettings
 from germinate.stage import Context, Outcome, Stage
 
 
@@ -28,9 +30,16 @@ def signature(text: str, ngram: int, num_perm: int) -> MinHash:
     return found
 
 
+class NearDedupConfig(StageSettings):
+    threshold: float = Field(0.7, gt=0, le=1, description="Jaccard similarity of word n-gram shingles")
+    ngram: int = Field(2, ge=1, le=10, description="words per shingle")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
+
+
 class NearDedup(Stage):
     name = "near_dedup"
     section = "quality.near_dedup"
+    Settings = NearDedupConfig
     ordered = True
 
     def __init__(self, context: Context):

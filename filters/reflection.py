@@ -5,6 +5,9 @@ the threshold are revised with the critique, with the calls the shard has left."
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
+
+from pydantic import Field
 
 from germinate.budget import Allowance
 from germinate.filters.heuristics import Heuristics
@@ -12,6 +15,7 @@ from germinate.judge import JUDGE, Reflection, Rubric, Verdict, reflect
 from germinate.llm import Request, Result
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, show
+from germinate.settings import StageSettings
 from germinate.stage import Context, Outcome, Stage
 
 RESPONSE = Rubric(
@@ -29,6 +33,16 @@ REVISE = Prompt(
 NOT_JUDGED = "not judged: "
 
 
+class ResponseReflectionConfig(StageSettings):
+    threshold: float = Field(5.0, ge=1, le=10, description="judge score (1-10) to pass")
+    tries: int = Field(1, ge=0, le=5, description="R: revisions of a failing response")
+    # keep by default: the embedded 135M model cannot judge (it scored every answer 1, good or
+    # bad), and a hard cut would empty a laptop run. Its score still weighs in selection.
+    on_fail: Literal["drop", "keep"] = Field(
+        "keep", description="what happens to an answer still below the threshold: drop it (trust the judge) or keep it"
+    )
+
+
 class Judge(Stage):
     """The score is stored on the record (`quality_score`): it is what selection weighs. Only a low
     score drops a record (under `on_fail: drop`): a failed judgement keeps it, noted in
@@ -37,6 +51,7 @@ class Judge(Stage):
 
     name = "reflect"
     section = "quality.reflect"
+    Settings = ResponseReflectionConfig
     calls_llm = True
 
     def __init__(self, context: Context):

@@ -6,11 +6,14 @@ weighted by quality. Records not chosen are rejected as `not_selected`, with the
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from germinate.kmeans import Clusters, spherical_kmeans
 from germinate.records import Record, show
+from germinate.settings import StageSettings
 from germinate.stage import Outcome, Stage
 
 
@@ -105,6 +108,15 @@ def select_indices(
     return chosen, found
 
 
+class SelectConfig(StageSettings):
+    pool: float = Field(
+        3.0, ge=1, description="candidates generated per dataset row, from which the diverse subset is chosen"
+    )
+    clusters: int | None = Field(None, ge=1, description="k; default: best silhouette over a small grid")
+    split: Literal["proportional", "equal"] = Field("proportional", description="how the rows are split across clusters")
+    silhouette_sample: int = Field(2000, ge=10, description="points on which k is chosen")
+
+
 class Select(Stage):
     """`budget.max_records` generated records spread over the clusters of their embeddings; deterministic
     per seed. Seeds that are rows (`include_seeds`) take part in the clustering and are all kept, on
@@ -112,6 +124,7 @@ class Select(Stage):
 
     name = "select"
     section = "quality.select"
+    Settings = SelectConfig
     whole_set = True
     compares_vectors = True
 

@@ -6,10 +6,12 @@ SemDeDup found keeps the less prototypical, more informative example."""
 from __future__ import annotations
 
 import numpy as np
+from pydantic import Field
 
 from germinate.filters.dedup import duplicate, rank
 from germinate.kmeans import spherical_kmeans
 from germinate.records import Record, show
+from germinate.settings import StageSettings
 from germinate.stage import Outcome, Stage
 
 BLOCK = 1024  # rows of a cluster compared at once: bounds memory to BLOCK x cluster size
@@ -46,9 +48,15 @@ def semantic_duplicates(
     return duplicates
 
 
+class SemanticDedupConfig(StageSettings):
+    eps: float = Field(0.05, gt=0, lt=1, description="drop an item whose cosine to a kept one exceeds 1 - eps")
+    cluster_size: int = Field(500, ge=2, description="mean k-means cluster size: bounds the pairwise work")
+
+
 class SemanticDedup(Stage):
     name = "semantic_dedup"
     section = "quality.semantic_dedup"
+    Settings = SemanticDedupConfig
     whole_set = True
     compares_vectors = True
 

@@ -15,13 +15,11 @@ the same Record schema and fills the provenance fields that apply to it.
 
 from __future__ import annotations
 
-import logging
 import random
 import re
 import sys
 from abc import ABC, abstractmethod
 from functools import cache
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from germinate.budget import EXPAND_STAGE, Allowance
@@ -30,14 +28,13 @@ from germinate.llm import Request, Result
 from germinate.prompts import Prompt
 from germinate.records import Record
 from germinate.settings import Section
-from germinate.stage import Context, Stage, defined_in, discover
+from germinate.stage import Context, Stage, discover, discover_with_plugins
 
 if TYPE_CHECKING:
     from germinate.config import RunConfig
 
 STAGE = EXPAND_STAGE
 ENTRY_POINTS = "germinate.strategies"
-log = logging.getLogger(__name__)
 
 
 class Strategy(ABC):
@@ -144,20 +141,7 @@ def strategies() -> dict[str, type[Strategy]]:
     """Every strategy, by name, in the order of their names: this package's modules and those that
     other installed packages name under the entry point group `germinate.strategies` (a module, or
     module:Class)."""
-    found = discover(sys.modules[__name__], Strategy)
-    for point in entry_points(group=ENTRY_POINTS):
-        try:  # another package's fault must not stop every command
-            loaded = point.load()
-        except Exception as exc:
-            log.warning("strategy entry point '%s' (%s) does not load, left out: %s", point.name, point.value, exc)
-            continue
-        for cls in [loaded] if isinstance(loaded, type) else defined_in(loaded, Strategy):
-            if cls.name in found or cls.section in {s.section for s in found.values()}:
-                log.warning("strategy '%s' from entry point '%s' left out: its name or section '%s' is taken",
-                            cls.name, point.name, cls.section)
-            else:
-                found[cls.name] = cls
-    return dict(sorted(found.items()))
+    return dict(sorted(discover_with_plugins(sys.modules[__name__], Strategy, ENTRY_POINTS, "strategy").items()))
 
 
 @cache

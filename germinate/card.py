@@ -11,6 +11,7 @@ import pyarrow as pa
 import yaml
 
 from germinate.config import RunConfig, data_settings, used_sections
+from germinate.filters import stages as filters
 from germinate.records import DATASET_SCHEMA, Record
 from germinate.report import Report, describe_metrics, stage_table, strategy_table
 
@@ -108,7 +109,7 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
             "splits": [{"name": "train", "num_bytes": report.dataset_bytes, "num_examples": report.rows}],
         },
     }
-    gate = [name for name, stage in config.quality if stage.enabled]
+    gate = [name for name in config.stages if name in filters() and filters()[name].enabled(config)]
     figures = "\n\n".join(f"![{path.removeprefix('images/').removesuffix('.png')}]({path})" for path in images)
     where = config.hub.repo_id or report.dataset
     generated = ", ".join(f"{name} {n}" for name, n in report.rows_by_strategy.items() if name != "seed") or "none"

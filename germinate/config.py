@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from germinate.errors import UserError, describe_error, error_key
+from germinate.filters import stages as filters
 from germinate.generators import strategies
 from germinate.settings import (
     DATA_DIR,
@@ -23,11 +24,28 @@ from germinate.settings import (
     HubConfig,
     LLMConfig,
     OrchestrationConfig,
-    QualityConfig,
     Section,
 )
 
 log = logging.getLogger(__name__)
+
+
+QUALITY = "quality."  # where a filter's section is
+
+
+def _quality() -> type[Section]:
+    """The `quality` section: a section per filter found (its module's `Settings`)."""
+    sections = {}
+    for name, stage in filters().items():
+        if not (stage.section or "").startswith(QUALITY):
+            log.warning("stage '%s' left out: its section '%s' is not under 'quality'", name, stage.section)
+            continue
+        sections[stage.section.removeprefix(QUALITY)] = (stage.Settings, Field(default_factory=stage.Settings))
+    return create_model("QualityConfig", __base__=Section, __module__=__name__,
+                        __doc__="The quality gate's settings: a section per filter.", **sections)
+
+
+QualityConfig = _quality()
 
 
 class CommonConfig(Section):

@@ -1,5 +1,5 @@
-"""The sections of a run's config that are not a strategy's (each strategy declares its own section in its
-module; germinate/config.py puts them together into the run's one model)."""
+"""The sections of a run's config that are not a strategy's or a filter's (each declares its own section
+in its module; germinate/config.py puts them together into the run's one model)."""
 
 from __future__ import annotations
 
@@ -11,25 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 # The files the defaults name ship inside the package, as package data (germinate.data).
 DATA_DIR = Path(str(files("germinate.data")))
-
-# Heuristic filters' defaults (filters/heuristics.py): words and phrases, matched case-insensitively
-# on word boundaries. Self-Instruct dropped instructions about images, files and browsing.
-UNSUPPORTED = (
-    "this image", "the image", "the picture", "the photo", "this photo", "the video", "this video",
-    "the audio", "the recording", "draw", "sketch", "attached", "attachment", "upload", "the link",
-    "this link", "the url", "browse", "visit", "click", "go to", "search the web", "search online",
-    "open the file", "the attached file",
-)
-REFUSALS = (
-    "I'm sorry", "I am sorry", "I apologize", "I apologise", "As an AI", "as a language model",
-    "I cannot help", "I can't help", "I cannot assist", "I can't assist", "I'm not able to", "I am unable to",
-)
-LEAKAGE = (
-    "Topic:", "Attribute:", "Original seed task", "Seed task:", "Draft of a new task", "Critique of the draft",
-    "Write one new task", "Write only the", "New task:", "Rewritten task", "Improved task", "the critique",
-    "Basic query:", "Given Prompt", "Rewritten Prompt", "#Created Prompt#", "Key concepts:",
-    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|assistant|>", "<|user|>",
-)
 
 # The stages after expansion (generators/respond.py, filters/), in their default order.
 STAGES = ("respond", "heuristics", "exact_dedup", "near_dedup", "reflect", "semantic_dedup", "select")
@@ -148,65 +129,10 @@ class EmbeddingConfig(Section):
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable with that server's API key")
 
 
-class Stage(Section):
+class StageSettings(Section):
+    """A stage's section: whether it runs (a filter's module adds its own settings)."""
+
     enabled: bool = True
-
-
-class HeuristicsConfig(Stage):
-    min_words: int = Field(3, ge=0, description="instruction (with its input), in words")
-    max_words: int = Field(400, ge=1)
-    max_response_words: int = Field(2000, ge=1)
-    languages: list[str] = Field(["en"], description="ISO 639-1 codes to keep; an empty list keeps any language")
-    min_language_confidence: float = Field(
-        0.5, ge=0, le=1, description="drop another language only when the identifier is at least this sure"
-    )
-    unsupported: list[str] = Field(
-        default_factory=lambda: list(UNSUPPORTED),
-        description="words of instructions a text-only model cannot follow (images, files, browsing)",
-    )
-    refusals: list[str] = Field(default_factory=lambda: list(REFUSALS), description="phrases of refusing answers")
-    leakage: list[str] = Field(
-        default_factory=lambda: list(LEAKAGE), description="prompt-template words that must not reach the data"
-    )
-
-
-class NearDedupConfig(Stage):
-    threshold: float = Field(0.7, gt=0, le=1, description="Jaccard similarity of word n-gram shingles")
-    ngram: int = Field(2, ge=1, le=10, description="words per shingle")
-    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations")
-
-
-class SemanticDedupConfig(Stage):
-    eps: float = Field(0.05, gt=0, lt=1, description="drop an item whose cosine to a kept one exceeds 1 - eps")
-    cluster_size: int = Field(500, ge=2, description="mean k-means cluster size: bounds the pairwise work")
-
-
-class ResponseReflectionConfig(Stage):
-    threshold: float = Field(5.0, ge=1, le=10, description="judge score (1-10) to pass")
-    tries: int = Field(1, ge=0, le=5, description="R: revisions of a failing response")
-    # keep by default: the embedded 135M model cannot judge (it scored every answer 1, good or
-    # bad), and a hard cut would empty a laptop run. Its score still weighs in selection.
-    on_fail: Literal["drop", "keep"] = Field(
-        "keep", description="what happens to an answer still below the threshold: drop it (trust the judge) or keep it"
-    )
-
-
-class SelectConfig(Stage):
-    pool: float = Field(
-        3.0, ge=1, description="candidates generated per dataset row, from which the diverse subset is chosen"
-    )
-    clusters: int | None = Field(None, ge=1, description="k; default: best silhouette over a small grid")
-    split: Literal["proportional", "equal"] = Field("proportional", description="how the rows are split across clusters")
-    silhouette_sample: int = Field(2000, ge=10, description="points on which k is chosen")
-
-
-class QualityConfig(Section):
-    heuristics: HeuristicsConfig = Field(default_factory=HeuristicsConfig)
-    exact_dedup: Stage = Field(default_factory=Stage)
-    near_dedup: NearDedupConfig = Field(default_factory=NearDedupConfig)
-    semantic_dedup: SemanticDedupConfig = Field(default_factory=SemanticDedupConfig)
-    reflect: ResponseReflectionConfig = Field(default_factory=ResponseReflectionConfig)
-    select: SelectConfig = Field(default_factory=SelectConfig)
 
 
 class HubConfig(Section):

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from types import ModuleType
 from typing import TYPE_CHECKING, Awaitable, Callable, ClassVar, TypeVar
 
 from germinate.records import Record
+from germinate.settings import Section, StageSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
 
 Outcome = tuple[list[Record], list[Record]]  # (kept, rejected: each with its stage and reason)
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -48,6 +52,29 @@ def discover(package: ModuleType, base: type[T]) -> dict[str, type[T]]:
     return found
 
 
+def discover_with_plugins(package: ModuleType, base: type[T], group: str, kind: str) -> dict[str, type[T]]:
+    """`discover`, and what other installed packages name under the entry point `group` (a module, or
+    module:Class). A plugin that does not load, or whose name or settings section is taken, is left
+    out with a warning (`kind` names what it is): another package's fault must not stop every command."""
+    found = discover(package, base)
+    for point in entry_points(group=group):
+        try:
+            loaded = point.load()
+        except Exception as exc:
+            log.warning("%s entry point '%s' (%s) does not load, left out: %s", kind, point.name, point.value, exc)
+            continue
+        for cls in [loaded] if isinstance(loaded, type) else defined_in(loaded, base):
+            taken = {other.section for other in found.values() if other.section}
+            if not issubclass(cls, base):
+                log.warning("entry point '%s' left out: %s is not a %s", point.name, point.value, kind)
+            elif cls.name in found or cls.section in taken:
+                log.warning("%s '%s' from entry point '%s' left out: its name or section '%s' is taken",
+                            kind, cls.name, point.name, cls.section)
+            else:
+                found[cls.name] = cls
+    return found
+
+
 def defined_in(module: ModuleType, base: type[T]) -> list[type[T]]:
     """The concrete subclasses of `base` that `module` defines (not those it imports)."""
     return [
@@ -68,6 +95,9 @@ class Stage(ABC):
 
     name: ClassVar[str]
     section: ClassVar[str | None] = None  # its settings in the config, dotted ("quality.heuristics")
+    # A filter's settings section, under `quality` in the config (the run's config is made from the
+    # filters found): `enabled` alone unless it declares more.
+    Settings: ClassVar[type[Section]] = StageSettings
     whole_set: ClassVar[bool] = False
     ordered: ClassVar[bool] = False
     calls_llm: ClassVar[bool] = False

@@ -229,3 +229,64 @@ def test_a_revision_replaces_its_draft_only_if_it_passes_the_heuristics(leaks):
     assert record.quality_revisions == 1
     assert (record.output == "Rayleigh scattering.") == leaks
     assert leaks or record.output.startswith("Here is a careful answer")
+
+
+SHORT_ANSWERS = '''
+"""Short answers: a package of its own whose whole filter is this file."""
+from pydantic import Field
+
+from germinate.settings import StageSettings
+from germinate.stage import Filter
+
+
+class ShortAnswersConfig(StageSettings):
+    min_words: int = Field(3, ge=1, description="words an answer has at least")
+
+
+class ShortAnswers(Filter):
+    name = "short_answers"
+    section = "quality.short_answers"
+    Settings = ShortAnswersConfig
+
+    def check(self, record):
+        words = len((record.output or "").split())
+        return ("short_answer", f"{words} words") if words < self.settings.min_words else None
+'''
+
+
+def test_a_filter_is_one_file_found_through_its_entry_point(tmp_path, seeds_file):
+    """A package of its own (a folder on PYTHONPATH with its metadata) brings a filter's one file: its
+    section is part of the config, and named in `stages` it runs in the stream, its drops kept with
+    their reason in stages/short_answers/. Placed after a stage that compares the whole set, it is a
+    clear error naming `stages`."""
+    import pyarrow.parquet as pq
+
+    from conftest import germinate
+
+    plugin = tmp_path / "plugin"
+    (plugin / "short_answers-0.1.dist-info").mkdir(parents=True)
+    (plugin / "short_answers.py").write_text(SHORT_ANSWERS)
+    (plugin / "short_answers-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: short-answers\nVersion: 0.1\n")
+    (plugin / "short_answers-0.1.dist-info" / "entry_points.txt").write_text(
+        "[germinate.stages]\nshort_answers = short_answers\n")
+    stages = "[respond, short_answers, heuristics, exact_dedup]"
+    config = tmp_path / "short.yaml"
+    config.write_text(f"seeds: {seeds_file}\nstrategy: self-instruct\nstages: {stages}\n"
+                      "quality: {short_answers: {min_words: 7}}\nbudget: {max_llm_calls: 24, max_records: 6}\n")
+    env = {"PYTHONPATH": str(plugin)}
+    bad = germinate("run", "-c", str(config), cwd=tmp_path)  # without the package: its section is unknown
+    assert bad.returncode == 2 and "quality.short_answers" in bad.stderr
+    with FaultyServer() as server:  # its answers: "Here is a careful answer (...)." (6 words)
+        result = germinate("run", "-c", str(config), "--backend", "openai", "--base-url", server.base_url,
+                           "--output-dir", str(tmp_path / "runs"), "--run-id", "short", "--allow-partial",
+                           cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        dropped = pq.read_table(tmp_path / "runs" / "short" / "stages" / "short_answers").to_pylist()
+        assert dropped and all(r["drop_reason"] == "short_answer" and r["drop_detail"] == "6 words"
+                               for r in dropped)
+        assert "short_answers" in (tmp_path / "runs" / "short" / "dataset" / "README.md").read_text()
+        config.write_text(config.read_text().replace(stages, "[respond, semantic_dedup, short_answers]"))
+        late = germinate("run", "-c", str(config), "--backend", "openai", "--base-url", server.base_url,
+                         "--output-dir", str(tmp_path / "runs"), cwd=tmp_path, env=env)
+    assert late.returncode == 2 and "stages: 'short_answers' works record by record" in late.stderr
