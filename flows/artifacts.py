@@ -16,7 +16,7 @@ from prefect.artifacts import (
 )
 
 from germinate import progress
-from germinate.flows.pipeline import CALLS
+from germinate.driver import CALLS
 from germinate.records import Record, show
 from germinate.report import Report, report_markdown
 

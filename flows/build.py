@@ -1,4 +1,4 @@
-"""The Prefect flow `build_dataset`: the run of flows/pipeline.py with each shard and each whole-set
+"""The Prefect flow `build_dataset`: the run of germinate/driver.py with each shard and each whole-set
 stage a Prefect task run, on threads or on Ray, retried on errors, its progress an artifact in
 the UI. Wiring only.
 
@@ -22,7 +22,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from germinate.config import RunConfig
 from germinate.errors import UserError
-from germinate.flows import pipeline
+from germinate import driver
+from germinate.flows import ray_for
 from germinate.flows.artifacts import RunProgress, report_artifacts
 from germinate.report import Report
 
@@ -54,19 +55,19 @@ class PrefectTasks:
         self.config = config
         retries = config.orchestration
         self.tasks = {
-            pipeline.run_shard: shard_task.with_options(
+            driver.run_shard: shard_task.with_options(
                 retries=retries.task_retries,
                 retry_delay_seconds=[retries.retry_delay_s * 2**i for i in range(retries.task_retries)],
                 retry_jitter_factor=0.5,
                 retry_condition_fn=_transient,
             ),
-            pipeline.run_stage: stage_task,
+            driver.run_stage: stage_task,
         }
 
     def __enter__(self) -> "PrefectTasks":
         with ExitStack() as stack:  # what is entered here is left in reverse order by __exit__
-            workers = pipeline.ray_workers(self.config)
-            self.workers = workers(self.config) if workers else None
+            ray = ray_for(self.config)
+            self.workers = ray.Workers(self.config) if ray else None
             if self.workers:  # Ray goes last, once no thread waits on it
                 stack.callback(self.workers.shutdown)
             self.runner = stack.enter_context(ThreadPoolTaskRunner(max_workers=self.config.orchestration.workers))
@@ -89,7 +90,7 @@ class PrefectTasks:
 
     def submit(self, name: str, function: Callable[..., Any], **parameters: Any):
         # Shards go to the Ray workers; a whole-set stage runs here, where the run's vectors are made.
-        workers = self.workers if function is pipeline.run_shard else None
+        workers = self.workers if function is driver.run_shard else None
         call = {"function": function, "parameters": pickle.dumps(parameters), "workers": workers}
         return self.runner.submit(self.tasks[function].with_options(task_run_name=name), call)
 
@@ -112,10 +113,11 @@ class PrefectTasks:
 def build_dataset(config: RunConfig) -> Report:
     """Seeds -> expand (the configured strategies) -> the per-record stages, as records are made ->
     the whole-set stages -> Hugging Face dataset folder. Resumes finished shards."""
+    ray_for(config)  # checked per run, inside the flow: a deployment or a served flow runs where its config says
     with _logs_in_the_flow_run(runtime.flow_run.id):
-        config, _ = pipeline.prepare(config)
+        config, _ = driver.prepare(config)
         _name_flow_run(config)
-        report, final = pipeline.execute(config, PrefectTasks(config))
+        report, final = driver.execute(config, PrefectTasks(config))
     report_artifacts(report, final)
     return report
 

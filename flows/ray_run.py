@@ -28,13 +28,15 @@ import socket
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import ray
 
-from germinate import progress
+from germinate import driver, progress
 from germinate.config import RunConfig
+from germinate.driver import Threads
 from germinate.embed import Embedder
 from germinate.llm.limit import Limit
 from germinate.metrics import wanted_ahead
@@ -141,15 +143,13 @@ class ShardWorker:
     """Runs the run's tasks in its threads; `state` names the run's state."""
 
     def __init__(self, state: str):
-        from germinate.flows import pipeline
-
-        self.pipeline, self.state = pipeline, state
+        self.state = state
 
     def ready(self) -> None:
         """Answers once the worker has started: a run's stall clock starts after its workers do."""
 
     def run(self, function: str, parameters: bytes) -> Any:
-        return getattr(self.pipeline, function)(**pickle.loads(parameters), shared=self.state)
+        return getattr(driver, function)(**pickle.loads(parameters), host=attach(self.state))
 
 
 class Workers:
@@ -229,6 +229,34 @@ class Workers:
             ray.shutdown()
 
 
+class RayTasks(Threads):
+    """`germinate run` on Ray: each shard thread of the driver hands its shard to one of the run's shard
+    workers, and takes their progress and what they made while it waits; the whole-set stages stay in
+    the driver."""
+
+    def submit(self, name: str, task: Callable[..., Any], **parameters: Any) -> Future:
+        if task is driver.run_shard:
+            return self.pool.submit(self.workers.call, task, pickle.dumps(parameters))
+        return super().submit(name, task, **parameters)
+
+    def wait(self, future: Future, timeout: float) -> bool:
+        finished = super().wait(future, timeout)
+        self.workers.collect()
+        return finished
+
+    def describe(self) -> str:
+        return self.workers.describe()
+
+    def __enter__(self) -> RayTasks:
+        self.workers = Workers(self.config)
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.workers.stop()  # the workers go first: a thread still waiting on one (a failed run) ends
+        super().__exit__(exc_type, *exc)
+        self.workers.shutdown()
+
+
 class Lease:
     """This worker's share of the run's request slots, and its progress listener: one thread reports
     both to the run's state and applies the lease it hears back."""
@@ -266,6 +294,11 @@ class Lease:
         with self.lock:
             self.made_since.extend(wanted_ahead(records, size, every))
 
+    def settle(self) -> None:
+        """At the end of a task: its last counts reach the run's state before the driver hears that the
+        task is done."""
+        self.report()
+
     def report(self) -> None:
         """Tell the run's state what this worker uses, wants, did and made; use the slots it grants."""
         with self.reporting:
@@ -295,16 +328,14 @@ class Lease:
                     limit.resize(0)
 
 
+_attaching = threading.Lock()
+
+
 def attach(name: str) -> Lease:
     """In a Ray worker: this process's requests take their slots from the run's state, and its
-    progress goes to the driver."""
-    if getattr(progress.listener, "name", None) != name:
-        progress.set_listener(Lease(ray.get_actor(name), name))
-    return progress.listener
-
-
-def settle() -> None:
-    """At the end of a task in a worker: its last counts reach the run's state before the driver hears
-    that the task is done."""
-    if isinstance(progress.listener, Lease):
-        progress.listener.report()
+    progress goes to the driver. One lease per process, whichever of its tasks starts first (two
+    would each be granted slots, under one worker's name)."""
+    with _attaching:
+        if getattr(progress.listener, "name", None) != name:
+            progress.set_listener(Lease(ray.get_actor(name), name))
+        return progress.listener

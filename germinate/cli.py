@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -21,6 +22,7 @@ from typer.exceptions import TyperException
 from germinate import progress
 from germinate.config import build_config
 from germinate.errors import UserError
+from germinate.flows import ray_for
 from germinate.generators import strategies
 from germinate.report import Report, describe_metrics, drop_reasons, run_line
 
@@ -208,10 +210,13 @@ def run(
         resolved = build_config(config, values, RUN_FLAGS)
         warm(resolved.embedding)  # the model loads (seconds) while Prefect and the stages are imported
         resolved = resolved.model_copy(update={"run_id": resolved.run_id or new_run_id()})  # named if interrupted
+        ray = ray_for(resolved)
         if _prefect_server():
             from germinate.flows.build import build_dataset as build
         else:
-            from germinate.flows.pipeline import build_here as build
+            from germinate.driver import Threads, build_here
+
+            build = functools.partial(build_here, runner=ray.RayTasks if ray else Threads)
 
         with Progress(
             TextColumn("{task.description:>14}"),
@@ -376,10 +381,11 @@ def serve(
             CronSchedule(cron=cron)
         except ValueError:
             raise UserError(f"--cron: '{cron}' is not a cron expression (e.g. \"0 3 * * *\")") from None
+        from germinate.driver import check_run
         from germinate.flows.build import build_dataset
-        from germinate.flows.pipeline import check_run
 
         check_run(resolved)
+        ray_for(resolved)
     except UserError as exc:
         raise _fail(exc) from None
     build_dataset.serve(

@@ -99,6 +99,6 @@ def run_stage(stage: Stage, records: list):
 
 def build(config: RunConfig) -> Report:
     """A run as `germinate run` makes it without a Prefect server: in this process, shards on threads."""
-    from germinate.flows.pipeline import build_here
+    from germinate.driver import build_here
 
     return build_here(config)

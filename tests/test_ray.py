@@ -18,9 +18,9 @@ import germinate.flows
 from conftest import GATE_OFF, tiny_config
 from germinate import progress
 from germinate.errors import RunStalled, UserError
+from germinate.driver import CALLS, build_here
 from germinate.flows.build import build_dataset
-from germinate.flows.pipeline import CALLS, build_here
-from germinate.flows.ray_run import LOCAL_RAY, fair_shares
+from germinate.flows.ray_run import LOCAL_RAY, RayTasks, fair_shares
 from germinate.settings import OrchestrationConfig
 from servers import FaultyServer
 
@@ -35,8 +35,13 @@ def config_for(tmp_path, llm, **changes):
 
 
 def on_ray(config, folder, build=build_dataset):
-    """The run on Ray: as a Prefect flow run (a deployment's), or as `germinate run` makes it (`build_here`)."""
+    """The run on Ray: as a Prefect flow run (a deployment's), or as `germinate run` makes it."""
     return build(config.model_copy(update={"output_dir": folder, "orchestration": RAY}))
+
+
+def here_on_ray(config):
+    """`germinate run` on Ray, without a Prefect server."""
+    return build_here(config, runner=RayTasks)
 
 
 def at(config, server):
@@ -90,7 +95,7 @@ def test_ray_gives_the_threads_result_within_one_request_limit(threads_run, tmp_
 
     with FaultyServer(delay_s=0.1) as server, caplog.at_level(logging.INFO, logger="germinate"):
         server.on_chat = look_at_the_sender
-        report = on_ray(at(config, server), tmp_path / "ray", build_here)
+        report = on_ray(at(config, server), tmp_path / "ray", here_on_ray)
     said = [r.getMessage() for r in caplog.records]
     assert "Ray: a local instance" in said  # one shard worker per core:
     assert any(line.startswith("Ray: 2 shard workers on 1 nodes, started in ") for line in said)

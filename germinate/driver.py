@@ -1,6 +1,6 @@
-"""A run as plain Python: stages found by name, shards planned once and handed to a runner (threads
-here; Prefect tasks, on threads or Ray, in flows/build.py), then the whole-set stages, the report
-and the dataset. Wiring only: it names no stage, and imports no Prefect.
+"""A run, driven from one process: stages found by name, shards planned once and handed to a runner
+(threads here; Ray workers in flows/ray_run.py; Prefect task runs in flows/build.py), then the
+whole-set stages, the report and the dataset. It names no stage, and imports neither Prefect nor Ray.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import dataclasses
 import functools
 import logging
 import operator
-import pickle
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -26,6 +25,7 @@ from germinate.errors import RunFailed, UserError
 from germinate.executor import Seeds, run_whole_set, stream_shard
 from germinate.hub import check_token, publish
 from germinate.llm import LLM, make_llm
+from germinate.llm.limit import Limit
 from germinate.metrics import run_metrics, wanted_ahead
 from germinate.records import Record
 from germinate.report import (
@@ -44,19 +44,28 @@ _llms: dict[tuple[Path, str | None], LLM] = {}
 _llms_lock = threading.Lock()
 
 
-def llm_for(config: RunConfig, run: Run, shared: str | None = None) -> LLM:
-    """One LLM per run and process (one client, one limit), shared by every shard task in it. On Ray,
-    `shared` names the run's state: each server's limit is the run's, leased to the workers
-    (flows/ray_run.py)."""
-    with _llms_lock:
-        if (run.root, shared) not in _llms:
-            limit = None
-            if shared:
-                from germinate.flows import ray_run
+class Host(Protocol):
+    """Where shard tasks run outside the driver, in a process of their own (a Ray worker): the run's
+    request slots shared with the other processes, and the driver told what its shards make."""
 
-                limit = ray_run.attach(shared).limit
-            _llms[run.root, shared] = make_llm(config.llm, run.cache_path, limit)
-        return _llms[run.root, shared]
+    def limit(self, server: str) -> Limit:
+        """A server's limit in this process: its share of the run's."""
+
+    def made(self, records: list[Record], size: int, every: bool) -> None:
+        """Records a shard made (of a set of about `size`), for the driver to embed: `every` one, or
+        the metrics' sample."""
+
+    def settle(self) -> None:
+        """At the end of a task: its last counts reach the driver before the driver hears it is done."""
+
+
+def llm_for(config: RunConfig, run: Run, host: Host | None = None) -> LLM:
+    """One LLM per run and process (one client, one limit), shared by every shard task in it; on a
+    `host`, each server's limit is the host's share of the run's."""
+    with _llms_lock:
+        if (run.root, host) not in _llms:
+            _llms[run.root, host] = make_llm(config.llm, run.cache_path, host.limit if host else None)
+        return _llms[run.root, host]
 
 
 def embedder_for(config: RunConfig, run: Run) -> Embedder:
@@ -96,25 +105,6 @@ def stage_classes(config: RunConfig) -> tuple[list[type[Stage]], list[type[Stage
     return per_record, whole_set
 
 
-def _embedded_ahead(shared: str | None, embedder: Embedder, rows: int, every: bool) -> Callable[[list[Record]], None]:
-    """Where what a shard makes goes to be embedded while the run goes on (of a dataset of about
-    `rows`; `every` record, or the metrics' sample): this process's worker, or on Ray the driver's
-    (through the run's state): the whole-set stages and the metrics run there, and a shard worker then
-    loads no model unless a strategy asks it for vectors."""
-    if shared:
-        from germinate.flows import ray_run
-
-        return functools.partial(ray_run.attach(shared).made, size=rows, every=every)
-    return functools.partial(embed_ahead, embedder, size=rows, every=every)
-
-
-def _settle(shared: str | None) -> None:
-    if shared:
-        from germinate.flows import ray_run
-
-        ray_run.settle()
-
-
 def embed_ahead(embedder: Embedder, records: list[Record], size: int, every: bool) -> None:
     """Records of a set of about `size` (the seeds, the rows the shards make) are embedded while the
     run goes on, the metrics' samples of every set first; only those samples unless a stage compares
@@ -128,25 +118,30 @@ def compares_vectors(config: RunConfig) -> bool:
     return any(cls.compares_vectors for cls in stage_classes(config)[1])
 
 
-def run_shard(config: RunConfig, work: ShardWork, shared: str | None = None) -> list[StageStats]:
-    """One shard, streamed through every per-record stage, unless an earlier invocation finished it.
-    `shared`: on Ray, the name of the run's state (request slots, progress)."""
+def run_shard(config: RunConfig, work: ShardWork, host: Host | None = None) -> list[StageStats]:
+    """One shard, streamed through every per-record stage, unless an earlier invocation finished it;
+    in the driver, or on a `host`."""
     run = Run(config.output_dir / config.run_id)
     finished = run.finished_shard(work.index)
     if finished is not None:
         return finished
-    llm, embedder = llm_for(config, run, shared), embedder_for(config, run)
+    llm, embedder = llm_for(config, run, host), embedder_for(config, run)
     context = Context(config, llm, embedder.vectors)
     stages = [cls(context) for cls in stage_classes(config)[0]]
     source = Seeds() if work.source == SEEDS else generators.strategies()[work.source](context, record_cost(config))
     allowances = [dataclasses.replace(a) for a in work.allowances]  # a retried task starts from the plan again
+    # What the shard makes is embedded while the run goes on: here, or in the driver (which runs the
+    # whole-set stages and the metrics) when on a host, which then loads no model unless a strategy
+    # asks it for vectors.
+    made = host.made if host else functools.partial(embed_ahead, embedder)
     output = llm.run(stream_shard(
         source, work.units, allowances, stages, prime=work.prime, on_call=lambda stage: progress.advance(CALLS),
         on_record=progress.advance,
-        on_made=_embedded_ahead(shared, embedder, config.budget.max_records, compares_vectors(config)),
+        on_made=functools.partial(made, size=config.budget.max_records, every=compares_vectors(config)),
     ))
     sealed = not any(s.unanswered_calls for s in output.stats)
-    _settle(shared)
+    if host:
+        host.settle()
     return run.write_shard(work.index, output.made, output.kept, output.rejected, output.stats, sealed)
 
 
@@ -182,56 +177,30 @@ class Runner(Protocol):
 
 
 class Threads:
-    """Shard tasks on threads of this process, all sharing its one LLM client and limit; on Ray
-    (`orchestration.task_runner`), each shard thread hands its shard to one of the run's Ray shard
-    workers, and the whole-set stages stay here."""
+    """Shard tasks on threads of this process, all sharing its one LLM client and limit."""
 
     def __init__(self, config: RunConfig):
         self.config = config
         self.pool = ThreadPoolExecutor(max_workers=config.orchestration.workers, thread_name_prefix="germinate-shard")
-        self.remote = None
 
     def submit(self, name: str, task: Callable[..., Any], **parameters: Any) -> Future:
-        if self.remote and task is run_shard:
-            return self.pool.submit(self.remote.call, task, pickle.dumps(parameters))
         return self.pool.submit(task, **parameters)
 
     def wait(self, future: Future, timeout: float) -> bool:
-        finished = bool(wait([future], timeout).done)
-        if self.remote:  # the workers' progress, and what they made, to this process
-            self.remote.collect()
-        return finished
+        return bool(wait([future], timeout).done)
 
     def done(self, future: Future) -> bool:
         return future.done()
 
     def describe(self) -> str:
-        return self.remote.describe() if self.remote else ""
+        return ""
 
     def __enter__(self) -> Threads:
-        workers = ray_workers(self.config)
-        self.remote = workers(self.config) if workers else None
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if self.remote:  # the workers go first: a thread still waiting on one (a failed run) ends
-            self.remote.stop()
         # A failed or stalled run does not wait for its tasks: its LLM was aborted, so they end soon.
         self.pool.shutdown(wait=exc_type is None, cancel_futures=True)
-        if self.remote:
-            self.remote.shutdown()
-
-
-def ray_workers(config: RunConfig):
-    """The class that starts a run's Ray shard workers (flows/ray_run.py), when its config asks for
-    Ray; None otherwise."""
-    if config.orchestration.task_runner != "ray":
-        return None
-    try:
-        from germinate.flows import ray_run
-    except ImportError:
-        raise UserError("orchestration.task_runner: ray needs the ray extra (pip install -e '.[ray]')") from None
-    return ray_run.Workers
 
 
 def _wait_watched(runner: Runner, tasks: dict[str, Any], run: Run, config: RunConfig) -> None:
@@ -326,7 +295,6 @@ def check_run(config: RunConfig) -> None:
     """What a user can get wrong beyond the config's own checks, found before anything is written."""
     generators.check_strategies(config)
     stage_classes(config)
-    ray_workers(config)
     if config.hub.repo_id:
         check_token()
 
@@ -356,9 +324,10 @@ def execute(config: RunConfig, runner: ContextManager[Runner]) -> tuple[Report, 
         close_llm(run)
 
 
-def build_here(config: RunConfig) -> Report:
-    """The run from this process, shard tasks on its threads or on Ray, without Prefect: no API server
-    to start (Prefect's ephemeral one takes 5-30 s), so the first request goes out at once."""
+def build_here(config: RunConfig, runner: Callable[[RunConfig], ContextManager[Runner]] = Threads) -> Report:
+    """The run from this process, without Prefect: no API server to start (Prefect's ephemeral one
+    takes 5-30 s), so the first request goes out at once. Shard tasks on its threads, or on
+    `runner` (flows/ray_run.py's, on Ray)."""
     config, _ = prepare(config)
-    report, _ = execute(config, Threads(config))
+    report, _ = execute(config, runner(config))
     return report
