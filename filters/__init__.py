@@ -7,14 +7,22 @@ another package is found through its entry point in the group `germinate.stages`
 
 from __future__ import annotations
 
+import logging
 import sys
 from functools import cache
 
 from germinate.stage import Stage, discover_with_plugins
 
 ENTRY_POINTS = "germinate.stages"
+QUALITY = "quality."  # where a filter's section is
+log = logging.getLogger(__name__)
 
 
 @cache
 def stages() -> dict[str, type[Stage]]:
-    return discover_with_plugins(sys.modules[__name__], Stage, ENTRY_POINTS, "stage")
+    found = discover_with_plugins(sys.modules[__name__], Stage, ENTRY_POINTS, "stage")
+    for name, stage in list(found.items()):
+        if stage.section and not stage.section.startswith(QUALITY):
+            log.warning("stage '%s' left out: its section '%s' is not under 'quality'", name, stage.section)
+            del found[name]
+    return found

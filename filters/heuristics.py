@@ -6,7 +6,9 @@ rule names the drop reason, and what it matched is kept as the detail.
 
 from __future__ import annotations
 
+import functools
 import re
+import threading
 from typing import Callable
 
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
@@ -52,14 +54,25 @@ def _found(pattern: re.Pattern | None, text: str) -> str | None:
     return match.group(0) if match else None
 
 
-# Loaded with the module, before a run's first request: loading it later would hold the interpreter
-# while requests wait to be sent.
-IDENTIFIER = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+_loading = threading.Lock()
+
+
+@functools.cache
+def _identifier() -> LanguageIdentifier:
+    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+
+
+def identifier() -> LanguageIdentifier:
+    """py3langid's model (in its wheel; no download), loaded once per process by the first
+    `Heuristics` made, before its shard's first request: 0.7 s that every command (the config is
+    made from the filters' modules) would otherwise pay at import."""
+    with _loading:  # a run's shards start together: one loads, the others wait for it
+        return _identifier()
 
 
 def language(text: str) -> tuple[str, float]:
-    """ISO 639-1 code and probability (py3langid's model ships in its wheel; no download)."""
-    code, probability = IDENTIFIER.classify(text)
+    """ISO 639-1 code and probability."""
+    code, probability = identifier().classify(text)
     return code, float(probability)
 
 
@@ -93,6 +106,8 @@ class Heuristics(Filter):
     def __init__(self, context: Context):
         super().__init__(context)
         config = self.settings
+        if config.languages:
+            identifier()  # now, before the shard's first request: loading it later would hold the requests
         self.unsupported = _phrases(config.unsupported)
         self.refusal = _phrases(config.refusals)
         self.leakage = _phrases(config.leakage)

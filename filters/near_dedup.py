@@ -5,15 +5,17 @@ run's fixed order, seeds first, so the first of a group is the one kept."""
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
-# Imported with the module, before a run's first request (datasketch brings scipy: a second's import).
-from datasketch import MinHash, MinHashLSH
 from pydantic import Field
 
 from germinate.filters.dedup import duplicate
 from germinate.records import Record, normalize, show
 from germinate.settings import StageSettings
 from germinate.stage import Context, Outcome, Stage
+
+if TYPE_CHECKING:
+    from datasketch import MinHash
 
 
 def shingles(text: str, n: int) -> set[bytes]:
@@ -25,6 +27,8 @@ def shingles(text: str, n: int) -> set[bytes]:
 
 @functools.lru_cache(maxsize=65536)  # every shard meets the seeds first
 def signature(text: str, ngram: int, num_perm: int) -> MinHash:
+    from datasketch import MinHash
+
     found = MinHash(num_perm=num_perm, seed=1)
     found.update_batch(list(shingles(text, ngram)))
     return found
@@ -44,6 +48,11 @@ class NearDedup(Stage):
 
     def __init__(self, context: Context):
         super().__init__(context)
+        # Imported by the first NearDedup made, before its shard's first request, not with the module:
+        # datasketch brings scipy (0.6 s), which every command (the config is made from the filters'
+        # modules) would pay.
+        from datasketch import MinHashLSH
+
         self.index = MinHashLSH(threshold=self.settings.threshold, num_perm=self.settings.num_perm)
         self.signatures = {}  # id of a kept record -> its MinHash
 

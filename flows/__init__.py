@@ -25,6 +25,8 @@ def ray_for(config: "RunConfig") -> ModuleType | None:
         return None
     try:
         from germinate.flows import ray_run
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "ray" and not (exc.name or "").startswith("ray."):
+            raise
         raise UserError("orchestration.task_runner: ray needs the ray extra (pip install -e '.[ray]')") from None
     return ray_run

@@ -1,5 +1,5 @@
-"""Shard tasks on Ray. The driver runs each Prefect task run and hands its work to one of the run's
-shard workers: long-lived Ray actors, one per CPU of the cluster, each running tasks in its
+"""Shard tasks on Ray. The driver (`RayTasks`, or a Prefect task run of flows/build.py) hands each
+shard to one of the run's shard workers: long-lived Ray actors, one per CPU of the cluster, each running tasks in its
 threads as the threads runner does, so a worker's imports and LLM client are paid once, not per
 task. What the workers make is embedded in the driver, where the whole-set stages run: one model
 per run, and a worker loads one only if its strategy asks for vectors. A worker killed mid-task is
@@ -252,9 +252,13 @@ class RayTasks(Threads):
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        self.workers.stop()  # the workers go first: a thread still waiting on one (a failed run) ends
-        super().__exit__(exc_type, *exc)
-        self.workers.shutdown()
+        try:
+            self.workers.stop()  # the workers go first: a thread still waiting on one (a failed run) ends
+        finally:
+            try:
+                self.pool.shutdown(wait=True, cancel_futures=True)  # then Ray goes, once no thread waits on it
+            finally:
+                self.workers.shutdown()
 
 
 class Lease:

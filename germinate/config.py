@@ -13,6 +13,7 @@ import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from germinate.errors import UserError, describe_error, error_key
+from germinate.filters import QUALITY
 from germinate.filters import stages as filters
 from germinate.generators import strategies
 from germinate.settings import (
@@ -30,17 +31,13 @@ from germinate.settings import (
 log = logging.getLogger(__name__)
 
 
-QUALITY = "quality."  # where a filter's section is
-
-
 def _quality() -> type[Section]:
     """The `quality` section: a section per filter found (its module's `Settings`)."""
+    order = {name: i for i, name in enumerate(STAGES)}  # the default's order, then the plugins' by name
     sections = {}
-    for name, stage in filters().items():
-        if not (stage.section or "").startswith(QUALITY):
-            log.warning("stage '%s' left out: its section '%s' is not under 'quality'", name, stage.section)
-            continue
-        sections[stage.section.removeprefix(QUALITY)] = (stage.Settings, Field(default_factory=stage.Settings))
+    for name, stage in sorted(filters().items(), key=lambda item: (order.get(item[0], len(order)), item[0])):
+        if stage.section:
+            sections[stage.section.removeprefix(QUALITY)] = (stage.Settings, Field(default_factory=stage.Settings))
     return create_model("QualityConfig", __base__=Section, __module__=__name__,
                         __doc__="The quality gate's settings: a section per filter.", **sections)
 
@@ -149,10 +146,13 @@ def used_sections(settings: dict[str, Any]) -> list[str]:
 
 
 def data_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """A dumped config without `NOT_DATA` (dotted keys) and the sections of strategies it does not use
-    (installed or not): the settings that shape a run's data."""
+    """A dumped config without `NOT_DATA` (dotted keys) and the sections of strategies and filters it
+    does not use (installed or not): the settings that shape a run's data."""
     used = used_sections(settings)
     kept = {key: value for key, value in settings.items() if key in CommonConfig.model_fields or key in used}
+    found = filters()
+    named = {found[name].section.removeprefix(QUALITY) for name in settings.get("stages", []) if name in found}
+    kept["quality"] = {key: value for key, value in settings.get("quality", {}).items() if key in named}
     for dotted in NOT_DATA:
         *parents, leaf = dotted.split(".")
         node = kept

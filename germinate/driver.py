@@ -40,7 +40,7 @@ CALLS = "LLM calls"  # the progress of the whole run against its budget
 WATCH_S = 2.0  # how often the driver looks up from a task it waits for
 log = logging.getLogger(__name__)
 
-_llms: dict[tuple[Path, str | None], LLM] = {}
+_llms: dict[tuple[Path, Host | None], LLM] = {}
 _llms_lock = threading.Lock()
 
 

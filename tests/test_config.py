@@ -56,3 +56,17 @@ def test_configs_that_name_llamacpp_run_the_embedded_model(tmp_path):
     """The embedded GGUF model ran through llama.cpp before it ran on torch: old configs keep working."""
     config = build_config(write(tmp_path, "llm:\n  backend: llamacpp\n"))
     assert config.llm.backend == "transformers"
+
+
+def test_the_settings_that_shape_a_run_leave_out_filters_it_does_not_run():
+    """A resume compares the settings that shape the data: the section of a filter the run does not
+    name in `stages` is not one of them, so installing a filter plugin (its section appears in every
+    config) or changing an unused filter's settings does not stop an older run from resuming."""
+    from germinate.config import data_settings
+
+    config = build_config(overrides={"stages": ["respond", "heuristics"], "quality.select.pool": 5.0})
+    shaped = data_settings(config.model_dump(mode="json"))
+    assert set(shaped["quality"]) == {"heuristics"}
+    dumped = config.model_dump(mode="json")
+    dumped["quality"]["short_answers"] = {"enabled": True, "min_words": 3}  # a plugin's section
+    assert data_settings(dumped) == shaped
