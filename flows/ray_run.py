@@ -46,6 +46,9 @@ from germinate.settings import OrchestrationConfig
 from germinate.stall import Watch
 
 log = logging.getLogger(__name__)
+# Ray starts off the main thread (`RayStart`), where it sets no SIGTERM handler and says so on every
+# run; a SIGTERM still ends Ray's processes, with the thread that started them.
+logging.getLogger("ray._private.worker").addFilter(lambda record: "SIGTERM handler" not in record.getMessage())
 
 SYNC_S = 0.25  # how often a worker reports and hears its lease
 LEASE_S = 10.0  # a worker not heard from for this long has lost its slots
@@ -152,20 +155,66 @@ class ShardWorker:
         return getattr(driver, function)(**pickle.loads(parameters), host=attach(self.state))
 
 
+def _start_ray(settings: OrchestrationConfig) -> bool:
+    """Ray for the run: a local instance unless `orchestration.ray_address`, or the one this process
+    has joined already. Whether the run started it (and stops it)."""
+    if ray.is_initialized():
+        return False
+    if settings.ray_address:
+        log.info("Ray: joining %s", settings.ray_address)
+        ray.init(address=settings.ray_address, log_to_driver=False)
+    else:  # no dashboard: its processes take seconds of the two cores a laptop has
+        log.info("Ray: a local instance")
+        ray.init(log_to_driver=False, include_dashboard=False, _system_config=LOCAL_RAY)
+    return True
+
+
+class RayStart:
+    """Ray, started in a thread of its own (3 to 6 s on a laptop's two cores) while the run is checked
+    and its servers asked. The thread lives until Ray stops: Ray's processes die with the thread that
+    started them (Linux's parent-death signal), and so with this process however it ends."""
+
+    def __init__(self, settings: OrchestrationConfig):
+        self.owned: Future = Future()  # whether the run started Ray (and stops it), once Ray is up
+        self.stopped = threading.Event()
+        threading.Thread(target=self._run, args=(settings,), name="ray-start", daemon=True).start()
+
+    def _run(self, settings: OrchestrationConfig) -> None:
+        try:
+            self.owned.set_result(_start_ray(settings))
+        except BaseException as exc:
+            self.owned.set_exception(exc)
+            return
+        self.stopped.wait()
+
+
+_starting: RayStart | None = None  # begun by `start`, taken by the run's `Workers`
+_starting_lock = threading.Lock()
+
+
+def start(settings: OrchestrationConfig) -> RayStart:
+    """Ray starts now, in the background, unless it is starting already; the next run's `Workers` take it."""
+    global _starting
+    with _starting_lock:
+        if _starting is None:
+            _starting = RayStart(settings)
+        return _starting
+
+
+def _take_start(settings: OrchestrationConfig) -> RayStart:
+    global _starting
+    with _starting_lock:
+        taken, _starting = _starting or RayStart(settings), None
+    return taken
+
+
 class Workers:
-    """In the driver: Ray (a local instance unless `orchestration.ray_address`), the run's state and its
-    shard workers, for the length of a run."""
+    """In the driver: Ray, the run's state and its shard workers, for the length of a run."""
 
     def __init__(self, config: RunConfig):
         settings = config.orchestration
-        self.owns_ray = not ray.is_initialized()
-        if self.owns_ray:
-            if settings.ray_address:
-                log.info("Ray: joining %s", settings.ray_address)
-                ray.init(address=settings.ray_address, log_to_driver=False)
-            else:  # no dashboard: its processes take seconds of the two cores a laptop has
-                log.info("Ray: a local instance")
-                ray.init(log_to_driver=False, include_dashboard=False, _system_config=LOCAL_RAY)
+        self.ray = _take_start(settings)
+        self.owns_ray = self.ray.owned.result()
         self.embedder = Embedder(config.embedding, Run(config.output_dir / config.run_id).embeddings_path)
         self.name = f"germinate-{config.run_id}-{os.urandom(4).hex()}"
         self.state = RunState.options(name=self.name).remote(config.llm.server_limits)
@@ -227,6 +276,7 @@ class Workers:
     def shutdown(self) -> None:
         if self.owns_ray:
             ray.shutdown()
+        self.ray.stopped.set()
 
 
 class RayTasks(Threads):

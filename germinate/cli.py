@@ -211,6 +211,8 @@ def run(
         warm(resolved.embedding)  # the model loads (seconds) while Prefect and the stages are imported
         resolved = resolved.model_copy(update={"run_id": resolved.run_id or new_run_id()})  # named if interrupted
         ray = ray_for(resolved)
+        if ray:
+            ray.start(resolved.orchestration)  # Ray's start (seconds) too
         if _prefect_server():
             from germinate.flows.build import build_dataset as build
         else:
