@@ -62,6 +62,10 @@ class Judge(Stage):
         # a small model's revision often talks about "the critique" instead of answering.
         self.heuristics = Heuristics(context) if Heuristics.enabled(context.config) else None
 
+    @classmethod
+    def calls_for(cls, answered: bool) -> int:
+        return 1  # the first look
+
     async def run(self, records: list[Record]) -> Outcome:
         """The first look, as answers arrive (paid for when each record was made)."""
         states = await self._reflect(records, tries=0, budget=Allowance(0, 0))

@@ -47,6 +47,10 @@ class Respond(Stage):
     section = "generation"
     calls_llm = True
 
+    @classmethod
+    def calls_for(cls, answered: bool) -> int:
+        return 0 if answered else 1
+
     async def run(self, records: list[Record]) -> Outcome:
         llm = self.context.llm
         todo = [r for r in records if not r.output]

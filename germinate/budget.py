@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from germinate.records import Record
 
@@ -32,12 +32,6 @@ def apportion(total: int, shares: dict[str, float]) -> dict[str, int]:
     return parts
 
 
-def record_cost(config: RunConfig) -> int:
-    """LLM calls a record without an answer needs after expansion: its answer, and the judge's first look.
-    Expansion reserves them for every record it keeps, so the later stages never run out."""
-    return 1 + config.quality.reflect.enabled
-
-
 @dataclass
 class Allowance:
     """What one unit of expansion (a seed, a discipline) may still spend: LLM calls and dataset rows."""
@@ -54,6 +48,34 @@ class Allowance:
 
     def refund(self, calls: int) -> None:
         self.calls += calls
+
+
+class Overspent(RuntimeError):
+    """A strategy spent past an allowance: a fault of the strategy, which stops the run before its
+    budget is passed."""
+
+
+@dataclass
+class Meter:
+    """What a unit (or a shard) really spends, counted as it goes whatever its strategy counts: each
+    request sent, and for each record kept, a row and the LLM calls the later stages will make for it.
+    It refuses what would pass the allowance as planned, and so does its `shard`'s."""
+
+    calls: int
+    records: int
+    owner: str  # who spends: named when it spends too much
+    shard: Meter | None = None
+    spent: int = 0
+    kept: int = 0
+
+    def pay(self, calls: int, records: int = 0) -> None:
+        if self.spent + calls > self.calls or self.kept + records > self.records:
+            raise Overspent(f"{self.owner} spent more than its allowance of {self.calls} LLM calls and "
+                            f"{self.records} rows (it had spent {self.spent} calls and kept {self.kept} rows)")
+        if self.shard:
+            self.shard.pay(calls, records)
+        self.spent += calls
+        self.kept += records
 
 
 class Planner(Protocol):
@@ -86,22 +108,21 @@ class Plan:
         return sum(allowance.records for shard in self.shards for allowance in shard.allowances)
 
 
-def seed_allowances(seeds: list[Record], budget: Allowance, cost: int) -> list[Allowance]:
-    """Seeds that are rows come on top of the generated rows; their calls (a seed that came with its
-    answer needs one less) are paid first. A seed past the call budget gets nothing, and is kept as
+def seed_allowances(seeds: list[Record], budget: Allowance, cost: Callable[[bool], int]) -> list[Allowance]:
+    """Seeds that are rows come on top of the generated rows; their calls (`cost(answered)`: a seed may
+    come with its answer) are paid first. A seed past the call budget gets nothing, and is kept as
     rejected `over_budget`."""
-    return [Allowance(cost - bool(seed.output), 1) if budget.take(cost - bool(seed.output)) else Allowance(0, 0)
+    return [Allowance(cost(bool(seed.output)), 1) if budget.take(cost(bool(seed.output))) else Allowance(0, 0)
             for seed in seeds]
 
 
-def plan(config: RunConfig, seeds: list[Record], strategies: dict[str, Planner]) -> Plan:
+def plan(config: RunConfig, seeds: list[Record], strategies: dict[str, Planner], cost: Callable[[bool], int]) -> Plan:
     """The seeds that are rows first (shard 0); the calls left and the generated rows are split by the
     strategies' shares, then over each strategy's units (seeds, disciplines), so a unit's share does
-    not depend on the sharding."""
+    not depend on the sharding. `cost(answered)`: the LLM calls the later stages make for a record."""
     # With selection on, expansion grows a pool larger than the dataset to choose from.
     pool = config.quality.select.pool if config.quality.select.enabled else 1.0
     budget = Allowance(config.budget.max_llm_calls, math.ceil(config.budget.max_records * pool))
-    cost = record_cost(config)
     shown = seeds if config.include_seeds else []
     shards = [ShardWork(0, SEEDS, shown, seed_allowances(shown, budget, cost))]
     calls, rows = apportion(budget.calls, config.shares), apportion(budget.records, config.shares)

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from germinate.budget import EXPAND_STAGE, Allowance
-from germinate.llm.base import counted
+from germinate.budget import EXPAND_STAGE, Allowance, Meter
+from germinate.llm.base import counted, paid_by
 from germinate.records import Record
 from germinate.stage import Outcome, Stage
 from germinate.stats import StageStats, Usage
@@ -180,6 +180,11 @@ async def stream_shard(
     counts = [0] * len(units)  # records each unit has made
     closed = [False] * len(units)
     planned = sum(a.calls for a in allowances)
+    # The budget as planned, kept here whatever the source counts: what a unit sends and keeps (with
+    # the calls the stages will make for it) is paid from its allowance, and the shard's.
+    shard_meter = Meter(planned, sum(a.records for a in allowances), f"{name} shard")
+    owner = getattr(source, "name", name)
+    meters = [Meter(a.calls, a.records, f"{owner} unit {i}", shard_meter) for i, a in enumerate(allowances)]
     broken = asyncio.get_running_loop().create_future()  # the first failure of a record's walk or a queue
 
     def watch(task: asyncio.Task) -> None:
@@ -188,19 +193,20 @@ async def stream_shard(
             broken.set_exception(task.exception())
 
     async def walk(position: tuple[int, int], record: Record) -> None:
-        for i, step in enumerate(steps):
-            if id(step) in turns:
-                survivor = await turns[id(step)].enter(position, record)
-            else:
-                kept, _ = await step.run([record])
-                survivor = kept[0] if kept else None
-            if survivor is None:
-                for later in steps[i + 1:]:
-                    if id(later) in turns:
-                        turns[id(later)].skip(position)
-                return
-            record = survivor
-        survivors[position] = record
+        with paid_by(None):  # the stages' requests were paid when the record was kept
+            for i, step in enumerate(steps):
+                if id(step) in turns:
+                    survivor = await turns[id(step)].enter(position, record)
+                else:
+                    kept, _ = await step.run([record])
+                    survivor = kept[0] if kept else None
+                if survivor is None:
+                    for later in steps[i + 1:]:
+                        if id(later) in turns:
+                            turns[id(later)].skip(position)
+                    return
+                record = survivor
+            survivors[position] = record
 
     def emitter(unit: int) -> Emit:
         def emit(kept: list[Record], rejected: list[Record]) -> None:
@@ -210,6 +216,7 @@ async def stream_shard(
             on_record(name, len(kept))
             made_rejected.extend(rejected)
             for record in kept:
+                meters[unit].pay(sum(step.stage.calls_for(bool(record.output)) for step in steps), records=1)
                 position = (unit, counts[unit])
                 counts[unit] += 1
                 made[position] = record
@@ -223,7 +230,8 @@ async def stream_shard(
 
     async def grow(unit: int) -> None:
         try:
-            await source.grow(units[unit], allowances[unit], emitter(unit))
+            with paid_by(meters[unit]):
+                await source.grow(units[unit], allowances[unit], emitter(unit))
         finally:
             closed[unit] = True
             for queue in turns.values():
@@ -239,7 +247,8 @@ async def stream_shard(
 
     async def everything() -> None:
         with counted(made_usage):
-            await source.prepare(units, allowances)
+            with paid_by(shard_meter):
+                await source.prepare(units, allowances)
             await asyncio.gather(*(grow(unit) for unit in range(len(units))))
         made_stats.seconds = time.perf_counter() - start
         await asyncio.gather(*servers)

@@ -82,19 +82,20 @@ def sample(records: list[Record]) -> list[Record]:
     return [r for r in records if sample_rank(r) < SAMPLE / len(records)]
 
 
-def pool_clusters(vectors: np.ndarray) -> Clusters:
-    """The reference clustering every measured dataset is counted against (about 4 per cluster, at most 64)."""
-    return spherical_kmeans(vectors, max(2, min(64, len(vectors) // 4)))
+def pool_clusters(vectors: np.ndarray) -> Clusters | None:
+    """The reference clustering every measured dataset is counted against (about 4 per cluster, at most
+    64); None when expansion made nothing (a budget too small to grow a row)."""
+    return spherical_kmeans(vectors, max(2, min(64, len(vectors) // 4))) if len(vectors) else None
 
 
 def measure(
-    rows: list[Record], vectors: Vectors, seeds: list[Record], generated: int, clusters: Clusters
+    rows: list[Record], vectors: Vectors, seeds: list[Record], generated: int, clusters: Clusters | None
 ) -> Metrics:
     """`rows` measured on a sample of them, against a sample of the seeds."""
     measured = sample(rows)
     found = vectors([show(r) for r in measured])
     seed_vectors = vectors([show(r) for r in sample(seeds)])
-    covered = set((found @ clusters.centroids.T).argmax(axis=1).tolist()) if len(found) else set()
+    covered = set((found @ clusters.centroids.T).argmax(axis=1).tolist()) if len(found) and clusters else set()
     new = found[[r.strategy != "seed" for r in measured]] if len(found) else found
     similarity = float((new @ seed_vectors.T).max(axis=1).mean()) if len(new) and len(seed_vectors) else 0.0
     return Metrics(
@@ -103,7 +104,7 @@ def measure(
         generated=generated,
         mean_distance=round(mean_pairwise_distance(found), 4),
         clusters_covered=len(covered),
-        clusters=len(clusters.centroids),
+        clusters=len(clusters.centroids) if clusters else 0,
         distinct_bigrams=round(distinct_bigrams([r.instruction for r in rows]), 4),
         seed_similarity=round(similarity, 4),
     )

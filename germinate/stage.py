@@ -126,6 +126,12 @@ class Stage(ABC):
     async def run(self, records: list[Record]) -> Outcome: ...
 
     @classmethod
+    def calls_for(cls, answered: bool) -> int:
+        """LLM calls it makes for one record as the record arrives (`answered`: it came with its answer);
+        the record's maker reserves them. Default: none."""
+        return 0
+
+    @classmethod
     def has_last_look(cls) -> bool:
         """Whether it overrides `finish`."""
         return cls.finish is not Stage.finish

@@ -5,11 +5,16 @@ the timing, and a stage's last look gets what the shard has left."""
 import asyncio
 import random
 
-from germinate.budget import Allowance
+import pytest
+
+from germinate.budget import Allowance, Overspent
 from germinate.config import RunConfig
 from germinate.executor import Seeds, stream_shard
+from germinate.llm import Request, check_llm, make_llm
 from germinate.records import Record
+from germinate.settings import LLMConfig
 from germinate.stage import Context, Filter, Stage
+from servers import FaultyServer
 
 CONTEXT = Context(RunConfig())
 
@@ -147,3 +152,55 @@ def test_an_ordered_stage_takes_records_in_the_shards_order_whatever_the_timing(
         assert after.order == ["seed", *(key for key in expected[1:] if not key.endswith("-1"))]
         assert [r.id for r in output.kept] == [key for key in expected[1:] if not key.endswith("-1")]
         assert output.stats[2].records_in == 12  # the prime is not counted
+
+
+class Asks:
+    """A source whose unit sends `asks` requests, then keeps `keeps` records: whatever its allowance."""
+
+    def __init__(self, llm, asks: int, keeps: int):
+        self.llm, self.asks, self.keeps = llm, asks, keeps
+
+    async def prepare(self, units, allowances):
+        pass
+
+    async def grow(self, unit, allowance, emit):
+        prompts = [[{"role": "user", "content": f"Name a river, {unit} {i}."}] for i in range(self.asks)]
+        await self.llm.generate([Request(prompt, max_tokens=8) for prompt in prompts])
+        emit([record(f"{unit}-{i}") for i in range(self.keeps)], [])
+
+
+class Answers(Stage):
+    """Stands for the answering stage: one LLM call for each record without an answer."""
+
+    name = "answers"
+
+    @classmethod
+    def calls_for(cls, answered):
+        return 0 if answered else 1
+
+    async def run(self, records):
+        return records, []
+
+
+def test_a_source_cannot_spend_past_its_allowance():
+    """The executor pays each request a unit sends, and each record it keeps with the calls the stages
+    will make for it, from the unit's allowance as planned, whatever the source counts itself: what
+    would go past it is refused before it is sent, naming the unit."""
+    with FaultyServer() as server:
+        llm = make_llm(check_llm(LLMConfig(backend="openai", base_url=server.base_url)), None)
+        try:
+            def shard(asks, keeps):
+                source = Asks(llm, asks, keeps)
+                return llm.run(stream_shard(source, ["u"], [Allowance(4, 2)], [Answers(CONTEXT)]))
+
+            assert len(shard(asks=2, keeps=2).kept) == 2  # 2 requests + 2 answers to come: the allowance
+            sent = server.requests
+            with pytest.raises(Overspent, match="unit 0 spent more than its allowance of 4 LLM calls"):
+                shard(asks=5, keeps=0)
+            assert server.requests - sent <= 4  # the fifth request was never sent
+            with pytest.raises(Overspent):
+                shard(asks=3, keeps=2)  # the second answer would be the fifth call
+            with pytest.raises(Overspent):
+                shard(asks=0, keeps=3)  # a third row
+        finally:
+            llm.close()

@@ -45,6 +45,6 @@ def test_a_share_too_small_to_grow_anything_plans_no_shard(seeds_file, tmp_path)
     config = tiny_config(seeds_file, tmp_path, strategies={"evol-instruct": 0.99, "self-instruct": 0.01},
                          budget__max_llm_calls=2, quality__reflect__enabled=False, include_seeds=True)
     planners = {name: strategies()[name](Context(config), 1) for name in config.strategies}
-    work = plan(config, load_seeds(seeds_file), planners)
+    work = plan(config, load_seeds(seeds_file), planners, lambda answered: 1 - answered)
     assert [w.source for w in work.shards] == [SEEDS]
     assert set(work.strategies) == {"evol-instruct", "self-instruct"}  # each share is still reported

@@ -10,9 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import GATE_OFF, TINY_SEEDS, build, germinate
+from conftest import GATE_OFF, TINY_SEEDS, build, germinate, tiny_config
 from germinate.runs import Run
 from germinate.cli import app
+from germinate.generators import strategies
 from germinate.generators.glan import concept_sets, sample_concepts
 from germinate.generators.self_instruct import rouge_l, tokens
 from germinate.generators.tcia import Constraint, Pool, load_library, search
@@ -313,3 +314,22 @@ def test_aide_spends_what_dropped_children_give_back(make_config):
     assert {(r.seed_id, r.hop) for r in kept} == {(s["id"], hop) for s in TINY_SEEDS for hop in (1, 2)}
     assert all(r.operation == "concretizing" for r in kept)
     assert run.rejected("expand") and all(r.operation == "persona" for r in run.rejected("expand"))
+
+
+@pytest.mark.parametrize("name", sorted(strategies()))
+def test_every_strategy_stays_within_small_budgets(name, seeds_file, tmp_path):
+    """Each strategy at budgets from one LLM call up, with the judge on and off, against a loopback
+    server: each run finishes (the executor refuses a request or a row past a unit's allowance, so
+    a strategy that counted wrong would fail it) within its budget, and a budget that affords a unit
+    is spent on one."""
+    own = {key: value for key, value in TINY.get(name, {}).items() if not key.startswith("budget")}
+    with FaultyServer() as server:
+        for calls, rows, judged in [(1, 1, False), (3, 1, True), (7, 2, True), (20, 4, False), (40, 6, True)]:
+            config = tiny_config(seeds_file, tmp_path / str(calls), strategies={name: 1.0},
+                                 llm={"backend": "openai", "base_url": server.base_url},
+                                 quality={**GATE_OFF, "reflect": {"enabled": judged}},
+                                 budget={"max_llm_calls": calls, "max_records": rows, "allow_partial": True}, **own)
+            report = build(config)
+            assert report.llm_calls <= calls and report.rows <= rows, (calls, rows, judged)
+            if calls >= 7:  # enough for a unit of each: spent (what it made may still fail its own checks)
+                assert report.strategies[name].expand_calls >= 1, (calls, rows, judged)

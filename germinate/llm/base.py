@@ -20,7 +20,7 @@ import random
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Coroutine, Iterator, TypeVar
+from typing import Any, Coroutine, Iterator, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -44,6 +44,25 @@ def counted(usage: Usage | None) -> Iterator[None]:
         yield
     finally:
         _usage.reset(token)
+
+
+# What pays for the requests made inside: each asks it first, and it refuses one past its budget.
+_payer: contextvars.ContextVar[Payer | None] = contextvars.ContextVar("germinate_payer", default=None)
+
+
+class Payer(Protocol):
+    def pay(self, calls: int) -> None:
+        """Spend `calls`, or raise."""
+
+
+@contextlib.contextmanager
+def paid_by(payer: Payer | None) -> Iterator[None]:
+    """Requests made inside (and in tasks started inside) are paid by `payer` (None: by nothing)."""
+    token = _payer.set(payer)
+    try:
+        yield
+    finally:
+        _payer.reset(token)
 
 
 @dataclass(frozen=True)
@@ -171,6 +190,9 @@ class LLM:
             self.cache.flush()
 
     async def _generate_one(self, request: Request) -> Result:
+        payer = _payer.get()
+        if payer is not None:
+            payer.pay(1)
         schema = json_schema(request.schema) if request.schema else None
         params = {
             "max_tokens": request.max_tokens,
