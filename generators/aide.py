@@ -248,7 +248,6 @@ class AIDE(Strategy):
                 else:
                     written = await persona_results
                 judged, dropped = await self._judged(seed, hop, group, written, rubric, parents, allowance)
-                allowance.records -= len(judged)
                 emit(judged, dropped)
                 kept += judged
             return kept

@@ -134,6 +134,5 @@ class EvolInstruct(Strategy):
             if verdict is not None:
                 emit([], [child.dropped(STAGE, *verdict)])
                 continue
-            allowance.records -= 1
             emit([child], [])
             parent = child

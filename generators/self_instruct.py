@@ -100,7 +100,6 @@ class SelfInstruct(Strategy):
                 )
                 reason, detail, duplicate = self._novelty(record, result, pool)
                 if reason is None:
-                    allowance.records -= 1
                     grown.append(record)
                     pool.append((record, tokens(record.instruction)))
                     continue

@@ -259,7 +259,6 @@ class TCIA(Strategy):
         affordable = min(self.settings.samples, len(found), allowance.calls // self.state_cost, allowance.records)
         chosen = sorted(rng.sample(found, affordable), key=lambda s: (s.depth, sorted(s.constraints)))
         allowance.take(self.state_cost * len(chosen))
-        allowance.records -= len(chosen)
         states = {}
         for state in chosen:
             constraints = [pool.constraints[i] for i in sorted(state.constraints)]

@@ -36,8 +36,8 @@ def apportion(total: int, shares: dict[str, float]) -> dict[str, int]:
 class Allowance:
     """What one unit of expansion (a seed, a discipline) may still spend: LLM calls and dataset rows."""
 
-    calls: int
-    records: int
+    calls: int  # a strategy takes them before it asks, and gives back what it did not use
+    records: int  # counted down by the executor as the unit's records are kept
 
     def take(self, calls: int) -> bool:
         """All or nothing: spend `calls` if that many are left."""

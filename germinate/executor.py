@@ -217,6 +217,7 @@ async def stream_shard(
             made_rejected.extend(rejected)
             for record in kept:
                 meters[unit].pay(sum(step.stage.calls_for(bool(record.output)) for step in steps), records=1)
+                allowances[unit].records -= 1  # counted here: a strategy reads what is left, never counts it
                 position = (unit, counts[unit])
                 counts[unit] += 1
                 made[position] = record

@@ -264,7 +264,6 @@ class Restate(Strategy):
             allowance.refund(self.record_cost)
             emit([], [record.dropped(STAGE, *verdict)])
         else:
-            allowance.records -= 1
             emit([record], [])
 '''
 
