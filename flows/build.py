@@ -21,6 +21,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from germinate.config import RunConfig
+from germinate.budget import Overspent
 from germinate.errors import UserError
 from germinate import driver
 from germinate.flows import ray_for
@@ -31,8 +32,9 @@ PROGRESS_INTERVAL_S = 2.0  # how often the progress artifacts are updated
 
 
 def _transient(task, task_run, state) -> bool:
-    """Retry a shard task unless the user must fix something first (a bad file, a bad setting)."""
-    return not isinstance(state.result(raise_on_failure=False), UserError)
+    """Retry a shard task unless the user must fix something first (a bad file, a bad setting, a
+    strategy that spends past its allowance)."""
+    return not isinstance(state.result(raise_on_failure=False), (UserError, Overspent))
 
 
 def _call(function: Callable[..., Any], parameters: bytes, workers: Any = None) -> Any:

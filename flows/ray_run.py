@@ -47,7 +47,8 @@ from germinate.stall import Watch
 
 log = logging.getLogger(__name__)
 # Ray starts off the main thread (`RayStart`), where it sets no SIGTERM handler and says so on every
-# run; a SIGTERM still ends Ray's processes, with the thread that started them.
+# run. A SIGTERM then ends a run on Ray as it ends one on threads, at once (the run resumes), and
+# Ray's processes with it: they die with the thread that started them.
 logging.getLogger("ray._private.worker").addFilter(lambda record: "SIGTERM handler" not in record.getMessage())
 
 SYNC_S = 0.25  # how often a worker reports and hears its lease
@@ -187,6 +188,14 @@ class RayStart:
             return
         self.stopped.wait()
 
+    def stop(self, owned: bool) -> None:
+        """Ray stops, if the run started it (`owned`), and so does this thread."""
+        try:
+            if owned:
+                ray.shutdown()
+        finally:
+            self.stopped.set()
+
 
 _starting: RayStart | None = None  # begun by `start`, taken by the run's `Workers`
 _starting_lock = threading.Lock()
@@ -201,6 +210,16 @@ def start(settings: OrchestrationConfig) -> RayStart:
         return _starting
 
 
+def stop_untaken() -> None:
+    """A start no run took (the run failed its checks first): Ray stops once it has started, if it
+    was started for the run. Nothing waits for that: a command that exits takes Ray with it."""
+    global _starting
+    with _starting_lock:
+        untaken, _starting = _starting, None
+    if untaken is not None:
+        untaken.owned.add_done_callback(lambda owned: untaken.stop(owned.exception() is None and owned.result()))
+
+
 def _take_start(settings: OrchestrationConfig) -> RayStart:
     global _starting
     with _starting_lock:
@@ -213,20 +232,23 @@ class Workers:
 
     def __init__(self, config: RunConfig):
         settings = config.orchestration
-        self.ray = _take_start(settings)
-        self.owns_ray = self.ray.owned.result()
-        self.embedder = Embedder(config.embedding, Run(config.output_dir / config.run_id).embeddings_path)
-        self.name = f"germinate-{config.run_id}-{os.urandom(4).hex()}"
-        self.state = RunState.options(name=self.name).remote(config.llm.server_limits)
-        count = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self.actors = [ShardWorker.options(max_concurrency=settings.workers).remote(self.name) for _ in range(count)]
-        self.busy = [0] * count
-        self.lock = threading.Lock()
+        self.ray, self.owns_ray, self.actors, self.state = _take_start(settings), False, [], None
         try:
+            self.owns_ray = self.ray.owned.result()
+            self.embedder = Embedder(config.embedding, Run(config.output_dir / config.run_id).embeddings_path)
+            self.name = f"germinate-{config.run_id}-{os.urandom(4).hex()}"
+            self.state = RunState.options(name=self.name).remote(config.llm.server_limits)
+            count = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            self.actors = [ShardWorker.options(max_concurrency=settings.workers).remote(self.name)
+                           for _ in range(count)]
+            self.busy = [0] * count
+            self.lock = threading.Lock()
             self._wait_started(settings)
         except BaseException:
-            self.stop()
-            self.shutdown()
+            try:
+                self.stop()
+            finally:
+                self.shutdown()
             raise
 
     def _wait_started(self, settings: OrchestrationConfig) -> None:
@@ -271,12 +293,11 @@ class Workers:
     def stop(self) -> None:
         """The run's workers and state go: calls still waiting on them raise."""
         for actor in [*self.actors, self.state]:
-            ray.kill(actor)
+            if actor is not None:
+                ray.kill(actor)
 
     def shutdown(self) -> None:
-        if self.owns_ray:
-            ray.shutdown()
-        self.ray.stopped.set()
+        self.ray.stop(self.owns_ray)
 
 
 class RayTasks(Threads):

@@ -198,7 +198,7 @@ def run(
         "orchestration.task_runner": task_runner,
         "orchestration.ray_address": ray_address,
     }
-    resolved = None
+    resolved = ray = None
     # Our progress bars, warnings and summary are the console output (a failed run is one error line,
     # not Prefect's traceback of it); Prefect's run logs still reach its API and UI.
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
@@ -237,6 +237,9 @@ def run(
         if resolved is not None:
             errors.print(f"interrupted; resume: run the same command with --run-id {resolved.run_id}")
         raise typer.Exit(130) from None
+    finally:
+        if ray:
+            ray.stop_untaken()  # a run that failed its checks never took the Ray started for it
     if as_json:
         print(report.model_dump_json(indent=2))
     else:

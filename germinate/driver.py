@@ -112,6 +112,13 @@ def calls_after(config: RunConfig) -> Callable[[bool], int]:
     return lambda answered: sum(cls.calls_for(answered) for cls in per_record)
 
 
+def record_cost(config: RunConfig) -> int:
+    """What a strategy reserves for each record it makes without an answer: the answer (the respond
+    stage's, or the strategy's own, as Evol-Instruct answers while it expands), then what the
+    per-record stages do with an answered record."""
+    return 1 + calls_after(config)(True)
+
+
 def embed_ahead(embedder: Embedder, records: list[Record], size: int, every: bool) -> None:
     """Records of a set of about `size` (the seeds, the rows the shards make) are embedded while the
     run goes on, the metrics' samples of every set first; only those samples unless a stage compares
@@ -135,7 +142,7 @@ def run_shard(config: RunConfig, work: ShardWork, host: Host | None = None) -> l
     llm, embedder = llm_for(config, run, host), embedder_for(config, run)
     context = Context(config, llm, embedder.vectors)
     stages = [cls(context) for cls in stage_classes(config)[0]]
-    source = Seeds() if work.source == SEEDS else generators.strategies()[work.source](context, calls_after(config)(False))
+    source = Seeds() if work.source == SEEDS else generators.strategies()[work.source](context, record_cost(config))
     allowances = [dataclasses.replace(a) for a in work.allowances]  # a retried task starts from the plan again
     # What the shard makes is embedded while the run goes on: here, or in the driver (which runs the
     # whole-set stages and the metrics) when on a host, which then loads no model unless a strategy
@@ -229,10 +236,10 @@ def _wait_watched(runner: Runner, tasks: dict[str, Any], run: Run, config: RunCo
 def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Report, list[Record]]:
     """Every shard, then the whole-set stages in order; writes the dataset and the report."""
     per_record, whole_set = stage_classes(config)
-    cost = calls_after(config)
-    planners = {name: generators.strategies()[name](Context(config), cost(False)) for name in config.strategies}
+    planners = {name: generators.strategies()[name](Context(config), record_cost(config))
+                for name in config.strategies}
     seeds = run.seeds()
-    work = plan(config, seeds, planners, cost)
+    work = plan(config, seeds, planners, calls_after(config))
     embedder = embedder_for(config, run)  # the embedding model loads while the first requests go out
     embed_ahead(embedder, seeds, len(seeds), compares_vectors(config))  # the metrics compare rows with them
     # Progress: the run's LLM calls against its budget; the LLM stages' records against the rows planned.

@@ -180,11 +180,12 @@ async def stream_shard(
     counts = [0] * len(units)  # records each unit has made
     closed = [False] * len(units)
     planned = sum(a.calls for a in allowances)
-    # The budget as planned, kept here whatever the source counts: what a unit sends and keeps (with
-    # the calls the stages will make for it) is paid from its allowance, and the shard's.
-    shard_meter = Meter(planned, sum(a.records for a in allowances), f"{name} shard")
+    # The budget as planned, kept here whatever the source counts: what the source sends, and what a
+    # unit keeps (with the calls the stages will make for it), is paid from the shard's allowance and
+    # the unit's (as `prepare` left it).
     owner = getattr(source, "name", name)
-    meters = [Meter(a.calls, a.records, f"{owner} unit {i}", shard_meter) for i, a in enumerate(allowances)]
+    shard_meter = Meter(planned, sum(a.records for a in allowances), f"{owner}'s shard")
+    meters: list[Meter] = []
     broken = asyncio.get_running_loop().create_future()  # the first failure of a record's walk or a queue
 
     def watch(task: asyncio.Task) -> None:
@@ -208,15 +209,18 @@ async def stream_shard(
                 record = survivor
             survivors[position] = record
 
+    def stage_calls(record: Record) -> int:
+        return sum(step.stage.calls_for(bool(record.output)) for step in steps)
+
     def emitter(unit: int) -> Emit:
         def emit(kept: list[Record], rejected: list[Record]) -> None:
             if closed[unit]:
                 raise RuntimeError(f"{type(source).__name__} handed on records after its unit {unit} ended")
+            meters[unit].pay(sum(stage_calls(record) for record in kept), records=len(kept))
             on_made(kept + rejected)
             on_record(name, len(kept))
             made_rejected.extend(rejected)
             for record in kept:
-                meters[unit].pay(sum(step.stage.calls_for(bool(record.output)) for step in steps), records=1)
                 allowances[unit].records -= 1  # counted here: a strategy reads what is left, never counts it
                 position = (unit, counts[unit])
                 counts[unit] += 1
@@ -250,6 +254,8 @@ async def stream_shard(
         with counted(made_usage):
             with paid_by(shard_meter):
                 await source.prepare(units, allowances)
+            meters.extend(Meter(a.calls, a.records, f"{owner} on {_unit_name(unit, i)}", shard_meter)
+                          for i, (unit, a) in enumerate(zip(units, allowances)))
             await asyncio.gather(*(grow(unit) for unit in range(len(units))))
         made_stats.seconds = time.perf_counter() - start
         await asyncio.gather(*servers)
@@ -289,6 +295,11 @@ async def stream_shard(
         rejected={name: made_rejected, **{step.stage.name: step.rejected for step in steps}},
         stats=stats,
     )
+
+
+def _unit_name(unit: Any, index: int) -> str:
+    """A unit as a user knows it: its seed's id, its discipline's name, or its place in the shard."""
+    return str(getattr(unit, "id", None) or getattr(unit, "name", None) or f"unit {index}")
 
 
 async def run_whole_set(stage: Stage, records: list[Record]) -> tuple[Outcome, StageStats]:

@@ -84,7 +84,7 @@ def sample(records: list[Record]) -> list[Record]:
 
 def pool_clusters(vectors: np.ndarray) -> Clusters | None:
     """The reference clustering every measured dataset is counted against (about 4 per cluster, at most
-    64); None when expansion made nothing (a budget too small to grow a row)."""
+    64); None when there is nothing to cluster (a budget too small to grow a record)."""
     return spherical_kmeans(vectors, max(2, min(64, len(vectors) // 4))) if len(vectors) else None
 
 

@@ -128,7 +128,8 @@ class Stage(ABC):
     @classmethod
     def calls_for(cls, answered: bool) -> int:
         """LLM calls it makes for one record as the record arrives (`answered`: it came with its answer);
-        the record's maker reserves them. Default: none."""
+        the record's maker reserves them, and a stage that calls the LLM must say how many here (its
+        last look spends what the shard has left). Default: none."""
         return 0
 
     @classmethod

@@ -17,7 +17,7 @@ from germinate.generators import strategies
 from germinate.generators.glan import concept_sets, sample_concepts
 from germinate.generators.self_instruct import rouge_l, tokens
 from germinate.generators.tcia import Constraint, Pool, load_library, search
-from germinate.settings import DATA_DIR
+from germinate.settings import DATA_DIR, STAGES
 from germinate.taxonomy import DEFAULT, disciplines, load_taxonomy
 from servers import FaultyServer
 
@@ -315,18 +315,23 @@ def test_aide_spends_what_dropped_children_give_back(make_config):
     assert run.rejected("expand") and all(r.operation == "persona" for r in run.rejected("expand"))
 
 
+UNANSWERED = [stage for stage in STAGES if stage != "respond"]
+
+
 @pytest.mark.parametrize("name", sorted(strategies()))
 def test_every_strategy_stays_within_small_budgets(name, seeds_file, tmp_path):
-    """Each strategy at budgets from one LLM call up, with the judge on and off, against a loopback
+    """Each strategy at budgets from one LLM call up, with the judge on and off (and once without the
+    respond stage: a strategy may answer on its own), against a loopback
     server: each run finishes (the executor refuses a request or a row past a unit's allowance, so
     a strategy that counted wrong would fail it) within its budget, and a budget that affords a unit
     is spent on one."""
     own = {key: value for key, value in TINY.get(name, {}).items() if not key.startswith("budget")}
     with FaultyServer() as server:
-        for calls, rows, judged in [(1, 1, False), (3, 1, True), (7, 2, True), (20, 4, False), (40, 6, True)]:
-            config = tiny_config(seeds_file, tmp_path / str(calls), strategies={name: 1.0},
+        for calls, rows, judged, stages in [(1, 1, False, STAGES), (3, 1, True, STAGES), (7, 2, True, STAGES),
+                                            (20, 4, False, STAGES), (40, 6, True, STAGES), (12, 6, True, UNANSWERED)]:
+            config = tiny_config(seeds_file, tmp_path / f"{calls}", strategies={name: 1.0},
                                  llm={"backend": "openai", "base_url": server.base_url},
-                                 quality={**GATE_OFF, "reflect": {"enabled": judged}},
+                                 quality={**GATE_OFF, "reflect": {"enabled": judged}}, stages=stages,
                                  budget={"max_llm_calls": calls, "max_records": rows, "allow_partial": True}, **own)
             report = build(config)
             assert report.llm_calls <= calls and report.rows <= rows, (calls, rows, judged)
