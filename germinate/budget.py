@@ -57,25 +57,22 @@ class Overspent(RuntimeError):
 
 @dataclass
 class Meter:
-    """What a unit (or a shard) really spends, counted as it goes whatever its strategy counts: each
-    request sent, and for each record kept, a row and the LLM calls the later stages will make for it.
+    """The LLM calls a unit (or a shard) really spends, counted as it goes whatever its strategy
+    counts: each request sent, and for each record kept, the calls the later stages will make for it.
     It refuses what would pass the allowance as planned, and so does its `shard`'s."""
 
     calls: int
-    records: int
     owner: str  # who spends: named when it spends too much
     shard: Meter | None = None
     spent: int = 0
-    kept: int = 0
 
-    def pay(self, calls: int, records: int = 0) -> None:
-        if self.spent + calls > self.calls or self.kept + records > self.records:
-            raise Overspent(f"{self.owner} spent more than its allowance of {self.calls} LLM calls and "
-                            f"{self.records} rows (it had spent {self.spent} calls and kept {self.kept} rows)")
+    def pay(self, calls: int) -> None:
+        if self.spent + calls > self.calls:
+            raise Overspent(f"{self.owner} spent more than its allowance of {self.calls} LLM calls "
+                            f"(it had spent {self.spent})")
         if self.shard:
-            self.shard.pay(calls, records)
+            self.shard.pay(calls)
         self.spent += calls
-        self.kept += records
 
 
 class Planner(Protocol):

@@ -32,7 +32,7 @@ from germinate.report import (
     Report, StrategyReport, build_report, not_written, run_line, short_of_rows, shortfall, stage_line,
 )
 from germinate.runs import Run, prepare_run
-from germinate.stage import Context, Stage
+from germinate.stage import Context, Stage, reserved_calls
 from germinate.stall import Watch
 from germinate.stats import StageStats
 
@@ -109,7 +109,7 @@ def calls_after(config: RunConfig) -> Callable[[bool], int]:
     """The LLM calls the run's per-record stages make for a record (by whether it came with its
     answer): its maker reserves them."""
     per_record = stage_classes(config)[0]
-    return lambda answered: sum(cls.calls_for(answered) for cls in per_record)
+    return lambda answered: reserved_calls(per_record, answered)
 
 
 def record_cost(config: RunConfig) -> int:

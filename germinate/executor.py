@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from germinate.budget import EXPAND_STAGE, Allowance, Meter
+from germinate.budget import EXPAND_STAGE, Allowance, Meter, Overspent
 from germinate.llm.base import counted, paid_by
 from germinate.records import Record
-from germinate.stage import Outcome, Stage
+from germinate.stage import Outcome, Stage, reserved_calls
 from germinate.stats import StageStats, Usage
 
 Emit = Callable[[list[Record], list[Record]], None]
@@ -184,7 +184,7 @@ async def stream_shard(
     # unit keeps (with the calls the stages will make for it), is paid from the shard's allowance and
     # the unit's (as `prepare` left it).
     owner = getattr(source, "name", name)
-    shard_meter = Meter(planned, sum(a.records for a in allowances), f"{owner}'s shard")
+    shard_meter = Meter(planned, f"{owner}'s shard")
     meters: list[Meter] = []
     broken = asyncio.get_running_loop().create_future()  # the first failure of a record's walk or a queue
 
@@ -209,14 +209,14 @@ async def stream_shard(
                 record = survivor
             survivors[position] = record
 
-    def stage_calls(record: Record) -> int:
-        return sum(step.stage.calls_for(bool(record.output)) for step in steps)
-
     def emitter(unit: int) -> Emit:
         def emit(kept: list[Record], rejected: list[Record]) -> None:
             if closed[unit]:
                 raise RuntimeError(f"{type(source).__name__} handed on records after its unit {unit} ended")
-            meters[unit].pay(sum(stage_calls(record) for record in kept), records=len(kept))
+            if len(kept) > allowances[unit].records:
+                raise Overspent(f"{meters[unit].owner} kept {len(kept)} rows, past the "
+                                f"{allowances[unit].records} left of its allowance")
+            meters[unit].pay(sum(reserved_calls(stages, bool(record.output)) for record in kept))
             on_made(kept + rejected)
             on_record(name, len(kept))
             made_rejected.extend(rejected)
@@ -254,7 +254,7 @@ async def stream_shard(
         with counted(made_usage):
             with paid_by(shard_meter):
                 await source.prepare(units, allowances)
-            meters.extend(Meter(a.calls, a.records, f"{owner} on {_unit_name(unit, i)}", shard_meter)
+            meters.extend(Meter(a.calls, f"{owner} on {_unit_name(unit, i)}", shard_meter)
                           for i, (unit, a) in enumerate(zip(units, allowances)))
             await asyncio.gather(*(grow(unit) for unit in range(len(units))))
         made_stats.seconds = time.perf_counter() - start

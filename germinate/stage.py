@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import TYPE_CHECKING, Awaitable, Callable, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, ClassVar, Sequence, TypeVar
 
 from germinate.records import Record
 from germinate.settings import Section, StageSettings
@@ -141,6 +141,11 @@ class Stage(ABC):
         """At the end of a shard, with the records this stage kept there and the LLM calls the shard
         has left: a last look (the judge revises the weakest answers with them). Default: keep all."""
         return records, []
+
+
+def reserved_calls(stages: Sequence[Stage | type[Stage]], answered: bool) -> int:
+    """The LLM calls `stages` make for a record as it arrives: what its maker reserves."""
+    return sum(stage.calls_for(answered) for stage in stages)
 
 
 class Filter(Stage):

@@ -37,13 +37,18 @@ _usage: contextvars.ContextVar[Usage | None] = contextvars.ContextVar("germinate
 
 
 @contextlib.contextmanager
-def counted(usage: Usage | None) -> Iterator[None]:
-    """Requests made inside (and in tasks started inside) count into `usage`."""
-    token = _usage.set(usage)
+def _bound(variable: contextvars.ContextVar, value: Any) -> Iterator[None]:
+    """`variable` is `value` inside, and in the tasks started inside."""
+    token = variable.set(value)
     try:
         yield
     finally:
-        _usage.reset(token)
+        variable.reset(token)
+
+
+def counted(usage: Usage | None) -> contextlib.AbstractContextManager[None]:
+    """Requests made inside (and in tasks started inside) count into `usage`."""
+    return _bound(_usage, usage)
 
 
 # What pays for the requests made inside: each asks it first, and it refuses one past its budget.
@@ -55,14 +60,9 @@ class Payer(Protocol):
         """Spend `calls`, or raise."""
 
 
-@contextlib.contextmanager
-def paid_by(payer: Payer | None) -> Iterator[None]:
+def paid_by(payer: Payer | None) -> contextlib.AbstractContextManager[None]:
     """Requests made inside (and in tasks started inside) are paid by `payer` (None: by nothing)."""
-    token = _payer.set(payer)
-    try:
-        yield
-    finally:
-        _payer.reset(token)
+    return _bound(_payer, payer)
 
 
 @dataclass(frozen=True)
