@@ -55,14 +55,15 @@ def _model_path(name: str) -> str:
 
 
 class _Batched:
-    """A model in this process, fed batches of a fixed shape: `batch_size` rows (empty ones fill it)
-    of a text's length rounded up to a few tokens. A model's numbers move (in the 7th digit) with the
-    shape of what it computes, so on a CPU a vector is then a function of its text alone: a rerun, a
-    resume, or the same text in other company gets the same one, and what dedup and k-means decide
-    does not move (on a GPU, but for its last digits). On a CPU each core takes a batch of its own
-    (one batch's matrices are too small to share out)."""
+    """A model in this process, fed batches of a steady shape: up to `batch_size` rows, at least
+    `fewest_rows` (empty ones fill it), of a text's length rounded up to a few tokens. A model's
+    numbers move (in the 7th digit) with the shape of what it computes, so on a CPU a vector is then a
+    function of its text alone: a rerun, a resume, or the same text in other company gets the same
+    one, and what dedup and k-means decide does not move (on a GPU, but for its last digits). On a
+    CPU each core takes a batch of its own (one batch's matrices are too small to share out)."""
 
     batch_size: int
+    fewest_rows: int
     limit: int  # tokens a text is cut to
     pad: dict[str, int]  # what fills a row past its text, per input
     filler: dict[str, list[int]]  # an empty row: the empty text's tokens
@@ -92,7 +93,7 @@ class _Batched:
 
     def _batch(self, tokens: dict[str, list[list[int]]], length: int, rows: list[int]) -> np.ndarray:
         features = {key: [row + [self.pad.get(key, 0)] * (length - len(row))
-                          for row in [ids[i] for i in rows] + [self.filler[key]] * (self.batch_size - len(rows))]
+                          for row in [ids[i] for i in rows] + [self.filler[key]] * (self.fewest_rows - len(rows))]
                     for key, ids in tokens.items()}
         return self._forward(features, len(rows))
 
@@ -116,6 +117,9 @@ class _Onnx(_Batched):
         self.pad = {"input_ids": about["pad_id"]}
         self.filler = {key: ids[0] for key, ids in self._tokens([""]).items()}
         self.batch_size = config.batch_size or CPU_BATCH
+        # ONNX Runtime gives a row the same numbers in a batch of any size but one (measured on AVX2:
+        # tests/test_quality.py): a few texts of a length cost a few rows, not a batch of them.
+        self.fewest_rows = 2
         self.where = "cpu onnxruntime float32"
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1  # a batch per core instead
@@ -146,7 +150,7 @@ class _Torch(_Batched):
         self.model = _sentence_transformer(config.model, device)
         self.model = self.model.to(getattr(torch, precision))
         self.device, self.where = device, f"{device} {precision}"
-        self.batch_size = config.batch_size or (GPU_BATCH if device == "cuda" else CPU_BATCH)
+        self.batch_size = self.fewest_rows = config.batch_size or (GPU_BATCH if device == "cuda" else CPU_BATCH)
         self.dimension = self.model.get_embedding_dimension()
         self.limit = self.model.max_seq_length or 512
         self.pad = {"input_ids": self.model.tokenizer.pad_token_id}
@@ -219,7 +223,7 @@ def _exported(name: str) -> Path:
         if path.is_dir() else []
     key = hashlib.sha1(repr((str(path), files)).encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "germinate" / "embeddings"
-    folder = cache / f"{path.name}-{key}"
+    folder = cache / f"{Path(name).name}-{key}"
     if (folder / "about.json").exists():
         return folder
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
