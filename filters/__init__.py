@@ -1,4 +1,5 @@
-"""The quality gate: one stage per module (germinate.stage.Stage), found by `stages()`.
+"""The quality gate: a stage per module (germinate.stage.Stage), found by `stages()`; dedup.py
+holds what the dedup stages share.
 
 A new filter is one new module here with a `Filter` (or `Stage`) subclass, its `section`
 (`quality.<name>`) and its `Settings` (if it has any beyond `enabled`), and its name in the

@@ -10,6 +10,7 @@ from germinate.stage import Context, Outcome, Stage
 
 class ExactDedup(Stage):
     name = "exact_dedup"
+    default_place = 30
     section = "quality.exact_dedup"
     ordered = True
 

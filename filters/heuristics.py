@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from py3langid.langid import MODEL_FILE, LanguageIdentifier
 from pydantic import Field
@@ -100,8 +100,13 @@ class HeuristicsConfig(StageSettings):
 
 class Heuristics(Filter):
     name = "heuristics"
+    default_place = 20
     section = "quality.heuristics"
     Settings = HeuristicsConfig
+
+    @classmethod
+    def card_metadata(cls, settings: HeuristicsConfig) -> dict[str, Any]:
+        return {"language": settings.languages} if settings.languages else {}
 
     def __init__(self, context: Context):
         super().__init__(context)

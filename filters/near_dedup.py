@@ -42,6 +42,7 @@ class NearDedupConfig(StageSettings):
 
 class NearDedup(Stage):
     name = "near_dedup"
+    default_place = 40
     section = "quality.near_dedup"
     Settings = NearDedupConfig
     ordered = True

@@ -50,6 +50,7 @@ class Judge(Stage):
     with its seed is judged but never rewritten."""
 
     name = "reflect"
+    default_place = 50
     section = "quality.reflect"
     Settings = ResponseReflectionConfig
     calls_llm = True

@@ -123,6 +123,8 @@ class Select(Stage):
     top."""
 
     name = "select"
+    default_place = 70
+    grows = "pool"
     section = "quality.select"
     Settings = SelectConfig
     whole_set = True

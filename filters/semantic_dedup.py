@@ -55,6 +55,7 @@ class SemanticDedupConfig(StageSettings):
 
 class SemanticDedup(Stage):
     name = "semantic_dedup"
+    default_place = 60
     section = "quality.semantic_dedup"
     Settings = SemanticDedupConfig
     whole_set = True

@@ -42,6 +42,7 @@ class Strategy(ABC):
     section: ClassVar[str]  # the key of its settings in the run's config
     Settings: ClassVar[type[Section]]  # its settings section
     prompts_hash: ClassVar[str]  # of the templates its records went through: their provenance
+    default_share: ClassVar[float] = 0.0  # of the budget, in a config that names no strategy
     unit_cost: int  # the fewest LLM calls that grow one record from a unit (set by each strategy)
 
     def __init__(self, context: Context, record_cost: int):

@@ -115,7 +115,8 @@ Operation = Literal["reasoning", "concretizing", "constraining"]
 
 
 class AIDEConfig(Section):
-    hops: int = Field(2, ge=1, le=10, description="K: depth of the synthesis tree below each seed")
+    hops: int = Field(2, ge=1, le=10, description="K: depth of the synthesis tree below each seed",
+                      json_schema_extra={"flag": "--hops"})  # germinate run --hops 3
     attributes: int = Field(2, ge=1, le=10, description="N: key attributes extracted per node")
     operations: list[Operation] = Field(
         default_factory=lambda: ["reasoning", "concretizing", "constraining"], min_length=1
@@ -128,6 +129,7 @@ class AIDEConfig(Section):
 
 class AIDE(Strategy):
     name = "aide"
+    default_share = 1.0
     section = "aide"
     Settings = AIDEConfig
     prompts_hash = combine_hashes(EXTRACT.hash, SYNTHESIZE.hash, PERSONA.hash, REWRITE.hash, JUDGE.hash)

@@ -44,6 +44,7 @@ class Respond(Stage):
     after its retries drops its record (`llm_error`, with the error)."""
 
     name = "respond"
+    default_place = 10
     section = "generation"
     calls_llm = True
 

@@ -118,8 +118,7 @@ def plan(config: RunConfig, seeds: list[Record], strategies: dict[str, Planner],
     strategies' shares, then over each strategy's units (seeds, disciplines), so a unit's share does
     not depend on the sharding. `cost(answered)`: the LLM calls the later stages make for a record."""
     # With selection on, expansion grows a pool larger than the dataset to choose from.
-    pool = config.quality.select.pool if config.quality.select.enabled else 1.0
-    budget = Allowance(config.budget.max_llm_calls, math.ceil(config.budget.max_records * pool))
+    budget = Allowance(config.budget.max_llm_calls, math.ceil(config.budget.max_records * config.grown_per_row))
     shown = seeds if config.include_seeds else []
     shards = [ShardWork(0, SEEDS, shown, seed_allowances(shown, budget, cost))]
     calls, rows = apportion(budget.calls, config.shares), apportion(budget.records, config.shares)

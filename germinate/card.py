@@ -96,9 +96,8 @@ def _settings(config: RunConfig) -> str:
 
 
 def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
-    languages = config.quality.heuristics.languages if config.quality.heuristics.enabled else []
     metadata = {
-        "language": languages or ["en"],
+        "language": ["en"],
         "license": config.hub.license,
         "task_categories": ["text-generation"],
         "size_categories": [_size_category(report.rows)],
@@ -109,7 +108,9 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
             "splits": [{"name": "train", "num_bytes": report.dataset_bytes, "num_examples": report.rows}],
         },
     }
-    gate = [name for name in config.stages if name in filters() and filters()[name].enabled(config)]
+    gate = [filters()[name] for name in config.stages if name in filters() and config.switched_on(filters()[name])]
+    for stage in gate:
+        metadata.update(stage.card_metadata(stage.settings_in(config)))
     figures = "\n\n".join(f"![{path.removeprefix('images/').removesuffix('.png')}]({path})" for path in images)
     where = config.hub.repo_id or report.dataset
     generated = ", ".join(f"{name} {n}" for name, n in report.rows_by_strategy.items() if name != "seed") or "none"
@@ -134,7 +135,7 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
 
 {strategy_table(report)}
 Budget: {budget.max_llm_calls} LLM calls ({report.llm_calls} used), {budget.max_records} generated rows.
-Quality gate: {", ".join(gate) or "none"}.
+Quality gate: {", ".join(stage.name for stage in gate) or "none"}.
 
 {stage_table(report)}
 Every dropped record is kept with its reason in the run's `stages/*/rejected-*.parquet`.

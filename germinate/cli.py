@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 import gc
+import inspect
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 import yaml
@@ -144,23 +145,46 @@ BACKEND_HELP = "transformers (embedded, default), openai or vllm."
 MODEL_HELP = "Model name (openai/vllm) or .gguf path (transformers)."
 BASE_URL_HELP = "OpenAI-compatible server, e.g. http://localhost:8000/v1."
 
+def strategy_flags() -> dict[str, tuple[str, Any, str]]:
+    """The flags strategies give `germinate run`: a setting whose field names a `flag` in its
+    `json_schema_extra` (AIDE's hops: --hops). Its dotted key: (flag, type, help)."""
+    return {
+        f"{strategy.section}.{key}": (field.json_schema_extra["flag"], field.annotation,
+                                      f"{strategy.name}: {field.description}")
+        for strategy in strategies().values() for key, field in strategy.Settings.model_fields.items()
+        if isinstance(field.json_schema_extra, dict) and "flag" in field.json_schema_extra
+    }
+
+
+def with_strategy_flags(command: Callable) -> Callable:
+    """`command` (taking `**strategy_settings`) with an option for each of `strategy_flags`: a
+    strategy gives itself a flag in its own module."""
+    parameters = [p for p in inspect.signature(command).parameters.values() if p.kind != p.VAR_KEYWORD]
+    for key, (flag, kind, help) in strategy_flags().items():
+        parameters.append(inspect.Parameter(key.replace(".", "__"), inspect.Parameter.KEYWORD_ONLY,
+                                            annotation=Optional[kind], default=typer.Option(None, flag, help=help)))
+    command.__signature__ = inspect.signature(command).replace(parameters=parameters)
+    return command
+
+
 # The settings `germinate run`'s flags set, so a bad value is blamed on the flag, not on the config file.
 RUN_FLAGS = {
-    "seeds": "--seeds", "strategies": "--strategy", "aide.hops": "--hops", "budget.max_records": "--max-records",
+    "seeds": "--seeds", "strategies": "--strategy", "budget.max_records": "--max-records",
     "budget.max_llm_calls": "--max-llm-calls", "llm.backend": "--backend", "llm.model": "--model",
     "llm.base_url": "--base-url", "llm.concurrency": "--concurrency", "output_dir": "--output-dir",
     "run_id": "--run-id", "orchestration.task_runner": "--task-runner", "orchestration.ray_address": "--ray-address",
+    **{key: flag for key, (flag, _, _) in strategy_flags().items()},
 }
 
 
 @app.command()
+@with_strategy_flags
 def run(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (see README)."),
     seeds: Optional[Path] = typer.Option(None, help="Seed tasks: .jsonl, .json, .csv or .parquet."),
     strategy: Optional[str] = typer.Option(
         None, help=f"Expansion strategy: {', '.join(strategies())} (mix them in the config)."
     ),
-    hops: Optional[int] = typer.Option(None, help="AIDE: depth K of the synthesis tree."),
     max_records: Optional[int] = typer.Option(None, help="Budget: generated rows in the dataset."),
     max_llm_calls: Optional[int] = typer.Option(None, help="Budget: LLM requests in the whole run."),
     backend: Optional[str] = typer.Option(None, help=BACKEND_HELP),
@@ -180,12 +204,13 @@ def run(
     as_json: bool = typer.Option(
         False, "--json", help="For scripts: no progress bars, and the run report (report.json) as JSON on stdout."
     ),
+    **strategy_settings: Any,  # the strategies' own flags (`with_strategy_flags`)
 ) -> None:
     """Run the pipeline: seeds -> expand -> respond -> quality gate -> dataset/ (Parquet + dataset card)."""
     values = {
         "seeds": seeds,
         "strategies": {strategy: 1.0} if strategy else None,
-        "aide.hops": hops,
+        **{key.replace("__", "."): value for key, value in strategy_settings.items()},
         "budget.max_records": max_records,
         "budget.max_llm_calls": max_llm_calls,
         "budget.allow_partial": allow_partial or None,

@@ -6,6 +6,7 @@ Its sections are germinate/settings.py's and one per strategy, declared in the s
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,10 +16,10 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 from germinate.errors import UserError, describe_error, error_key
 from germinate.filters import QUALITY
 from germinate.filters import stages as filters
+from germinate.generators import stages as generator_stages
 from germinate.generators import strategies
 from germinate.settings import (
     DATA_DIR,
-    STAGES,
     BudgetConfig,
     EmbeddingConfig,
     GenerationConfig,
@@ -27,13 +28,24 @@ from germinate.settings import (
     OrchestrationConfig,
     Section,
 )
+from germinate.stage import Stage
 
 log = logging.getLogger(__name__)
 
 
+def known_stages() -> dict[str, type[Stage]]:
+    """Every stage found, by name: respond (germinate.generators) and the filters, plugins' included."""
+    return {**generator_stages(), **filters()}
+
+
+# The config's `stages` unless it says otherwise: the stages that give themselves a place in it.
+DEFAULT_STAGES = tuple(name for name, stage in sorted(known_stages().items(), key=lambda item: item[1].default_place or 0)
+                       if stage.default_place is not None)
+
+
 def _quality() -> type[Section]:
     """The `quality` section: a section per filter found (its module's `Settings`)."""
-    order = {name: i for i, name in enumerate(STAGES)}  # the default's order, then the plugins' by name
+    order = {name: i for i, name in enumerate(DEFAULT_STAGES)}  # the default's order, then the plugins' by name
     sections = {}
     for name, stage in sorted(filters().items(), key=lambda item: (order.get(item[0], len(order)), item[0])):
         if stage.section:
@@ -58,7 +70,7 @@ class CommonConfig(Section):
     hub: HubConfig = Field(default_factory=HubConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
     stages: list[str] = Field(
-        default_factory=lambda: list(STAGES),
+        default_factory=lambda: list(DEFAULT_STAGES),
         description="what happens to each record after expansion, in order: the stages that work record by record "
         "(as records are made), then those that compare the whole set; each switched in its section",
     )
@@ -89,6 +101,17 @@ class CommonConfig(Section):
             raise ValueError("name at least one strategy, each with a share > 0")
         # One order whatever the file's: shards are numbered and ties broken in it, so a resume matches.
         return {name: shares[name] for name in strategies() if name in shares}
+
+    def switched_on(self, stage: type[Stage]) -> bool:
+        """Whether `stage` runs: in `stages`, and switched on in its section."""
+        return stage.name in self.stages and stage.enabled(self)
+
+    @property
+    def grown_per_row(self) -> float:
+        """Records expansion grows for each row the dataset keeps: what the stages that choose among
+        records ask for (selection's pool)."""
+        return math.prod(getattr(stage.settings_in(self), stage.grows)
+                         for stage in known_stages().values() if stage.grows and self.switched_on(stage))
 
     @property
     def shares(self) -> dict[str, float]:
@@ -121,7 +144,7 @@ def _with_strategies() -> type[CommonConfig]:
         __module__=__name__,
         __doc__="A run's whole config: the common settings and a section per strategy.",
         strategies=(dict[Literal[tuple(found)], float], Field(
-            {"aide": 1.0},
+            {name: strategy.default_share for name, strategy in found.items() if strategy.default_share},
             description="strategies and their shares of the budget, e.g. {aide: 0.5, tcia: 0.3, glan: 0.2}",
         )),
         **sections,

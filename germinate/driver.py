@@ -16,10 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Protocol
 
-from germinate import filters, generators, progress
+from germinate import generators, progress
 from germinate.budget import EXPAND_STAGE, SEEDS, ShardWork, plan
 from germinate.card import dataset_card, plots
-from germinate.config import RunConfig
+from germinate.config import RunConfig, known_stages
 from germinate.embed import Embedder, warm
 from germinate.errors import RunFailed, UserError
 from germinate.executor import Seeds, run_whole_set, stream_shard
@@ -85,7 +85,7 @@ def close_llm(run: Run, failed: bool = False) -> None:
 
 def stage_classes(config: RunConfig) -> tuple[list[type[Stage]], list[type[Stage]]]:
     """The config's stages, switched on, in its order: (per-record, whole-set)."""
-    known = {**generators.stages(), **filters.stages()}
+    known = known_stages()
     chosen = []
     for name in config.stages:
         if name not in known:

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from germinate.config import RunConfig
+from germinate.config import RunConfig, known_stages
 from germinate.io import write_atomic
 from germinate.metrics import Metrics
 from germinate.records import Record, to_dataset_table
@@ -91,11 +91,13 @@ def short_of_rows(config: RunConfig, report: Report) -> str | None:
     # Calls are left: each unit (a seed) had its share of the rows, or too few calls left to grow
     # another record; the gate dropped some of what was grown.
     grown = sum(s.records for s in report.strategies.values())
-    more = ("raise quality.select.pool (records grown per row)" if config.quality.select.enabled
-            else "switch on quality.select (it grows quality.select.pool records per row)")
+    growers = [stage for stage in known_stages().values() if stage.grows]
+    more = [f"raise {stage.section}.{stage.grows} (records grown per row)"
+            for stage in growers if config.switched_on(stage)] or [
+            f"switch on {stage.section} (it grows {stage.section}.{stage.grows} records per row)" for stage in growers]
     return (f"{generated} generated rows of the {asked} asked (budget.max_records): the strategies grew {grown} "
-            f"records with {report.llm_calls} of {calls} LLM calls and the gate kept {generated}: {more}, or "
-            "--max-llm-calls, or give more seeds")
+            f"records with {report.llm_calls} of {calls} LLM calls and the gate kept {generated}: "
+            f"{', or '.join([*more, '--max-llm-calls', 'give more seeds'])}")
 
 
 def not_written(problem: str, stages: list[StageStats]) -> str:

@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 DATA_DIR = Path(str(files("germinate.data")))
 
 # The stages after expansion (generators/respond.py, filters/), in their default order.
-STAGES = ("respond", "heuristics", "exact_dedup", "near_dedup", "reflect", "semantic_dedup", "select")
 
 
 class Section(BaseModel):

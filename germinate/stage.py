@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import TYPE_CHECKING, Awaitable, Callable, ClassVar, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Sequence, TypeVar
 
 from germinate.records import Record
 from germinate.settings import Section, StageSettings
@@ -103,6 +103,17 @@ class Stage(ABC):
     calls_llm: ClassVar[bool] = False
     # A whole-set stage that reads every record's vector: the run embeds each record while it is made.
     compares_vectors: ClassVar[bool] = False
+    # Where it goes in the config's default `stages` (lowest first); None: only where a config lists it.
+    default_place: ClassVar[int | None] = None
+    # The name of its setting that says how many records it is given per record it keeps (selection's
+    # pool): expansion grows that many more.
+    grows: ClassVar[str | None] = None
+
+    @classmethod
+    def card_metadata(cls, settings: Section) -> dict[str, Any]:
+        """What it adds to the metadata of the dataset card of a run it is switched on in (the
+        heuristics: the languages they keep). Default: nothing."""
+        return {}
 
     def __init__(self, context: Context):
         self.context = context

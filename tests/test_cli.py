@@ -42,6 +42,7 @@ CASES = {
     "bad run id": (["--run-id", "my run"], "--run-id my run: String should match pattern"),
     "bad budget": (["--max-llm-calls", "0"], "--max-llm-calls 0: Input should be greater than or equal to 1"),
     "not a number": (["--hops", "abc"], "Invalid value for '--hops'"),
+    "bad strategy flag": (["--hops", "0"], "--hops 0: Input should be greater than or equal to 1"),  # AIDE's own
     "seeds are a folder": (["--seeds", "{tmp}"], "is a directory; name a seed file"),
     "seeds are a link loop": (["--seeds", "{tmp}/loop"], "loop: a loop of symbolic links, not a seed file"),
 }

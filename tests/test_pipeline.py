@@ -16,7 +16,7 @@ from germinate.flows.build import build_dataset
 from germinate.records import DATASET_SCHEMA
 from germinate.report import describe_metrics
 from germinate.runs import Run
-from germinate.settings import STAGES
+from germinate.config import DEFAULT_STAGES
 from servers import FaultyServer
 
 
@@ -95,7 +95,7 @@ def test_whole_gate_runs_and_no_record_disappears(embedded_run):
     reason on disk, and the dataset is what the last stage kept."""
     config, report, run = embedded_run
     stages = report.stages
-    assert [s.stage for s in stages] == ["expand", *STAGES]
+    assert [s.stage for s in stages] == ["expand", *DEFAULT_STAGES]
     for before, after in zip(stages, stages[1:]):
         assert before.kept == after.records_in
     for stage in stages:

@@ -46,6 +46,7 @@ def published(tmp_path_factory):
             "llm": {"backend": "openai", "base_url": server.base_url},
             "aide": {"hops": 1, "attributes": 1, "operations": ["concretizing"], "personas": 0},
             "budget": {"max_llm_calls": 40, "max_records": 6}, "include_seeds": True,
+            "quality": {"heuristics": {"languages": ["en", "de"]}},
             "hub": {"repo_id": "germinate-test/demo", "license": "apache-2.0", "private": True},
         }
         (folder / "run.yaml").write_text(yaml.safe_dump(config))
@@ -80,6 +81,7 @@ def test_the_folder_loads_by_its_card_with_a_messages_column(published):
     assert dataset.column_names == DATASET_SCHEMA.names
     assert dataset.features == Features._from_yaml_list(metadata["dataset_info"]["features"])
     assert metadata["license"] == "apache-2.0" and metadata["size_categories"] == ["n<1K"]
+    assert metadata["language"] == ["en", "de"]  # what the heuristics keep
     assert metadata["dataset_info"]["splits"][0]["num_examples"] == len(dataset) > 0
     for row in dataset:
         assert row["messages"] == [

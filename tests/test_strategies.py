@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 from conftest import GATE_OFF, TINY_SEEDS, build, germinate, tiny_config
 from germinate.runs import Run
 from germinate.cli import app
+from germinate.config import DEFAULT_STAGES
 from germinate.generators import strategies
 from germinate.generators.glan import concept_sets, sample_concepts
 from germinate.generators.self_instruct import rouge_l, tokens
 from germinate.generators.tcia import Constraint, Pool, load_library, search
-from germinate.settings import DATA_DIR, STAGES
+from germinate.settings import DATA_DIR
 from germinate.taxonomy import DEFAULT, disciplines, load_taxonomy
 from servers import FaultyServer
 
@@ -315,7 +316,7 @@ def test_aide_spends_what_dropped_children_give_back(make_config):
     assert run.rejected("expand") and all(r.operation == "persona" for r in run.rejected("expand"))
 
 
-UNANSWERED = [stage for stage in STAGES if stage != "respond"]
+UNANSWERED = [stage for stage in DEFAULT_STAGES if stage != "respond"]
 
 
 @pytest.mark.parametrize("name", sorted(strategies()))
@@ -327,8 +328,9 @@ def test_every_strategy_stays_within_small_budgets(name, seeds_file, tmp_path):
     is spent on one."""
     own = {key: value for key, value in TINY.get(name, {}).items() if not key.startswith("budget")}
     with FaultyServer() as server:
-        for calls, rows, judged, stages in [(1, 1, False, STAGES), (3, 1, True, STAGES), (7, 2, True, STAGES),
-                                            (20, 4, False, STAGES), (40, 6, True, STAGES), (12, 6, True, UNANSWERED)]:
+        every = DEFAULT_STAGES
+        for calls, rows, judged, stages in [(1, 1, False, every), (3, 1, True, every), (7, 2, True, every),
+                                            (20, 4, False, every), (40, 6, True, every), (12, 6, True, UNANSWERED)]:
             config = tiny_config(seeds_file, tmp_path / f"{calls}", strategies={name: 1.0},
                                  llm={"backend": "openai", "base_url": server.base_url},
                                  quality={**GATE_OFF, "reflect": {"enabled": judged}}, stages=stages,
