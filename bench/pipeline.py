@@ -9,7 +9,9 @@ records when each request arrived and left.
   (b) `germinate run`, Evol-Instruct, 1,750 distinct seeds (no answers) x 2 generations, gate off;
   (c) `germinate run`, AIDE, hops 3, the full quality gate, 20,000 LLM calls;
   (d) (b) with its shard tasks on a local Ray (`--task-runner ray`): what the run-wide request
-      slots cost against threads.
+      slots cost against threads, Ray's start included;
+  (e) (d) on a Ray cluster already running on this machine (`ray start --head`, joined with
+      `ray_address: auto`), as a user who scales out has one: the coordination alone.
 
 For each: requests, wall time of the command (start to exit), seconds from its start to its first
 request and to its last answer, the tail after that last answer (what the user waits for beyond the
@@ -19,7 +21,7 @@ start to exit) >= 0.5 x (a)'s; (c) busy >= 0.9 and its first request <= 5 s afte
 started; (b), (c): the tail <= 10% of the wall; (d) >= 0.8 x (b)'s rate (also shown: the two
 rates per second of server busy time, which leaves out Ray's start).
 
-    python bench/pipeline.py [--rounds 3] [--runs a,b,c,d] [--delay-ms 200] [--slots 256]
+    python bench/pipeline.py [--rounds 3] [--runs a,b,c,d,e] [--delay-ms 200] [--slots 256]
 
 With several rounds the clients alternate and the medians are printed (a shared machine is
 noisy: a slow spell then hits every client alike).
@@ -42,6 +44,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,6 +213,16 @@ def run_germinate(base_url: str, folder: Path, name: str, settings: dict) -> flo
     return start
 
 
+def ray_cluster() -> Callable[[], None]:
+    """A Ray cluster of this machine, started as a user starts one, with Ray's workers at the run's
+    niceness (as germinate's own local Ray has them); returns its stop."""
+    ray = str(Path(sys.executable).parent / "ray")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    subprocess.run([ray, "start", "--head", "--include-dashboard=false", "--disable-usage-stats",
+                    '--system-config={"worker_niceness": 0}'], check=True, **quiet)
+    return lambda: subprocess.run([ray, "stop", "--force"], **quiet)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--delay-ms", type=float, default=200)
@@ -219,7 +232,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=2, help="(a), (b): Evol-Instruct generations")
     parser.add_argument("--aide-seeds", type=int, default=175)
     parser.add_argument("--aide-calls", type=int, default=20_000)
-    parser.add_argument("--runs", default="a,b,c,d", help="which of a, b, c, d to run, in this order each round")
+    parser.add_argument("--runs", default="a,b,c,d,e", help="which of a, b, c, d, e to run, in this order each round")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--gaps", action="store_true", help="print each run's longest idle gaps (start s, length s)")
     args = parser.parse_args()
@@ -255,8 +268,12 @@ def main() -> None:
         "c": ("(c) germinate aide, full gate", lambda r: run_germinate(base + "/v1", folder, f"aide-{r}", aide)),
         "d": ("(d) germinate evol-instruct, Ray", lambda r: run_germinate(
             base + "/v1", folder, f"evol-ray-{r}", {**evol, "orchestration": {"task_runner": "ray"}})),
+        "e": ("(e) (d) on a running Ray", lambda r: run_germinate(
+            base + "/v1", folder, f"evol-cluster-{r}",
+            {**evol, "orchestration": {"task_runner": "ray", "ray_address": "auto"}})),
     }
     chosen = args.runs.split(",")
+    stop_cluster = ray_cluster() if "e" in chosen else (lambda: None)  # (d) starts its own: "local"
     results: dict[str, list[dict]] = {key: [] for key in chosen}
     for round_ in range(args.rounds):
         for key in chosen:
@@ -275,6 +292,7 @@ def main() -> None:
                 "rate": stats["requests"] / span, "busy": stats["busy_s"] / span,
             })
     server.terminate()
+    stop_cluster()
 
     median = {key: {field: statistics.median(r[field] for r in rows) for field in rows[0]}
               for key, rows in results.items()}
@@ -302,6 +320,10 @@ def main() -> None:
         busy = statistics.median((d["rate"] / d["busy"]) / (b["rate"] / b["busy"])
                                  for b, d in zip(results["b"], results["d"]))
         print(f"(d)/(b) rate: {ratio:.2f}  (target >= 0.8); while requests were in flight: {busy:.2f}")
+    if "b" in results and "e" in results:
+        ratio = statistics.median(e["rate"] / b["rate"] for b, e in zip(results["b"], results["e"]))
+        whole = statistics.median(b["wall"] / e["wall"] for b, e in zip(results["b"], results["e"]))
+        print(f"(e)/(b) rate: {ratio:.2f}  (target >= 0.8); over the whole wall: {whole:.2f}")
     if "c" in median:
         print(f"(c) busy {median['c']['busy']:.2f} (target >= 0.9), first request {median['c']['first']:.2f}s "
               f"(target <= 5)")

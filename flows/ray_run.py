@@ -166,7 +166,8 @@ def _start_ray(settings: OrchestrationConfig) -> bool:
         ray.init(address=settings.ray_address, log_to_driver=False)
     else:  # no dashboard: its processes take seconds of the two cores a laptop has
         log.info("Ray: a local instance")
-        ray.init(log_to_driver=False, include_dashboard=False, _system_config=LOCAL_RAY)
+        # "local": a new instance even where `ray start` runs a cluster (unnamed, Ray would join it).
+        ray.init(address="local", log_to_driver=False, include_dashboard=False, _system_config=LOCAL_RAY)
     return True
 
 
