@@ -108,7 +108,7 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
             "splits": [{"name": "train", "num_bytes": report.dataset_bytes, "num_examples": report.rows}],
         },
     }
-    gate = [filters()[name] for name in config.stages if name in filters() and config.switched_on(filters()[name])]
+    gate = [stage for name in config.stages if (stage := filters().get(name)) and config.switched_on(stage)]
     for stage in gate:
         metadata.update(stage.card_metadata(stage.settings_in(config)))
     figures = "\n\n".join(f"![{path.removeprefix('images/').removesuffix('.png')}]({path})" for path in images)

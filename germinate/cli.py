@@ -145,6 +145,7 @@ BACKEND_HELP = "transformers (embedded, default), openai or vllm."
 MODEL_HELP = "Model name (openai/vllm) or .gguf path (transformers)."
 BASE_URL_HELP = "OpenAI-compatible server, e.g. http://localhost:8000/v1."
 
+
 def strategy_flags() -> dict[str, tuple[str, Any, str]]:
     """The flags strategies give `germinate run`: a setting whose field names a `flag` in its
     `json_schema_extra` (AIDE's hops: --hops). Its dotted key: (flag, type, help)."""

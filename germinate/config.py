@@ -39,8 +39,8 @@ def known_stages() -> dict[str, type[Stage]]:
 
 
 # The config's `stages` unless it says otherwise: the stages that give themselves a place in it.
-DEFAULT_STAGES = tuple(name for name, stage in sorted(known_stages().items(), key=lambda item: item[1].default_place or 0)
-                       if stage.default_place is not None)
+DEFAULT_STAGES = tuple(sorted((name for name, stage in known_stages().items() if stage.default_place is not None),
+                              key=lambda name: known_stages()[name].default_place))
 
 
 def _quality() -> type[Section]:

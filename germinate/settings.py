@@ -3,16 +3,36 @@ in its module; germinate/config.py puts them together into the run's one model).
 
 from __future__ import annotations
 
+import os
+import shutil
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The files the defaults name ship inside the package, as package data (germinate.data).
 DATA_DIR = Path(str(files("germinate.data")))
 
-# The stages after expansion (generators/respond.py, filters/), in their default order.
+
+def machine_cache(kind: str) -> Path:
+    """Where germinate keeps what it makes once per machine (models converted for a runtime)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "germinate" / kind
+
+
+def made_once(folder: Path, make: Callable[[Path], None]) -> Path:
+    """`folder`, made the first time it is asked for, by `make(scratch)` in a folder beside it then
+    renamed into place: a process stopped midway leaves no half of it, and of two processes making
+    it at once the first to finish wins."""
+    if not folder.exists():
+        scratch = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+        scratch.mkdir(parents=True, exist_ok=True)
+        make(scratch)
+        try:
+            scratch.rename(folder)
+        except OSError:  # another process made it meanwhile
+            shutil.rmtree(scratch, ignore_errors=True)
+    return folder
 
 
 class Section(BaseModel):

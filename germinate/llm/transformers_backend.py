@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import queue
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ from transformers.utils import logging as transformers_logging
 
 from germinate.llm.base import Backend, Completion, Request
 from germinate.llm.errors import PermanentError
+from germinate.settings import machine_cache, made_once
 
 log = logging.getLogger(__name__)
 
@@ -359,24 +359,18 @@ def _converted(model_path: Path, dtype) -> Path:
     """The GGUF file as transformers' own files, converted once per machine: reading a GGUF (its
     49k-token vocabulary above all) takes 20 s, these files 2 s."""
     stat = model_path.stat()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "germinate" / "models"
-    folder = cache / f"{model_path.stem}-{stat.st_size}-{stat.st_mtime_ns}-{str(dtype).removeprefix('torch.')}"
-    if (folder / "model.safetensors").exists():
-        return folder
-    log.info("converting %s for transformers, once, into %s", model_path, folder)
-    tokenizer = AutoTokenizer.from_pretrained(model_path.parent, gguf_file=model_path.name)
-    model = AutoModelForCausalLM.from_pretrained(model_path.parent, gguf_file=model_path.name, dtype=dtype)
-    scratch = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-    scratch.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(scratch / "model.safetensors"))
-    vars(model.config).pop("quantization_config", None)  # the weights are plain tensors now: read them as such
-    model.config.save_pretrained(scratch)
-    tokenizer.save_pretrained(scratch)
-    try:
-        scratch.rename(folder)
-    except OSError:  # another process converted it meanwhile
-        shutil.rmtree(scratch, ignore_errors=True)
-    return folder
+    name = f"{model_path.stem}-{stat.st_size}-{stat.st_mtime_ns}-{str(dtype).removeprefix('torch.')}"
+
+    def convert(scratch: Path) -> None:
+        log.info("converting %s for transformers, once, into %s", model_path, machine_cache("models") / name)
+        tokenizer = AutoTokenizer.from_pretrained(model_path.parent, gguf_file=model_path.name)
+        model = AutoModelForCausalLM.from_pretrained(model_path.parent, gguf_file=model_path.name, dtype=dtype)
+        save_model(model, str(scratch / "model.safetensors"))
+        vars(model.config).pop("quantization_config", None)  # the weights are plain tensors now: read them as such
+        model.config.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+
+    return made_once(machine_cache("models") / name, convert)
 
 
 @functools.cache
