@@ -20,7 +20,8 @@ $(BIN)/python:
 
 # Re-installs when pyproject.toml changes. torch first and pinned: the CPU wheel, not CUDA.
 # `make run` needs the package alone (nothing to compile), the model converted for torch and the
-# embedding model exported for ONNX Runtime, once per machine (30-40 s; a run would do it otherwise); `make test` adds the dev extra.
+# embedding model exported for ONNX Runtime, once per machine (30-40 s; a run would do it otherwise);
+# `make test` adds the dev extra.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e .

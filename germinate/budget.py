@@ -117,7 +117,7 @@ def plan(config: RunConfig, seeds: list[Record], strategies: dict[str, Planner],
     """The seeds that are rows first (shard 0); the calls left and the generated rows are split by the
     strategies' shares, then over each strategy's units (seeds, disciplines), so a unit's share does
     not depend on the sharding. `cost(answered)`: the LLM calls the later stages make for a record."""
-    # With selection on, expansion grows a pool larger than the dataset to choose from.
+    # A stage that chooses among records (selection) has expansion grow a pool larger than the dataset.
     budget = Allowance(config.budget.max_llm_calls, math.ceil(config.budget.max_records * config.grown_per_row))
     shown = seeds if config.include_seeds else []
     shards = [ShardWork(0, SEEDS, shown, seed_allowances(shown, budget, cost))]

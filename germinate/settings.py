@@ -1,5 +1,6 @@
 """The sections of a run's config that are not a strategy's or a filter's (each declares its own section
-in its module; germinate/config.py puts them together into the run's one model)."""
+in its module; germinate/config.py puts them together into the run's one model), and where germinate
+keeps its files: those it ships (DATA_DIR) and those it makes once per machine (`machine_cache`)."""
 
 from __future__ import annotations
 
