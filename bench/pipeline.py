@@ -193,7 +193,7 @@ async def raw_loop(base_url: str, bodies: list[dict], concurrency: int) -> None:
         await asyncio.gather(*(one(body) for body in bodies))
 
 
-def run_raw(base_url: str, seeds: list[dict], generations: int, concurrency: int) -> float:
+def run_raw(base_url: str, seeds: list[dict], generations: int, concurrency: int) -> tuple[float, float]:
     bodies = [
         {"model": "bench-model", "messages": [{"role": "user", "content": f"Rewrite ({g}): {s['instruction']}"}],
          "max_tokens": 256, "temperature": 0.7, "top_p": 0.95, "seed": g}
@@ -201,26 +201,31 @@ def run_raw(base_url: str, seeds: list[dict], generations: int, concurrency: int
     ]
     start = time.time()
     asyncio.run(raw_loop(base_url, bodies, concurrency))
-    return start
+    return start, time.time()
 
 
-def run_germinate(base_url: str, folder: Path, name: str, settings: dict) -> float:
+def run_germinate(base_url: str, folder: Path, name: str, settings: dict) -> tuple[float, float]:
+    """When the command started and when it exited."""
     config = folder / f"{name}.yaml"
     config.write_text(json.dumps(settings))  # JSON is YAML
     start = time.time()
     subprocess.run([sys.executable, "-m", "germinate.cli", "run", "--config", str(config), "--run-id", name],
                    cwd=ROOT, env={**os.environ, "COLUMNS": "200"}, check=True, stdout=subprocess.DEVNULL)
-    return start
+    return start, time.time()
 
 
-def ray_cluster() -> Callable[[], None]:
-    """A Ray cluster of this machine, started as a user starts one, with Ray's workers at the run's
-    niceness (as germinate's own local Ray has them); returns its stop."""
+def on_ray_cluster(run: Callable[[], tuple[float, float]]) -> tuple[float, float]:
+    """`run` beside a Ray cluster of this machine, started before it (not timed) as a user starts one,
+    with Ray's workers at the run's niceness (as germinate's own local Ray has them), and stopped
+    after it: the other cases do not share the cores with it."""
     ray = str(Path(sys.executable).parent / "ray")
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     subprocess.run([ray, "start", "--head", "--include-dashboard=false", "--disable-usage-stats",
                     '--system-config={"worker_niceness": 0}'], check=True, **quiet)
-    return lambda: subprocess.run([ray, "stop", "--force"], **quiet)
+    try:
+        return run()
+    finally:
+        subprocess.run([ray, "stop", "--force"], **quiet)
 
 
 def main() -> None:
@@ -268,18 +273,16 @@ def main() -> None:
         "c": ("(c) germinate aide, full gate", lambda r: run_germinate(base + "/v1", folder, f"aide-{r}", aide)),
         "d": ("(d) germinate evol-instruct, Ray", lambda r: run_germinate(
             base + "/v1", folder, f"evol-ray-{r}", {**evol, "orchestration": {"task_runner": "ray"}})),
-        "e": ("(e) (d) on a running Ray", lambda r: run_germinate(
+        "e": ("(e) (d) on a running Ray", lambda r: on_ray_cluster(lambda: run_germinate(
             base + "/v1", folder, f"evol-cluster-{r}",
-            {**evol, "orchestration": {"task_runner": "ray", "ray_address": "auto"}})),
+            {**evol, "orchestration": {"task_runner": "ray", "ray_address": "auto"}}))),
     }
     chosen = args.runs.split(",")
-    stop_cluster = ray_cluster() if "e" in chosen else (lambda: None)  # (d) starts its own: "local"
     results: dict[str, list[dict]] = {key: [] for key in chosen}
     for round_ in range(args.rounds):
         for key in chosen:
             call(base + "/reset")
-            started = clients[key][1](round_)
-            ended = time.time()
+            started, ended = clients[key][1](round_)
             stats = call(base + "/stats")
             span = stats["last"] - stats["first"]
             if args.gaps:
@@ -292,7 +295,6 @@ def main() -> None:
                 "rate": stats["requests"] / span, "busy": stats["busy_s"] / span,
             })
     server.terminate()
-    stop_cluster()
 
     median = {key: {field: statistics.median(r[field] for r in rows) for field in rows[0]}
               for key, rows in results.items()}

@@ -124,7 +124,7 @@ class Select(Stage):
 
     name = "select"
     default_place = 70
-    grows = "pool"
+    pool_setting = "pool"
     section = "quality.select"
     Settings = SelectConfig
     whole_set = True

@@ -110,8 +110,8 @@ class CommonConfig(Section):
     def grown_per_row(self) -> float:
         """Records expansion grows for each row the dataset keeps: what the stages that choose among
         records ask for (selection's pool)."""
-        return math.prod(getattr(stage.settings_in(self), stage.grows)
-                         for stage in known_stages().values() if stage.grows and self.switched_on(stage))
+        return math.prod(getattr(stage.settings_in(self), stage.pool_setting)
+                         for stage in known_stages().values() if stage.pool_setting and self.switched_on(stage))
 
     @property
     def shares(self) -> dict[str, float]:

@@ -91,10 +91,10 @@ def short_of_rows(config: RunConfig, report: Report) -> str | None:
     # Calls are left: each unit (a seed) had its share of the rows, or too few calls left to grow
     # another record; the gate dropped some of what was grown.
     grown = sum(s.records for s in report.strategies.values())
-    growers = [stage for stage in known_stages().values() if stage.grows]
-    more = [f"raise {stage.section}.{stage.grows} (records grown per row)"
-            for stage in growers if config.switched_on(stage)] or [
-            f"switch on {stage.section} (it grows {stage.section}.{stage.grows} records per row)" for stage in growers]
+    pools = {stage: f"{stage.section}.{stage.pool_setting}" for stage in known_stages().values() if stage.pool_setting}
+    more = [f"raise {pool} (records grown per row)" for stage, pool in pools.items() if config.switched_on(stage)] or [
+        f"run {stage.name} (in stages, {stage.section} enabled: it grows {pool} records per row)"
+        for stage, pool in pools.items()]
     return (f"{generated} generated rows of the {asked} asked (budget.max_records): the strategies grew {grown} "
             f"records with {report.llm_calls} of {calls} LLM calls and the gate kept {generated}: "
             f"{', or '.join([*more, '--max-llm-calls', 'give more seeds'])}")

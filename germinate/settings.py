@@ -28,11 +28,14 @@ def made_once(folder: Path, make: Callable[[Path], None]) -> Path:
     if not folder.exists():
         scratch = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
         scratch.mkdir(parents=True, exist_ok=True)
-        make(scratch)
         try:
+            make(scratch)
             scratch.rename(folder)
-        except OSError:  # another process made it meanwhile
-            shutil.rmtree(scratch, ignore_errors=True)
+        except OSError:
+            if not folder.exists():  # not another process that made it meanwhile
+                raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)  # what is left of it: nothing once renamed
     return folder
 
 
@@ -134,9 +137,9 @@ class EmbeddingConfig(Section):
         "with base_url, the model the server embeds with",
     )
     batch_size: int | None = Field(
-        None, ge=1, description="texts per forward pass, fixed (empty rows fill it) so that a text's vector does not "
-        "depend on the texts it was embedded with (on a CPU; on a GPU, but for its last digits); default: 16 on a "
-        "CPU (a batch per core), 256 on a GPU or per request to base_url",
+        None, ge=1, description="texts per forward pass at most (torch fills it with empty rows, ONNX Runtime needs no "
+        "filling) so that a text's vector does not depend on the texts it was embedded with (on a CPU; on a GPU, but "
+        "for its last digits); default: 16 on a CPU (a batch per core), 256 on a GPU or per request to base_url",
     )
     precision: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="the local model's number format; auto: bfloat16 where the hardware computes it "

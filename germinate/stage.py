@@ -103,11 +103,12 @@ class Stage(ABC):
     calls_llm: ClassVar[bool] = False
     # A whole-set stage that reads every record's vector: the run embeds each record while it is made.
     compares_vectors: ClassVar[bool] = False
-    # Where it goes in the config's default `stages` (lowest first); None: only where a config lists it.
+    # Where it goes in the config's default `stages` (lowest first); None: only where a config lists it
+    # (a plugin's stage: installing a package does not change every run).
     default_place: ClassVar[int | None] = None
     # The name of its setting that says how many records it is given per record it keeps (selection's
     # pool): expansion grows that many more.
-    grows: ClassVar[str | None] = None
+    pool_setting: ClassVar[str | None] = None
 
     @classmethod
     def card_metadata(cls, settings: Section) -> dict[str, Any]:

@@ -70,3 +70,21 @@ def test_the_settings_that_shape_a_run_leave_out_filters_it_does_not_run():
     dumped = config.model_dump(mode="json")
     dumped["quality"]["short_answers"] = {"enabled": True, "min_words": 3}  # a plugin's section
     assert data_settings(dumped) == shaped
+
+
+def test_what_is_made_once_per_machine_is_never_left_half_made(tmp_path):
+    """An export that fails midway (a model that will not convert, a full disk) leaves nothing behind,
+    and the next run makes it again; one that succeeds is made once."""
+    from germinate.settings import made_once
+
+    def failing(scratch):
+        (scratch / "model.onnx").write_bytes(b"half")
+        raise OSError("no space left on device")
+
+    with pytest.raises(OSError, match="no space"):
+        made_once(tmp_path / "model", failing)
+    assert list(tmp_path.iterdir()) == []
+    calls = []
+    for _ in range(2):
+        made_once(tmp_path / "model", lambda scratch: calls.append((scratch / "about.json").write_text("{}")))
+    assert len(calls) == 1 and [p.name for p in tmp_path.iterdir()] == ["model"]
