@@ -25,11 +25,21 @@ def shingles(text: str, n: int) -> set[bytes]:
     return {" ".join(words[i : i + n]).encode() for i in range(len(words) - n + 1)}
 
 
+@functools.lru_cache(maxsize=None)
+def _empty(num_perm: int) -> MinHash:
+    from datasketch import MinHash
+
+    return MinHash(num_perm=num_perm, seed=1)
+
+
 @functools.lru_cache(maxsize=65536)  # every shard meets the seeds first
 def signature(text: str, ngram: int, num_perm: int) -> MinHash:
     from datasketch import MinHash
 
-    found = MinHash(num_perm=num_perm, seed=1)
+    # The permutations drawn once: a MinHash draws its own from the seed, 4 times the cost of hashing a
+    # record's shingles.
+    empty = _empty(num_perm)
+    found = MinHash(num_perm=num_perm, seed=1, permutations=empty.permutations, scheme=empty.scheme)
     found.update_batch(list(shingles(text, ngram)))
     return found
 
