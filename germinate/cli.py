@@ -240,11 +240,11 @@ def run(
         if ray:
             ray.start(resolved.orchestration)  # Ray's start (seconds) too
         if _prefect_server():
-            from germinate.flows.build import build_dataset as build
+            from germinate.flows.build import build_dataset
         else:
-            from germinate.driver import Threads, build_here
+            from germinate.driver import Threads, run_here
 
-            build = functools.partial(build_here, runner=ray.RayTasks if ray else Threads)
+            build_dataset = functools.partial(run_here, runner=ray.RayTasks if ray else Threads)
 
         with Progress(
             TextColumn("{task.description:>14}"),
@@ -256,7 +256,7 @@ def run(
             disable=as_json,
         ) as bars:
             progress.set_listener(RichProgress(bars))
-            report = build(resolved)
+            report = build_dataset(resolved)
     except UserError as exc:
         raise _fail(exc) from None
     except KeyboardInterrupt:
@@ -359,7 +359,7 @@ def export(
 
 
 @app.command()
-def server(
+def ui(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(4200, help="Port of the UI and API."),
     output_dir: Path = typer.Option(Path("data/runs"), help="Its SQLite database is kept here, beside the runs."),
@@ -388,13 +388,13 @@ def server(
 
 
 @app.command()
-def serve(
+def schedule(
     config: Path = typer.Option(..., "--config", "-c", help="YAML run config: every scheduled run uses it."),
     cron: str = typer.Option(..., help='When to run, as cron (UTC), e.g. "0 3 * * *".'),
     name: Optional[str] = typer.Option(None, help="Deployment name (default: the config file's name)."),
 ) -> None:
     """Serve `build_dataset` on a schedule from this process, without a work pool. Needs a Prefect
-    server (`germinate server`, PREFECT_API_URL); each scheduled run is a new run id."""
+    server (`germinate ui`, PREFECT_API_URL); each scheduled run is a new run id."""
     try:
         resolved = build_config(config)
         if resolved.run_id:
@@ -403,7 +403,7 @@ def serve(
 
         if not PREFECT_API_URL.value():
             raise UserError(
-                "serve needs a Prefect server: start `germinate server`, "
+                "schedule needs a Prefect server: start `germinate ui`, "
                 "then export PREFECT_API_URL=http://127.0.0.1:4200/api"
             )
         from prefect.client.schemas.schedules import CronSchedule
@@ -423,6 +423,11 @@ def serve(
         name=name or config.stem, cron=cron, parameters={"config": resolved.model_dump(mode="json")},
         tags=["germinate", *resolved.strategies],
     )
+
+
+# The old names (`serve` and `server` differed by one letter), kept for one release.
+app.command("server", hidden=True, deprecated="Use `germinate ui`.")(ui)
+app.command("serve", hidden=True, deprecated="Use `germinate schedule`.")(schedule)
 
 
 taxonomy_app = typer.Typer(

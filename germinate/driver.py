@@ -233,7 +233,7 @@ def _wait_watched(runner: Runner, tasks: dict[str, Any], run: Run, config: RunCo
         watch.moved()
 
 
-def build(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Report, list[Record]]:
+def make_dataset(config: RunConfig, run: Run, runner: Runner, start: float) -> tuple[Report, list[Record]]:
     """Every shard, then the whole-set stages in order; writes the dataset and the report."""
     per_record, whole_set = stage_classes(config)
     planners = {name: generators.strategies()[name](Context(config), record_cost(config))
@@ -330,7 +330,7 @@ def execute(config: RunConfig, runner: ContextManager[Runner]) -> tuple[Report, 
     try:
         with run.locked(), runner as opened:
             try:
-                return build(config, run, opened, start)
+                return make_dataset(config, run, opened, start)
             except BaseException:
                 close_llm(run, failed=True)  # what waits on a server stops now, not after its patience
                 raise
@@ -338,7 +338,7 @@ def execute(config: RunConfig, runner: ContextManager[Runner]) -> tuple[Report, 
         close_llm(run)
 
 
-def build_here(config: RunConfig, runner: Callable[[RunConfig], ContextManager[Runner]] = Threads) -> Report:
+def run_here(config: RunConfig, runner: Callable[[RunConfig], ContextManager[Runner]] = Threads) -> Report:
     """The run from this process, without Prefect: no API server to start (Prefect's ephemeral one
     takes 5-30 s), so the first request goes out at once. Shard tasks on its threads, or on
     `runner` (flows/ray_run.py's, on Ray)."""

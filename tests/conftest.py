@@ -17,7 +17,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 from germinate.config import RunConfig  # noqa: E402
 from germinate.embed import embed  # noqa: E402
-from germinate.report import Report  # noqa: E402
 from germinate.stage import Context, Stage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,10 +94,3 @@ def make_stage(cls: type[Stage], llm=None, **settings) -> Stage:
 def run_stage(stage: Stage, records: list):
     """(kept, rejected) of one call of the stage."""
     return asyncio.run(stage.run(records))
-
-
-def build(config: RunConfig) -> Report:
-    """A run as `germinate run` makes it without a Prefect server: in this process, shards on threads."""
-    from germinate.driver import build_here
-
-    return build_here(config)

@@ -18,7 +18,8 @@ import pytest
 import yaml
 from test_pipeline import write_seeds
 
-from conftest import GATE_OFF, build, germinate, tiny_config
+from conftest import GATE_OFF, germinate, tiny_config
+from germinate.driver import run_here
 from germinate.errors import RunFailed
 from germinate.flows.build import build_dataset
 from germinate.runs import Run, prepare_run
@@ -50,7 +51,7 @@ def folder(tmp_path_factory) -> Path:
 def reference(folder):
     """The uninterrupted run on a server that never fails, and how many requests it took."""
     with FaultyServer(delay_s=0.02) as server:
-        report = build(config_for(server, folder, run_id="reference"))
+        report = run_here(config_for(server, folder, run_id="reference"))
     assert report.status == "complete" and report.failed_calls == 0
     return dataset(report), server.requests
 
@@ -59,7 +60,7 @@ def test_an_outage_the_run_waits_out_costs_nothing(folder, reference, caplog):
     table, requests = reference
     with FaultyServer(delay_s=0.02, outage_after=requests // 2, outage_s=2.0) as server:
         with caplog.at_level(logging.WARNING, logger="germinate.llm"):
-            report = build(config_for(server, folder, run_id="outage"))
+            report = run_here(config_for(server, folder, run_id="outage"))
     said = [r.getMessage() for r in caplog.records]
     assert sum("stopped answering" in m for m in said) == 1 and sum("answers again" in m for m in said) == 1
     assert report.failed_calls == 0 and dataset(report).equals(table)
@@ -83,7 +84,7 @@ def test_a_server_gone_for_good_fails_the_run_and_a_rerun_recovers_it(folder, re
     assert not (run / "dataset").exists() and not (run / "report.json").exists()
 
     with FaultyServer(delay_s=0.02) as back:  # another port: where the server is does not shape the data
-        report = build(config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": back.base_url})}))
+        report = run_here(config.model_copy(update={"llm": config.llm.model_copy(update={"base_url": back.base_url})}))
     assert report.status == "complete" and dataset(report).equals(table)
     assert back.requests < requests  # what was answered before came from the cache
 
@@ -94,7 +95,7 @@ def test_transport_faults_change_nothing_in_the_data(folder, reference):
     table, _ = reference
     with FaultyServer(delay_s=0.02, fail_share=0.2, kinds=("rate_limit", "server_error", "slow"),
                       timeout_s=0.5) as server:
-        report = build(config_for(server, folder, run_id="faults"))
+        report = run_here(config_for(server, folder, run_id="faults"))
     assert server.failed_once >= 3 and report.failed_calls == 0
     assert dataset(report).equals(table)
 

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import BaseModel
 
-from conftest import GATE_OFF, TINY_SEEDS, build, tiny_config
+from conftest import GATE_OFF, TINY_SEEDS, tiny_config
+from germinate.driver import run_here
 from germinate.llm import Request, check_llm, make_llm
 from germinate.llm.gguf import default_model_path
 from germinate.settings import LLMConfig
@@ -73,7 +74,7 @@ def test_pipeline_runs_against_the_server(llama_server, tmp_path):
     config = tiny_config(seeds, tmp_path / "runs", llm={"backend": "openai", "base_url": llama_server},
                          aide__hops=1, aide__personas=0, aide__on_reflection_fail="keep",
                          budget__max_llm_calls=12, budget__max_records=6, quality=GATE_OFF)
-    report = build(config)
+    report = run_here(config)
     expand, respond = report.stages
     assert expand.llm_calls >= 4 and expand.failed_calls == 0  # every JSON answer parsed
     assert respond.llm_calls == respond.records_in and respond.failed_calls == 0  # the seeds are not rows

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
-from conftest import GATE_OFF, TINY_SEEDS, build, tiny_config
+from conftest import GATE_OFF, TINY_SEEDS, tiny_config
+from germinate.driver import run_here
 from germinate.errors import UserError
 from germinate.flows.build import build_dataset
 from germinate.records import DATASET_SCHEMA
@@ -35,7 +36,7 @@ def embedded_run(tmp_path_factory):
     config = tiny_config(write_seeds(folder), folder / "runs", aide__on_reflection_fail="keep", budget__max_records=6,
                          budget__max_llm_calls=60,
                          generation__response_max_tokens=160)  # room to finish: cut-off answers are dropped
-    report = build(config)
+    report = run_here(config)
     return config, report, Run(Path(report.dataset).parent)
 
 
@@ -140,7 +141,7 @@ def test_failed_requests_become_rejected_records(tmp_path):
             aide__personas=0, budget__allow_partial=True, include_seeds=True,
             quality=GATE_OFF,  # this test is about failures
         )
-        report = build(config)
+        report = run_here(config)
     assert report.status == "partial" and "(http_500 2)" in report.problem
     run = Run(Path(report.dataset).parent)
     rejected = run.rejected("expand") + run.rejected("respond")

@@ -1,5 +1,5 @@
 """germinate under a real Prefect server on loopback, as a user of the UI meets it: a build's flow
-run, its task runs and its artifacts read back through the Prefect client; `germinate serve`
+run, its task runs and its artifacts read back through the Prefect client; `germinate schedule`
 running a scheduled deployment; prefect.yaml's deployments registered with `prefect deploy`."""
 
 import json
@@ -47,17 +47,17 @@ def healthy(url: str) -> bool:
 
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
-    """`germinate server` on a free loopback port, its SQLite database in a temporary run root."""
+    """`germinate ui` on a free loopback port, its SQLite database in a temporary run root."""
     root = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "germinate.cli", "server", "--port", str(port), "--output-dir", str(root / "runs")],
+        [sys.executable, "-m", "germinate.cli", "ui", "--port", str(port), "--output-dir", str(root / "runs")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PREFECT_HOME": str(root / "home")},
     )
     api = f"http://127.0.0.1:{port}/api"
     try:
         wait_until(lambda: healthy(api) or process.poll() is not None, 180, "the Prefect server")
-        assert process.poll() is None, "germinate server exited"
+        assert process.poll() is None, "germinate ui exited"
         assert (root / "runs" / "prefect.db").exists()  # the database lives under the run root
         yield api, root
     finally:
@@ -152,7 +152,7 @@ def test_serve_runs_the_flow_on_its_schedule(prefect_server, tmp_path):
         config = write_config(tmp_path, llm_server)
         env = {**os.environ, "PREFECT_API_URL": api}
         serving = subprocess.Popen(
-            [sys.executable, "-m", "germinate.cli", "serve", "--config", str(config), "--cron", "0 3 * * *",
+            [sys.executable, "-m", "germinate.cli", "schedule", "--config", str(config), "--cron", "0 3 * * *",
              "--name", "nightly-test"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         try:
@@ -178,15 +178,21 @@ def test_serve_runs_the_flow_on_its_schedule(prefect_server, tmp_path):
     assert json.loads((run_dir / "report.json").read_text())["rows"] > 0
 
 
-def test_serve_refuses_what_cannot_run(tmp_path):
+def test_schedule_refuses_what_cannot_run(tmp_path):
+    """`germinate schedule` without a Prefect server, or with a bad cron, exits 2 saying why; so does its
+    old name, `serve`, which also says to use `schedule`."""
     config = tmp_path / "run.yaml"
     config.write_text("budget: {max_records: 4}\n")
-    no_server = germinate("serve", "--config", str(config), "--cron", "0 3 * * *", cwd=tmp_path,
+    no_server = germinate("schedule", "--config", str(config), "--cron", "0 3 * * *", cwd=tmp_path,
                           env={"PREFECT_API_URL": ""})
-    assert no_server.returncode == 2 and "serve needs a Prefect server" in no_server.stderr
-    bad_cron = germinate("serve", "--config", str(config), "--cron", "at 3", cwd=tmp_path,
+    assert no_server.returncode == 2 and "schedule needs a Prefect server: start `germinate ui`" in no_server.stderr
+    bad_cron = germinate("schedule", "--config", str(config), "--cron", "at 3", cwd=tmp_path,
                          env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
     assert bad_cron.returncode == 2 and "--cron: 'at 3' is not a cron expression" in bad_cron.stderr
+    old_name = germinate("serve", "--config", str(config), "--cron", "at 3", cwd=tmp_path,
+                         env={"PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert old_name.returncode == 2 and "'serve' is deprecated. Use `germinate schedule`." in old_name.stderr
+    assert "--cron: 'at 3' is not a cron expression" in old_name.stderr
 
 
 def test_prefect_yaml_registers_a_paused_deployment_per_example(prefect_server):

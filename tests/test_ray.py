@@ -18,7 +18,7 @@ import germinate.flows
 from conftest import GATE_OFF, tiny_config
 from germinate import progress
 from germinate.errors import RunStalled, UserError
-from germinate.driver import CALLS, build_here
+from germinate.driver import CALLS, run_here
 from germinate.flows.build import build_dataset
 from germinate.flows.ray_run import LOCAL_RAY, RayTasks, fair_shares
 from germinate.settings import OrchestrationConfig
@@ -41,7 +41,7 @@ def on_ray(config, folder, build=build_dataset):
 
 def here_on_ray(config):
     """`germinate run` on Ray, without a Prefect server."""
-    return build_here(config, runner=RayTasks)
+    return run_here(config, runner=RayTasks)
 
 
 def at(config, server):

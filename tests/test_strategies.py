@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from conftest import GATE_OFF, TINY_SEEDS, build, germinate, tiny_config
+from conftest import GATE_OFF, TINY_SEEDS, germinate, tiny_config
 from germinate.runs import Run
 from germinate.cli import app
 from germinate.config import DEFAULT_STAGES
+from germinate.driver import run_here
 from germinate.generators import strategies
 from germinate.generators.glan import concept_sets, sample_concepts
 from germinate.generators.self_instruct import rouge_l, tokens
@@ -140,7 +141,7 @@ def strategy_runs(tmp_path_factory):
             settings = {"budget__max_llm_calls": 30, "budget__max_records": 10, "budget__allow_partial": True,
                         **TINY[name]}
             config = tiny_config(seeds, folder / "runs", quality=GATE_OFF, strategies={name: 1.0}, **settings)
-            report = build(config)
+            report = run_here(config)
             rows = pq.read_table(Path(report.dataset) / "data").to_pylist()
             expand = Path(report.dataset).parent / "stages" / "expand"
             dropped = [r for f in sorted(expand.glob("rejected-*.parquet")) for r in pq.read_table(f).to_pylist()]
@@ -203,7 +204,7 @@ def test_mixed_run_respects_the_shares_of_the_budget(tmp_path, seeds_file):
     shares = {"aide": 0.5, "tcia": 0.3, "glan": 0.2}
     config = tiny_config(seeds_file, tmp_path / "runs", quality=GATE_OFF, strategies=shares,
                          budget__max_llm_calls=60, budget__max_records=14, **TINY["tcia"], **TINY["glan"])
-    report = build(config)
+    report = run_here(config)
     split = report.strategies
     assert sum(s.max_llm_calls for s in split.values()) == 60  # the seeds are not rows: nothing reserved for them
     rows = pq.read_table(Path(report.dataset) / "data").to_pylist()
@@ -309,7 +310,7 @@ def test_aide_spends_what_dropped_children_give_back(make_config):
         config = make_config(llm={"backend": "openai", "base_url": server.base_url},
                              aide__personas=2, aide__reflection_tries=0, quality=GATE_OFF,
                              budget__max_llm_calls=42, budget__max_records=6)
-        run = Run(Path(build(config).dataset).parent)
+        run = Run(Path(run_here(config).dataset).parent)
     kept = run.kept("expand")
     assert {(r.seed_id, r.hop) for r in kept} == {(s["id"], hop) for s in TINY_SEEDS for hop in (1, 2)}
     assert all(r.operation == "concretizing" for r in kept)
@@ -335,7 +336,7 @@ def test_every_strategy_stays_within_small_budgets(name, seeds_file, tmp_path):
                                  llm={"backend": "openai", "base_url": server.base_url},
                                  quality={**GATE_OFF, "reflect": {"enabled": judged}}, stages=stages,
                                  budget={"max_llm_calls": calls, "max_records": rows, "allow_partial": True}, **own)
-            report = build(config)
+            report = run_here(config)
             assert report.llm_calls <= calls and report.rows <= rows, (calls, rows, judged)
             if calls >= 7:  # enough for a unit of each: spent (what it made may still fail its own checks)
                 assert report.strategies[name].expand_calls >= 1, (calls, rows, judged)
