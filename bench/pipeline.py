@@ -261,7 +261,7 @@ def main() -> None:
         "budget": {"max_llm_calls": args.seeds * 2 * args.generations,  # the seeds are not rows: none is answered
                    "max_records": args.seeds * args.generations},  # generated rows (the seeds are not rows)
         "quality": {stage: {"enabled": False} for stage in
-                    ("heuristics", "exact_dedup", "near_dedup", "semantic_dedup", "reflect", "select")},
+                    ("heuristics", "exact_dedup", "near_dedup", "semantic_dedup", "judge", "select")},
     }
     aide = {
         "seeds": str(folder / "aide.jsonl"), "strategy": "aide", "llm": llm, "output_dir": str(folder),

@@ -7,7 +7,7 @@ view of people relevant to the seed. Children become the next hop's parents.
 From hop 2 on the original seed is in every prompt (the residual connection),
 so deep hops stay on task. Each child is judged for relevance to the seed (and,
 for persona children, for difference from its parent) and rewritten with the
-critique when it falls short (filters/reflection.py).
+critique when it falls short (filters/judge.py).
 
 The budget bounds LLM calls: every child is paid for up front (write + judge +
 what a record costs downstream: its answer, and the quality gate's judgement when

@@ -56,6 +56,32 @@ def _quality() -> type[Section]:
 
 QualityConfig = _quality()
 
+# Stages renamed since 0.1.0, old name -> new: the old name is read in `stages` and as its `quality`
+# section, with a warning, for one release.
+RENAMED_STAGES = {"reflect": "judge"}
+
+
+def with_new_names(data: dict[str, Any], warn: bool = True) -> dict[str, Any]:
+    """A config's dict with the stages renamed since 0.1.0 called by their new names."""
+    stages, quality = data.get("stages"), data.get("quality")
+    old = [name for name in RENAMED_STAGES
+           if (isinstance(stages, list) and name in stages) or (isinstance(quality, dict) and name in quality)]
+    if not old:
+        return data
+    data = {**data}
+    for name in old:
+        new = RENAMED_STAGES[name]
+        if warn:
+            log.warning("the stage '%s' is now called '%s': write '%s' in stages and quality.%s; the old name "
+                        "will stop working in the next release", name, new, new, new)
+        if isinstance(stages, list):
+            data["stages"] = stages = [new if stage == name else stage for stage in stages]
+        if isinstance(quality, dict) and name in quality:
+            if new in quality:
+                raise ValueError(f"quality: give '{new}' or its old name '{name}', not both")
+            data["quality"] = quality = {new if key == name else key: value for key, value in quality.items()}
+    return data
+
 
 class CommonConfig(Section):
     """The settings of every run; `RunConfig` adds one section per strategy."""
@@ -82,6 +108,11 @@ class CommonConfig(Section):
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     random_seed: int = 0
     shard_size: int = Field(64, ge=1, description="records per shard (one Prefect task each)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return with_new_names(data) if isinstance(data, dict) else data
 
     @model_validator(mode="before")
     @classmethod

@@ -21,7 +21,7 @@ class RunStalled(UserError):
 
 
 def error_key(error: dict[str, Any]) -> str:
-    """The dotted key of a pydantic validation error (`quality.reflect.tries`)."""
+    """The dotted key of a pydantic validation error (`quality.judge.tries`)."""
     return ".".join(str(part) for part in error["loc"] if part != "[key]")
 
 

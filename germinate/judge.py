@@ -2,7 +2,7 @@
 is rewritten with the critique and judged again, up to R tries.
 
 Written once for any item, below both of its users: AIDE uses it on synthesized
-instructions, the quality gate (filters/reflection.py) on (instruction, response) pairs.
+instructions, the quality gate (filters/judge.py) on (instruction, response) pairs.
 The caller says how an item is shown to the judge and how a rewrite is asked for and applied.
 """
 

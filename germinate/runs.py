@@ -19,7 +19,7 @@ import yaml
 from pydantic import TypeAdapter
 
 from germinate.budget import EXPAND_STAGE
-from germinate.config import RunConfig, data_settings, dump_config
+from germinate.config import RENAMED_STAGES, RunConfig, data_settings, dump_config, with_new_names
 from germinate.errors import UserError
 from germinate.io import load_seeds, read_records, write_atomic, write_records, write_table
 from germinate.llm import check_llm
@@ -240,10 +240,30 @@ class Run:
         return paths
 
 
+def _new_names(run: Run, stored: dict) -> dict:
+    """A run started before a stage was renamed, moved to the new names so that it resumes: its
+    finished shards' numbers, its stage folders, then (last, so that a move killed midway is done
+    again) its config. The drops it kept still name the old stage."""
+    renamed = with_new_names(stored, warn=False)
+    if renamed == stored:
+        return stored
+    with run.locked():
+        for marker in (run.root / "shards").glob("*.done.json"):
+            stats = SHARD_STATS.validate_json(marker.read_bytes())
+            for stage in stats:
+                stage.stage = RENAMED_STAGES.get(stage.stage, stage.stage)
+            write_atomic(marker, SHARD_STATS.dump_json(stats))
+        for old, new in RENAMED_STAGES.items():
+            if run._stage_dir(old).exists():
+                run._stage_dir(old).rename(run._stage_dir(new))
+        write_atomic(run.config_path, yaml.safe_dump(renamed, sort_keys=False).encode())
+    return renamed
+
+
 def _reopen(config: RunConfig) -> tuple[RunConfig, Run]:
     """An existing run, resumed with the settings it was started with (where they shape the data)."""
     run = Run(config.output_dir / config.run_id)
-    stored = yaml.safe_load(run.config_path.read_text())
+    stored = _new_names(run, yaml.safe_load(run.config_path.read_text()))
     changed = _differences(data_settings(stored), data_settings(config.model_dump(mode="json")))
     if changed:
         raise UserError(

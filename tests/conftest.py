@@ -46,7 +46,7 @@ def seeds_file(tmp_path: Path) -> Path:
 
 
 GATE_OFF = {stage: {"enabled": False} for stage in
-            ("heuristics", "exact_dedup", "near_dedup", "semantic_dedup", "reflect", "select")}
+            ("heuristics", "exact_dedup", "near_dedup", "semantic_dedup", "judge", "select")}
 
 
 def tiny_config(seeds: Path, output_dir: Path, **changes) -> RunConfig:

@@ -26,7 +26,7 @@ from germinate.runs import Run, prepare_run
 from servers import FaultyServer
 
 # The gate without the embedding stages (they have their own tests): heuristics, dedup and the judge.
-GATE = {**GATE_OFF, **{stage: {"enabled": True} for stage in ("heuristics", "exact_dedup", "near_dedup", "reflect")}}
+GATE = {**GATE_OFF, **{stage: {"enabled": True} for stage in ("heuristics", "exact_dedup", "near_dedup", "judge")}}
 
 
 def config_for(server: FaultyServer, folder: Path, **changes):
@@ -106,7 +106,7 @@ def test_a_failed_judgement_drops_no_record_and_too_many_failures_fail_the_run(f
     every record, seeds included, each noted as not judged."""
     with FaultyServer(delay_s=0.01, dead_when="Assess it.") as server:
         config = config_for(server, folder, run_id="judge", llm={"max_retries": 1}, include_seeds=True,
-                            aide__on_reflection_fail="drop", quality={**GATE, "reflect": {"on_fail": "drop"}})
+                            aide__on_reflection_fail="drop", quality={**GATE, "judge": {"on_fail": "drop"}})
         state = build_dataset(config, return_state=True)
         assert state.is_failed()
         error = state.result(raise_on_failure=False)
@@ -121,7 +121,7 @@ def test_a_failed_judgement_drops_no_record_and_too_many_failures_fail_the_run(f
         report = build_dataset(partial)
     assert report.status == "partial" and "http_500" in report.problem
     stages = {s.stage: s for s in report.stages}
-    assert stages["reflect"].dropped == {} and "low_reflection_score" not in stages["expand"].dropped
+    assert stages["judge"].dropped == {} and "low_reflection_score" not in stages["expand"].dropped
     rows = dataset(report).to_pylist()
     assert {"s-sum", "s-apples", "s-haiku"} <= {r["id"] for r in rows}
     assert all(r["quality_critique"].startswith("not judged: http_500") for r in rows)

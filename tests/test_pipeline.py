@@ -88,7 +88,7 @@ def test_budget_is_respected(embedded_run):
     respond = stages["respond"]
     assert respond.llm_calls == respond.records_in  # every generated record answered (the seeds are not rows)
     assert stages["expand"].prompt_tokens > 0 and respond.completion_tokens > 0
-    assert stages["reflect"].llm_calls >= stages["reflect"].records_in  # every answer judged
+    assert stages["judge"].llm_calls >= stages["judge"].records_in  # every answer judged
 
 
 def test_whole_gate_runs_and_no_record_disappears(embedded_run):
@@ -108,7 +108,7 @@ def test_whole_gate_runs_and_no_record_disappears(embedded_run):
     # What the expansion made, what came through the per-record stages, what each whole-set stage kept:
     per_record = {s.stage: s for s in stages}
     assert len(run.kept("expand")) == per_record["expand"].kept
-    assert len(run.survivors()) == per_record["reflect"].kept
+    assert len(run.survivors()) == per_record["judge"].kept
     assert len(run.kept("semantic_dedup")) == per_record["semantic_dedup"].kept
     select = stages[-1]
     assert select.kept == report.rows == min(config.budget.max_records, select.records_in)

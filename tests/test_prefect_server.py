@@ -87,7 +87,7 @@ def test_the_ui_of_a_server_on_any_port_calls_that_port(prefect_server):
     assert settings["api_url"] == api
 
 
-LLM_STAGES = {"progress-llm-calls", "progress-expand", "progress-respond", "progress-reflect"}
+LLM_STAGES = {"progress-llm-calls", "progress-expand", "progress-respond", "progress-judge"}
 
 
 def test_a_build_shows_its_flow_run_task_runs_artifacts_and_logs(prefect_server, tmp_path):
@@ -132,7 +132,7 @@ def test_a_build_shows_its_flow_run_task_runs_artifacts_and_logs(prefect_server,
     assert all(progress[key].data == 100 and "done" in progress[key].description for key in LLM_STAGES)
     assert any(key in LLM_STAGES and 0 < value < 100 for key, value in seen), seen  # it moved before the end
     (report,) = [a for a in artifacts if a.key == "germinate-report"]
-    assert "# germinate run `ui-run`" in report.data and "| reflect |" in report.data
+    assert "# germinate run `ui-run`" in report.data and "| judge |" in report.data
     assert f"{stats['rows']} rows" in report.data and "| kept/generated |" in report.data
     (sample,) = [a for a in artifacts if a.key == "germinate-sample"]
     rows = json.loads(sample.data)

@@ -10,7 +10,7 @@ import pytest
 import germinate.embed
 from conftest import make_stage
 from germinate.embed import Embedder, embed
-from germinate.filters.reflection import Judge
+from germinate.filters.judge import Judge
 from germinate.kmeans import gpus, spherical_kmeans
 from germinate.llm import make_llm
 from germinate.records import Record
@@ -209,8 +209,8 @@ def test_response_judge_scores_every_answer_and_never_rewrites_the_users(tmp_pat
     ]
     calls = []
     try:
-        kept, rejected = judged(llm, records, 2, quality__reflect__threshold=10, quality__reflect__on_fail="drop",
-                                quality__reflect__tries=1, generation__response_max_tokens=40)
+        kept, rejected = judged(llm, records, 2, quality__judge__threshold=10, quality__judge__on_fail="drop",
+                                quality__judge__tries=1, generation__response_max_tokens=40)
     finally:
         calls = llm.cache._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
         llm.close()
@@ -233,7 +233,7 @@ def test_a_revision_replaces_its_draft_only_if_it_passes_the_heuristics(leaks):
     with FaultyServer(low_when=draft.output) as server:
         llm = make_llm(LLMConfig(backend="openai", base_url=server.base_url, cache=False), None)
         try:
-            kept, _ = judged(llm, [draft], 5, quality__reflect__threshold=5, quality__reflect__tries=1,
+            kept, _ = judged(llm, [draft], 5, quality__judge__threshold=5, quality__judge__tries=1,
                              quality__heuristics__leakage=leakage, quality__heuristics__min_words=1)
         finally:
             llm.close()

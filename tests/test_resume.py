@@ -4,17 +4,22 @@ whole quality gate. The server is a loopback OpenAI-compatible one, slow enough 
 
 import contextlib
 import json
+import logging
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
 
 from conftest import ROOT, tiny_config
+from germinate.config import RunConfig
+from germinate.driver import run_here
 from servers import FaultyServer
 from test_pipeline import write_seeds
 
@@ -77,3 +82,38 @@ def test_resume_after_kill_asks_nothing_twice_and_matches_an_uninterrupted_run(t
     tables = {name: pq.read_table(runs / name / "dataset" / "data") for name in ("resumed", "whole")}
     assert tables["resumed"].num_rows > len(SEEDS)
     assert tables["resumed"].equals(tables["whole"])
+
+
+def test_a_run_started_before_the_judge_was_renamed_resumes(tmp_path, caplog):
+    """A run of 0.1.0 called the judge stage `reflect` (in its config, its folder, its shards' numbers):
+    resumed with a config that says `judge`, it is moved to the new name and ends as a run started
+    now does. A config that still says `reflect` loads, with a warning."""
+    seeds = write_seeds(tmp_path)
+    with FaultyServer() as server:
+        config = tiny_config(seeds, tmp_path / "runs", llm={"backend": "openai", "base_url": server.base_url},
+                             aide__personas=0, quality={"judge": {"tries": 0}})
+        now = run_here(config.model_copy(update={"run_id": "now"}))
+        run_here(config.model_copy(update={"run_id": "old"}))
+        old = tmp_path / "runs" / "old"
+        shutil.rmtree(old / "dataset")  # stopped before its whole-set stages, as 0.1.0 left it
+        for stage in ("semantic_dedup", "select"):
+            shutil.rmtree(old / "stages" / stage)
+        (old / "stages" / "judge").rename(old / "stages" / "reflect")
+        for marker in (old / "shards").glob("*.done.json"):
+            marker.write_text(marker.read_text().replace('"stage":"judge"', '"stage":"reflect"'))
+        settings = yaml.safe_load((old / "config.yaml").read_text())
+        settings["stages"] = ["reflect" if name == "judge" else name for name in settings["stages"]]
+        settings["quality"]["reflect"] = settings["quality"].pop("judge")
+        (old / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+
+        resumed = run_here(config.model_copy(update={"run_id": "old"}))
+        with caplog.at_level(logging.WARNING, logger="germinate"):
+            assert RunConfig.model_validate(settings).quality.judge.tries == 0
+    assert [s.stage for s in resumed.stages] == [s.stage for s in now.stages]
+    assert "judge" in [s.stage for s in now.stages]
+    assert [s.kept for s in resumed.stages] == [s.kept for s in now.stages]
+    assert pq.read_table(old / "dataset" / "data").equals(pq.read_table(Path(now.dataset) / "data"))
+    assert not (old / "stages" / "reflect").exists() and (old / "stages" / "judge").exists()
+    moved = yaml.safe_load((old / "config.yaml").read_text())
+    assert "judge" in moved["stages"] and "judge" in moved["quality"] and "reflect" not in moved["quality"]
+    assert "the stage 'reflect' is now called 'judge'" in caplog.text

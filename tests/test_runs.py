@@ -43,7 +43,7 @@ def test_a_folder_that_is_not_a_run_is_never_overwritten(make_config, tmp_path):
 def test_a_share_too_small_to_grow_anything_plans_no_shard(seeds_file, tmp_path):
     """The seeds that are rows take the whole budget: the strategies' shards are left out, not planned empty."""
     config = tiny_config(seeds_file, tmp_path, strategies={"evol-instruct": 0.99, "self-instruct": 0.01},
-                         budget__max_llm_calls=2, quality__reflect__enabled=False, include_seeds=True)
+                         budget__max_llm_calls=2, quality__judge__enabled=False, include_seeds=True)
     planners = {name: strategies()[name](Context(config), 1) for name in config.strategies}
     work = plan(config, load_seeds(seeds_file), planners, lambda answered: 1 - answered)
     assert [w.source for w in work.shards] == [SEEDS]

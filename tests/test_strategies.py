@@ -334,7 +334,7 @@ def test_every_strategy_stays_within_small_budgets(name, seeds_file, tmp_path):
                                             (20, 4, False, every), (40, 6, True, every), (12, 6, True, UNANSWERED)]:
             config = tiny_config(seeds_file, tmp_path / f"{calls}", strategies={name: 1.0},
                                  llm={"backend": "openai", "base_url": server.base_url},
-                                 quality={**GATE_OFF, "reflect": {"enabled": judged}}, stages=stages,
+                                 quality={**GATE_OFF, "judge": {"enabled": judged}}, stages=stages,
                                  budget={"max_llm_calls": calls, "max_records": rows, "allow_partial": True}, **own)
             report = run_here(config)
             assert report.llm_calls <= calls and report.rows <= rows, (calls, rows, judged)

@@ -33,7 +33,7 @@ REVISE = Prompt(
 NOT_JUDGED = "not judged: "
 
 
-class ResponseReflectionConfig(StageSettings):
+class JudgeConfig(StageSettings):
     threshold: float = Field(5.0, ge=1, le=10, description="judge score (1-10) to pass")
     tries: int = Field(1, ge=0, le=5, description="R: revisions of a failing response")
     # keep by default: the embedded 135M model cannot judge (it scored every answer 1, good or
@@ -49,10 +49,10 @@ class Judge(Stage):
     `quality_critique`, and a seed, the user's own data, is never dropped. An answer that came
     with its seed is judged but never rewritten."""
 
-    name = "reflect"
+    name = "judge"
     default_place = 50
-    section = "quality.reflect"
-    Settings = ResponseReflectionConfig
+    section = "quality.judge"
+    Settings = JudgeConfig
     calls_llm = True
 
     def __init__(self, context: Context):
