@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The tests' llama.cpp server (a dev dependency) compiles: llama.cpp's native build crashed on this
-# class of CPU and a portable one runs (DESIGN.md); the multimodal library is not used.
+# class of CPU and a portable one runs; the multimodal library is not used.
 export CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX512=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DLLAVA_BUILD=OFF
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
