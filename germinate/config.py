@@ -205,8 +205,15 @@ def data_settings(settings: dict[str, Any]) -> dict[str, Any]:
     used = used_sections(settings)
     kept = {key: value for key, value in settings.items() if key in CommonConfig.model_fields or key in used}
     found = filters()
-    named = {found[name].section.removeprefix(QUALITY) for name in settings.get("stages", []) if name in found}
-    kept["quality"] = {key: value for key, value in settings.get("quality", {}).items() if key in named}
+    quality = settings.get("quality", {})
+
+    def switched_on(name: str) -> bool:  # a stage added to the defaults since the run started is off there
+        section = found[name].section.removeprefix(QUALITY)
+        return found[name].switched_on_by(found[name].Settings.model_validate(quality.get(section, {})))
+
+    kept["stages"] = [name for name in settings.get("stages", []) if name not in found or switched_on(name)]
+    named = {found[name].section.removeprefix(QUALITY) for name in kept["stages"] if name in found}
+    kept["quality"] = {key: value for key, value in quality.items() if key in named}
     for dotted in NOT_DATA:
         *parents, leaf = dotted.split(".")
         node = kept

@@ -308,7 +308,9 @@ def make_dataset(config: RunConfig, run: Run, runner: Runner, start: float) -> t
 def check_run(config: RunConfig) -> None:
     """What a user can get wrong beyond the config's own checks, found before anything is written."""
     generators.check_strategies(config)
-    stage_classes(config)
+    per_record, whole_set = stage_classes(config)
+    for stage in per_record + whole_set:
+        stage.check_inputs(stage.settings_in(config))
     if config.hub.repo_id:
         check_token()
 

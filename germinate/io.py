@@ -62,15 +62,15 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:
             raise UserError(f"{path}:{number}: invalid JSON ({exc.msg} at column {exc.colno})") from None
 
 
-def _json_rows(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+def _json_rows(path: Path, text: str, kind: str) -> Iterator[tuple[str, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-    if isinstance(data, dict) and isinstance(data.get("seeds"), list):
-        data = data["seeds"]
+    if isinstance(data, dict) and isinstance(data.get(f"{kind}s"), list):
+        data = data[f"{kind}s"]
     if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of seed objects (or {{\"seeds\": [...]}})")
+        raise UserError(f"{path}: expected a JSON list of {kind} objects (or {{\"{kind}s\": [...]}})")
     for index, row in enumerate(data):
         yield f"{path}: item {index}", row
 
@@ -122,33 +122,43 @@ def _seed(place: str, row: Any) -> Record:
     )
 
 
-def load_seeds(path: Path) -> list[Record]:
-    """Seeds from JSONL, JSON, CSV or Parquet. Every error names the file and line (or row)."""
+TABLE_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+
+
+def table_rows(path: Path, kind: str) -> Iterator[tuple[str, Any]]:
+    """(where, row) of a `kind` file (seed, benchmark) in JSONL, JSON, CSV or Parquet. Every error names
+    the file and line (or row)."""
     path = Path(path)
     try:
         if path.is_dir():
-            raise UserError(f"{path}: is a directory; name a seed file (.jsonl, .json, .csv or .parquet) in it")
+            raise UserError(f"{path}: is a directory; name a {kind} file (.jsonl, .json, .csv or .parquet) in it")
         path.stat()
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise UserError(f"{path}: a loop of symbolic links, not a seed file") from None
+            raise UserError(f"{path}: a loop of symbolic links, not a {kind} file") from None
         if exc.errno == errno.ENOENT:
-            raise UserError(f"{path}: no such seed file") from None
-        raise UserError(f"{path}: cannot read the seed file ({exc.strerror})") from None
+            raise UserError(f"{path}: no such {kind} file") from None
+        raise UserError(f"{path}: cannot read the {kind} file ({exc.strerror})") from None
     if not path.is_file():
-        raise UserError(f"{path}: not a regular file; name a seed file")
+        raise UserError(f"{path}: not a regular file; name a {kind} file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        rows = _parquet_rows(path)
-    else:
-        text = _decode(path, path.read_bytes())
-        readers = {".jsonl": _jsonl_rows, ".ndjson": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows}
-        if suffix not in readers:
-            raise UserError(f"{path}: unknown seed format '{suffix}' (use .jsonl, .json, .csv or .parquet)")
-        rows = readers[suffix](path, text)
+        return _parquet_rows(path)
+    text = _decode(path, path.read_bytes())
+    if suffix in (".jsonl", ".ndjson"):
+        return _jsonl_rows(path, text)
+    if suffix == ".json":
+        return _json_rows(path, text, kind)
+    if suffix == ".csv":
+        return _csv_rows(path, text)
+    raise UserError(f"{path}: unknown {kind} format '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+
+
+def load_seeds(path: Path) -> list[Record]:
+    """Seeds from JSONL, JSON, CSV or Parquet. Every error names the file and line (or row)."""
     seeds: list[Record] = []
     seen: dict[str, str] = {}
-    for place, row in rows:
+    for place, row in table_rows(path, "seed"):
         seed = _seed(place, row)
         if seed.id in seen:
             raise UserError(f"{place}: seed id '{seed.id}' repeats {seen[seed.id]}")

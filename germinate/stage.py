@@ -116,6 +116,17 @@ class Stage(ABC):
         heuristics: the languages they keep). Default: nothing."""
         return {}
 
+    @classmethod
+    def check_inputs(cls, settings: Section) -> None:
+        """Once, in the driver, before anything is written: what it reads besides records (a file, a
+        dataset) is read here, and a problem is a UserError naming the setting. Default: nothing."""
+
+    @classmethod
+    def card_note(cls, settings: Section) -> str:
+        """A sentence it adds to the dataset card of a run it is switched on in, under "How it was
+        made" (decontamination: the benchmarks checked). Default: none."""
+        return ""
+
     def __init__(self, context: Context):
         self.context = context
         self.config = context.config
@@ -131,7 +142,11 @@ class Stage(ABC):
 
     @classmethod
     def enabled(cls, config: RunConfig) -> bool:
-        settings = cls.settings_in(config)
+        return cls.switched_on_by(cls.settings_in(config))
+
+    @classmethod
+    def switched_on_by(cls, settings: Section | None) -> bool:
+        """Whether its section switches it on: `enabled` (a stage may ask for more)."""
         return getattr(settings, "enabled", True)
 
     @abstractmethod
