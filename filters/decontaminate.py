@@ -16,6 +16,7 @@ import threading
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -221,10 +222,12 @@ class Decontaminate(Filter):
         return settings.enabled and bool(settings.benchmarks)
 
     @classmethod
-    def card_note(cls, settings: DecontaminateConfig) -> str:
-        names = ", ".join(f"`{source.name}`" for source in settings.benchmarks)
-        return (f"Checked against the benchmarks {names}: a row sharing {settings.ngram} words with one of their "
-                "prompts or answers was dropped (`contaminated` below).")
+    def note(cls, settings: DecontaminateConfig, dropped: Callable[[], list[Record]]) -> str:
+        details = [record.drop_detail or "" for record in dropped()]
+        removed = ", ".join(f"`{source.name}` {sum(f' with {source.name}: ' in d for d in details)}"
+                            for source in settings.benchmarks)
+        return (f"Checked against benchmarks (records dropped for sharing {settings.ngram} words with one of their "
+                f"prompts or answers): {removed}.")
 
     @classmethod
     def check_inputs(cls, settings: DecontaminateConfig) -> None:

@@ -111,7 +111,7 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
     gate = [stage for name in config.stages if (stage := filters().get(name)) and config.switched_on(stage)]
     for stage in gate:
         metadata.update(stage.card_metadata(stage.settings_in(config)))
-    notes = "".join(f"{note}\n" for stage in gate if (note := stage.card_note(stage.settings_in(config))))
+    notes = "".join(f"{note}\n" for note in report.notes.values())
     figures = "\n\n".join(f"![{path.removeprefix('images/').removesuffix('.png')}]({path})" for path in images)
     where = config.hub.repo_id or report.dataset
     generated = ", ".join(f"{name} {n}" for name, n in report.rows_by_strategy.items() if name != "seed") or "none"

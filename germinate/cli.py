@@ -124,6 +124,8 @@ def _summary(report: Report) -> None:
     for s in report.stages:
         if s.dropped:
             console.print(f"  {s.stage} dropped: {drop_reasons(s)}")
+    for note in report.notes.values():
+        console.print(f"  {escape(note)}", highlight=False)
     console.print(f"  diversity: {describe_metrics(report.metrics)}")
     if report.problem:
         console.print(f"[yellow]partial:[/] {escape(report.problem)}", highlight=False)

@@ -283,15 +283,17 @@ def make_dataset(config: RunConfig, run: Run, runner: Runner, start: float) -> t
         strategies[name] = StrategyReport(**share, expand_calls=sum(s.llm_calls for s in expand),
                                           records=sum(s.kept for s in expand))
     problem = shortfall(config, stages, final)
+    notes = {cls.name: note for cls in per_record + whole_set
+             if (note := cls.note(cls.settings_in(config), functools.partial(run.rejected, cls.name)))}
     if problem and not config.budget.allow_partial:
         report = build_report(config, stages, strategies, len(seeds), final, None, None,
-                              time.perf_counter() - start, problem)
+                              time.perf_counter() - start, problem, notes)
         run.drop_dataset()
         report.write(run.report_path)
         raise RunFailed(not_written(problem, stages))
     metrics = run_metrics(run, final, embedder.vectors_sync)
     report = build_report(config, stages, strategies, len(seeds), final, metrics, str(run.dataset_dir),
-                          time.perf_counter() - start, problem)
+                          time.perf_counter() - start, problem, notes)
     images = plots(final)
     run.write_dataset(final, {"README.md": dataset_card(config, report, list(images)).encode(), **images})
     report.write(run.report_path)

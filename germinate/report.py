@@ -47,6 +47,7 @@ class Report(BaseModel):
     budget: BudgetConfig
     stages: list[StageStats]
     metrics: Metrics | None
+    notes: dict[str, str] = {}  # stage -> what it says it did (decontamination: its benchmarks and their drops)
     published: str | None = None  # the Hub URL
 
     @property
@@ -118,6 +119,7 @@ def build_report(
     dataset_dir: str | None,
     wall_seconds: float,
     problem: str | None = None,
+    notes: dict[str, str] | None = None,
 ) -> Report:
     """`dataset_dir` and `metrics` are None when the run failed for its data (`problem`) and wrote none.
     Requests that went unanswered make the data partial even below budget.max_failed_share: the
@@ -144,6 +146,7 @@ def build_report(
         budget=config.budget,
         stages=stages,
         metrics=metrics,
+        notes=notes or {},
     )
 
 

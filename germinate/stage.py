@@ -122,9 +122,10 @@ class Stage(ABC):
         dataset) is read here, and a problem is a UserError naming the setting. Default: nothing."""
 
     @classmethod
-    def card_note(cls, settings: Section) -> str:
-        """A sentence it adds to the dataset card of a run it is switched on in, under "How it was
-        made" (decontamination: the benchmarks checked). Default: none."""
+    def note(cls, settings: Section, dropped: Callable[[], list[Record]]) -> str:
+        """What it did, in a sentence, for the report, the summary and the dataset card of a run it ran
+        in (decontamination: the benchmarks it checked, and the rows each removed); `dropped()` reads
+        the records it dropped. Default: nothing."""
         return ""
 
     def __init__(self, context: Context):

@@ -43,7 +43,7 @@ class PlantingServer(FaultyServer):
 def test_a_run_drops_exactly_what_its_benchmark_holds(tmp_path):
     """A benchmark file (a `question` column) with verbatim copies of 3 seeds and a text the server
     plants in 2 answers: those 5 records, and no other, are dropped as `contaminated`, each naming its
-    benchmark item; the other seeds stay; the card names the benchmark."""
+    benchmark item; the other seeds stay; the report and the card name the benchmark and its 5 drops."""
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps(s) + "\n" for s in SEEDS))
     bench = tmp_path / "bench.jsonl"
@@ -68,8 +68,10 @@ def test_a_run_drops_exactly_what_its_benchmark_holds(tmp_path):
     rows = pq.read_table(report.dataset + "/data").to_pylist()
     assert {r["id"] for r in rows if r["strategy"] == "seed"} == {"s1", "s3"}
     assert rows and not any(PLANTED in (r["output"] or "") for r in rows)
+    note = report.notes["decontaminate"]  # in report.json, the summary and the card
+    assert note.startswith("Checked against benchmarks") and note.endswith("`bench.jsonl` 5.")
     card = (run / "dataset" / "README.md").read_text()
-    assert "Checked against the benchmarks `bench.jsonl`" in card and "| decontaminate |" in card
+    assert note in card and "| decontaminate |" in card
 
 
 def settings(**changes) -> DecontaminateConfig:
