@@ -78,7 +78,8 @@ class Judge(Stage):
         revisable = [r for r in records if r.model is not None and r.quality_score is not None]
         verdicts = [Verdict({"score": r.quality_score}, r.quality_critique or "") for r in revisable]
         states = await self._reflect(revisable, self.settings.tries, Allowance(calls, 0), verdicts)
-        revised = {state.item.id: self._scored(state, first=False) for state in states}
+        revised = {state.item.id: self._with_draft(self._scored(state, first=False), draft)
+                   for state, draft in zip(states, revisable)}
         kept, rejected = [], []
         for record in records:
             record = revised.get(record.id, record)
@@ -90,6 +91,14 @@ class Judge(Stage):
             else:
                 kept.append(record)
         return kept, rejected
+
+    @staticmethod
+    def _with_draft(record: Record, draft: Record) -> Record:
+        """A revision the judge scored higher keeps the answer it replaced: a preference pair."""
+        if record.output == draft.output:
+            return record
+        return dataclasses.replace(record, draft_output=draft.output, draft_score=draft.quality_score,
+                                   draft_critique=draft.quality_critique)
 
     def _scored(self, state: Reflection[Record], first: bool = True) -> Record:
         record, verdict = state.item, state.verdict

@@ -103,11 +103,18 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
         "size_categories": [_size_category(report.rows)],
         "tags": ["synthetic", "germinate", "instruction-tuning", *config.strategies],
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
-        "dataset_info": {
+        "dataset_info": {  # the default config's
             "features": features(),
             "splits": [{"name": "train", "num_bytes": report.dataset_bytes, "num_examples": report.rows}],
         },
     }
+    pairs = ""
+    if report.preference_pairs:
+        metadata["configs"].append(
+            {"config_name": "preference", "data_files": [{"split": "train", "path": "data/preference-*"}]})
+        pairs = (f"Preference pairs: {report.preference_pairs} answers the judge revised and scored higher (by "
+                 f"{report.preference_gain:g} points on average), each with the answer it replaced: the "
+                 "`preference` config (prompt, chosen, rejected, score_chosen, score_rejected, critique).\n")
     gate = [stage for name in config.stages if (stage := filters().get(name)) and config.switched_on(stage)]
     for stage in gate:
         metadata.update(stage.card_metadata(stage.settings_in(config)))
@@ -137,7 +144,7 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
 {strategy_table(report)}
 Budget: {budget.max_llm_calls} LLM calls ({report.llm_calls} used), {budget.max_records} generated rows.
 Quality gate: {", ".join(stage.name for stage in gate) or "none"}.
-{notes}
+{notes}{pairs}
 {stage_table(report)}
 Every dropped record is kept with its reason in the run's `stages/*/rejected-*.parquet`.
 
@@ -159,7 +166,8 @@ Every dropped record is kept with its reason in the run's `stages/*/rejected-*.p
 each row's provenance (strategy, seed_id, parent_id, hop, operation; AIDE: topic, attribute, persona; TCIA:
 task_type, basic_query, constraints; GLAN: field, discipline, subject, sessions, concepts; prompt hash, model)
 and quality (reflection_score: the instruction's relevance to its seed; quality_score and quality_critique:
-the judge's view of the answer; cluster: its k-means cluster in diversity selection).
+the judge's view of the answer; draft_output, draft_score and draft_critique: the answer the judge revised,
+when the revision scored higher; cluster: its k-means cluster in diversity selection).
 
 ```python
 from datasets import load_dataset

@@ -338,7 +338,9 @@ def publish(
 @app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="A finished run (data/runs/<run-id>)."),
-    format: str = typer.Option("messages", "--format", help="messages (chat turns), alpaca or sharegpt."),
+    format: str = typer.Option(
+        "messages", "--format",
+        help="messages (chat turns), alpaca, sharegpt, or dpo (the preference pairs: prompt, chosen, rejected)."),
     output: Optional[Path] = typer.Option(None, help="JSONL file to write; default RUN_DIR/export/FORMAT.jsonl."),
 ) -> None:
     """Write a run's dataset as JSONL in a trainer's format."""
@@ -351,13 +353,14 @@ def export(
             raise UserError(f"--format: '{format}' is not one of {', '.join(FORMATS)}")
         records = Run.open(run_dir).dataset()
         target = output or run_dir / "export" / f"{format}.jsonl"
+        data, count = export_jsonl(records, format)
         try:
-            write_atomic(target, export_jsonl(records, format))
+            write_atomic(target, data)
         except OSError as exc:
             raise UserError(f"{target}: cannot write ({exc.strerror or exc})") from None
     except UserError as exc:
         raise _fail(exc) from None
-    console.print(f"{len(records)} rows in {format} format: {target}")
+    console.print(f"{count} {'pairs' if format == 'dpo' else 'rows'} in {format} format: {target}")
 
 
 @app.command()

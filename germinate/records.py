@@ -57,6 +57,10 @@ class Record:
     quality_score: float | None = None  # judge's mean of correctness, helpfulness, instruction following
     quality_critique: str | None = None
     quality_revisions: int = 0  # revisions of the response tried with the critique
+    # The answer the judge revised, when a revision scored higher: a preference pair with `output`
+    draft_output: str | None = None
+    draft_score: float | None = None
+    draft_critique: str | None = None
     cluster: int | None = None  # diversity selection's k-means cluster
     duplicate_of: str | None = None  # the kept record this one duplicates (dedup stages)
     # why a record was dropped (rejected outputs only)
@@ -129,4 +133,5 @@ def to_dataset_table(records: list[Record]) -> pa.Table:
 
 
 def from_table(table: pa.Table) -> list[Record]:
-    return [Record(**row) for row in table.select(SCHEMA.names).to_pylist()]
+    """Records of a file a run wrote, an earlier version's too: a column it did not have takes its default."""
+    return [Record(**row) for row in table.select([n for n in SCHEMA.names if n in table.column_names]).to_pylist()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from statistics import mean
 from typing import Literal
 
 from pydantic import BaseModel
@@ -48,6 +49,8 @@ class Report(BaseModel):
     stages: list[StageStats]
     metrics: Metrics | None
     notes: dict[str, str] = {}  # stage -> what it says it did (decontamination: its benchmarks and their drops)
+    preference_pairs: int = 0  # rows whose answer the judge revised and scored higher
+    preference_gain: float | None = None  # their mean score gain
     published: str | None = None  # the Hub URL
 
     @property
@@ -125,6 +128,7 @@ def build_report(
     Requests that went unanswered make the data partial even below budget.max_failed_share: the
     same command again asks them again, and may change the dataset."""
     unanswered = sum(s.unanswered_calls for s in stages)
+    pairs = [r for r in records if r.draft_output is not None and r.draft_score is not None]
     if problem is None and unanswered:
         problem = (f"{unanswered} LLM requests went unanswered after their retries; run the same command again "
                    "to ask them again")
@@ -147,6 +151,8 @@ def build_report(
         stages=stages,
         metrics=metrics,
         notes=notes or {},
+        preference_pairs=len(pairs),
+        preference_gain=round(mean(r.quality_score - r.draft_score for r in pairs), 2) if pairs else None,
     )
 
 

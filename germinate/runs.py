@@ -15,12 +15,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow as pa
 import yaml
 from pydantic import TypeAdapter
 
 from germinate.budget import EXPAND_STAGE
 from germinate.config import RENAMED_STAGES, RunConfig, data_settings, dump_config, with_new_names
 from germinate.errors import UserError
+from germinate.export import preference_pairs
 from germinate.io import load_seeds, read_records, write_atomic, write_records, write_table
 from germinate.llm import check_llm
 from germinate.records import Record, to_dataset_table
@@ -230,6 +232,10 @@ class Run:
         for i in range(count):
             paths.append(self.dataset_dir / "data" / f"train-{i:05d}-of-{count:05d}.parquet")
             write_table(staging / "data" / paths[-1].name, table.slice(i * rows_per_file, rows_per_file))
+        pairs = preference_pairs(records)
+        if pairs:  # the `preference` config of the card
+            paths.append(self.dataset_dir / "data" / "preference-00000-of-00001.parquet")
+            write_table(staging / "data" / paths[-1].name, pa.Table.from_pylist(pairs))
         for name, data in files.items():
             write_atomic(staging / name, data)
         replaced = self.root / f".dataset.old-{os.getpid()}"

@@ -85,9 +85,10 @@ def test_resume_after_kill_asks_nothing_twice_and_matches_an_uninterrupted_run(t
 
 
 def test_a_run_started_before_the_judge_was_renamed_resumes(tmp_path, caplog):
-    """A run of 0.1.0 called the judge stage `reflect` (in its config, its folder, its shards' numbers):
-    resumed with a config that says `judge`, it is moved to the new name and ends as a run started
-    now does. A config that still says `reflect` loads, with a warning."""
+    """A run of 0.1.0 called the judge stage `reflect` (in its config, its folder, its shards' numbers)
+    and wrote records without the columns added since: resumed with a config that says `judge`, it is
+    moved to the new name and ends as a run started now does. A config that still says `reflect`
+    loads, with a warning."""
     seeds = write_seeds(tmp_path)
     with FaultyServer() as server:
         config = tiny_config(seeds, tmp_path / "runs", llm={"backend": "openai", "base_url": server.base_url},
@@ -99,6 +100,9 @@ def test_a_run_started_before_the_judge_was_renamed_resumes(tmp_path, caplog):
         for stage in ("semantic_dedup", "select"):
             shutil.rmtree(old / "stages" / stage)
         (old / "stages" / "judge").rename(old / "stages" / "reflect")
+        for written in old.glob("**/*.parquet"):  # 0.1.0's records had no draft answers
+            table = pq.read_table(written)
+            pq.write_table(table.drop_columns([c for c in table.column_names if c.startswith("draft_")]), written)
         for marker in (old / "shards").glob("*.done.json"):
             marker.write_text(marker.read_text().replace('"stage":"judge"', '"stage":"reflect"'))
         settings = yaml.safe_load((old / "config.yaml").read_text())
