@@ -111,7 +111,7 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
     pairs = ""
     if report.preference_pairs:
         metadata["configs"].append(
-            {"config_name": "preference", "data_files": [{"split": "train", "path": "data/preference-*"}]})
+            {"config_name": "preference", "data_files": [{"split": "train", "path": "preference/train-*"}]})
         pairs = (f"Preference pairs: {report.preference_pairs} answers the judge revised and scored higher (by "
                  f"{report.preference_gain:g} points on average), each with the answer it replaced: the "
                  "`preference` config (prompt, chosen, rejected, score_chosen, score_rejected, critique).\n")

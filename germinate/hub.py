@@ -16,7 +16,7 @@ from germinate.report import Report
 from germinate.runs import Run
 
 # What an earlier publish wrote and a new one may replace; anything else in the repo is the user's.
-OWN_FILES = re.compile(r"data/train-\d{5}-of-\d{5}\.parquet")
+OWN_FILES = re.compile(r"(data|preference)/train-\d{5}-of-\d{5}\.parquet")
 OWN_PLOTS = (CLUSTER_PLOT, SCORE_PLOT)
 
 
