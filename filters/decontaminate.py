@@ -46,7 +46,8 @@ class Benchmark(Section):
 
     @property
     def is_file(self) -> bool:
-        return Path(self.path).suffix.lower() in TABLE_SUFFIXES
+        """A file (an existing one of another format gets the readers' clear error), else a dataset id."""
+        return Path(self.path).suffix.lower() in TABLE_SUFFIXES or Path(self.path).is_file()
 
 
 class DecontaminateConfig(StageSettings):
@@ -105,13 +106,18 @@ def _powers_to(length: int) -> tuple[np.ndarray, np.ndarray]:
     return powers[:length], inverse[:length]
 
 
-def ngram_hashes(tokens: list[str], n: int, vocabulary: dict[str, int]) -> np.ndarray:
+def ngram_hashes(tokens: list[str], n: int, vocabulary: dict[str, int], learn: bool = True) -> np.ndarray:
     """One 64-bit hash per run of `n` words (none when the text is shorter): for the run starting at
-    word i, the sum of word_j * MULTIPLIER**(i+n-1-j)."""
+    word i, the sum of word_j * MULTIPLIER**(i+n-1-j). A word new to `vocabulary` is added to it, or,
+    unless `learn` (a record's words: the benchmarks' vocabulary must not grow with every record a
+    long-lived process checks), hashed as 0: no run with it is in a benchmark."""
     if len(tokens) < n:
         return np.empty(0, np.uint64)
-    ids = np.array([vocabulary[w] if w in vocabulary else vocabulary.setdefault(w, _word_hash(w)) for w in tokens],
-                   np.uint64)
+    if learn:
+        ids = np.array([vocabulary[w] if w in vocabulary else vocabulary.setdefault(w, _word_hash(w))
+                        for w in tokens], np.uint64)
+    else:
+        ids = np.array([vocabulary.get(w, 0) for w in tokens], np.uint64)
     powers, inverse = _powers_to(len(tokens))
     prefix = np.cumsum(ids * inverse, dtype=np.uint64)  # sum of word_j * MULTIPLIER**-j up to each word
     windows = prefix[n - 1:] - np.concatenate(([np.uint64(0)], prefix[:-n]))
@@ -137,6 +143,7 @@ class Index:
         self.items: list[Item] = []
         hashes, owners = [], []
         for source in settings.benchmarks:
+            before = len(self.items)
             for place, text in _texts(source):
                 tokens = words(text, settings.case, settings.punctuation)
                 found = ngram_hashes(tokens, settings.ngram, self.vocabulary)
@@ -144,6 +151,9 @@ class Index:
                     hashes.append(found)
                     owners.append(np.full(len(found), len(self.items), np.int32))
                     self.items.append(Item(source.name, place, f" {' '.join(tokens)} "))
+            if len(self.items) == before:  # checking against it would check nothing
+                raise UserError(f"quality.decontaminate.benchmarks: {source.name} has no text of {settings.ngram} "
+                                f"words or more; lower quality.decontaminate.ngram, or name its columns")
         hashes = np.concatenate(hashes) if hashes else np.empty(0, np.uint64)
         order = np.argsort(hashes, kind="stable")
         self.hashes = hashes[order]
@@ -162,7 +172,7 @@ class Index:
     def shared(self, text: str) -> tuple[Item, str] | None:
         """The first benchmark item `text` shares `ngram` words or more with, and the words."""
         tokens = words(text, self.settings.case, self.settings.punctuation)
-        found = ngram_hashes(tokens, self.settings.ngram, self.vocabulary)
+        found = ngram_hashes(tokens, self.settings.ngram, self.vocabulary, learn=False)
         if not len(found) or not len(self.hashes):
             return None
         slots = found >> np.uint64(64 - self.slot_bits)
@@ -196,13 +206,18 @@ def _texts(source: Benchmark) -> list[tuple[str, str]]:
 
 def _hub_rows(source: Benchmark) -> list[tuple[str, dict]]:
     """A Hugging Face dataset's rows, through `datasets` (which caches what it downloads)."""
+    where = f"quality.decontaminate.benchmarks: '{source.path}'"
     try:
         from datasets import load_dataset
-
+    except ImportError:
+        raise UserError(f"{where} is no file (.jsonl, .json, .csv, .parquet), so a Hugging Face dataset id, which "
+                        "needs the datasets package: pip install datasets") from None
+    try:
         rows = load_dataset(source.path, source.subset, split=source.split)
     except Exception as exc:  # the Hub unreachable, no such dataset, split or subset
+        subset = f"subset {source.subset}, " if source.subset else ""
         raise UserError(f"quality.decontaminate.benchmarks: cannot load the Hugging Face dataset "
-                        f"'{source.path}' (split {source.split}): {exc}") from None
+                        f"'{source.path}' ({subset}split {source.split}): {exc}") from None
     return [(f"{source.path} {source.split} row {i}", row) for i, row in enumerate(rows)]
 
 

@@ -112,9 +112,10 @@ def dataset_card(config: RunConfig, report: Report, images: list[str]) -> str:
     if report.preference_pairs:
         metadata["configs"].append(
             {"config_name": "preference", "data_files": [{"split": "train", "path": "preference/train-*"}]})
-        pairs = (f"Preference pairs: {report.preference_pairs} answers the judge revised and scored higher (by "
-                 f"{report.preference_gain:g} points on average), each with the answer it replaced: the "
-                 "`preference` config (prompt, chosen, rejected, score_chosen, score_rejected, critique).\n")
+        gain = f" (by {report.preference_gain:g} points on average)" if report.preference_gain is not None else ""
+        pairs = (f"Preference pairs: {report.preference_pairs} answers the judge revised and scored higher{gain}, "
+                 "each with the answer it replaced: the `preference` config (prompt, chosen, rejected, "
+                 "score_chosen, score_rejected, critique).\n")
     gate = [stage for name in config.stages if (stage := filters().get(name)) and config.switched_on(stage)]
     for stage in gate:
         metadata.update(stage.card_metadata(stage.settings_in(config)))

@@ -56,13 +56,13 @@ def _quality() -> type[Section]:
 
 QualityConfig = _quality()
 
-# Stages renamed since 0.1.0, old name -> new: the old name is read in `stages` and as its `quality`
+# Stages renamed after 0.1.0, old name -> new: the old name is read in `stages` and as its `quality`
 # section, with a warning, for one release.
 RENAMED_STAGES = {"reflect": "judge"}
 
 
 def with_new_names(data: dict[str, Any], warn: bool = True) -> dict[str, Any]:
-    """A config's dict with the stages renamed since 0.1.0 called by their new names."""
+    """A config's dict with the stages renamed after 0.1.0 called by their new names."""
     stages, quality = data.get("stages"), data.get("quality")
     old = [name for name in RENAMED_STAGES
            if (isinstance(stages, list) and name in stages) or (isinstance(quality, dict) and name in quality)]
@@ -209,7 +209,10 @@ def data_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
     def switched_on(name: str) -> bool:  # a stage added to the defaults since the run started is off there
         section = found[name].section.removeprefix(QUALITY)
-        return found[name].switched_on_by(found[name].Settings.model_validate(quality.get(section, {})))
+        try:
+            return found[name].switched_on_by(found[name].Settings.model_validate(quality.get(section, {})))
+        except ValidationError:  # settings of another version: compared as they are
+            return True
 
     kept["stages"] = [name for name in settings.get("stages", []) if name not in found or switched_on(name)]
     named = {found[name].section.removeprefix(QUALITY) for name in kept["stages"] if name in found}

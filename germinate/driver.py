@@ -311,6 +311,11 @@ def check_run(config: RunConfig) -> None:
     """What a user can get wrong beyond the config's own checks, found before anything is written."""
     generators.check_strategies(config)
     per_record, whole_set = stage_classes(config)
+    for stage in known_stages().values():  # a stage off by default, switched on where it cannot run
+        if stage.name not in config.stages and not stage.switched_on_by(stage.Settings()) \
+                and stage.switched_on_by(stage.settings_in(config)):
+            raise UserError(f"{stage.section}: switches '{stage.name}' on, but stages does not list it; add it to "
+                            "stages")
     for stage in per_record + whole_set:
         stage.check_inputs(stage.settings_in(config))
     if config.hub.repo_id:

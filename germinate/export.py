@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
+import pyarrow as pa
+
 from germinate.records import Record, messages, show
 
 
@@ -15,6 +17,13 @@ def _alpaca(record: Record) -> dict[str, Any]:
 
 def _sharegpt(record: Record) -> dict[str, Any]:
     return {"conversations": [{"from": "human", "value": show(record)}, {"from": "gpt", "value": record.output or ""}]}
+
+
+PREFERENCE_SCHEMA = pa.schema(
+    [(name, pa.string()) for name in ("prompt", "chosen", "rejected")]
+    + [(name, pa.float64()) for name in ("score_chosen", "score_rejected")]
+    + [(name, pa.string()) for name in ("critique", "id", "strategy", "seed_id", "model", "prompt_hash")]
+)
 
 
 def preference_pair(record: Record) -> dict[str, Any] | None:
@@ -29,8 +38,9 @@ def preference_pair(record: Record) -> dict[str, Any] | None:
             "seed_id": record.seed_id, "model": record.model, "prompt_hash": record.prompt_hash}
 
 
-def preference_pairs(records: list[Record]) -> list[dict[str, Any]]:
-    return [pair for record in records if (pair := preference_pair(record))]
+def preference_table(records: list[Record]) -> pa.Table:
+    """The pairs among `records`, with one schema whatever they hold (a column of nulls is still text)."""
+    return pa.Table.from_pylist([pair for record in records if (pair := preference_pair(record))], PREFERENCE_SCHEMA)
 
 
 FORMATS: dict[str, Callable[[Record], dict[str, Any] | None]] = {

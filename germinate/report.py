@@ -128,7 +128,8 @@ def build_report(
     Requests that went unanswered make the data partial even below budget.max_failed_share: the
     same command again asks them again, and may change the dataset."""
     unanswered = sum(s.unanswered_calls for s in stages)
-    pairs = [r for r in records if r.draft_output is not None and r.draft_score is not None]
+    pairs = [r for r in records if r.draft_output is not None]  # as export.preference_pair takes them
+    gains = [r.quality_score - r.draft_score for r in pairs if r.quality_score is not None and r.draft_score is not None]
     if problem is None and unanswered:
         problem = (f"{unanswered} LLM requests went unanswered after their retries; run the same command again "
                    "to ask them again")
@@ -152,7 +153,7 @@ def build_report(
         metrics=metrics,
         notes=notes or {},
         preference_pairs=len(pairs),
-        preference_gain=round(mean(r.quality_score - r.draft_score for r in pairs), 2) if pairs else None,
+        preference_gain=round(mean(gains), 2) if gains else None,
     )
 
 
@@ -213,14 +214,16 @@ def report_markdown(report: Report) -> str:
     row = (f"| {m.rows}/{m.generated} | {m.mean_distance:.3f} | {m.clusters_covered}/{m.clusters} | "
            f"{m.distinct_bigrams:.2f} | {m.seed_similarity:.3f} |")
     published = f" · published: {report.published}" if report.published else ""
+    pairs = f" · {report.preference_pairs} preference pairs" if report.preference_pairs else ""
+    notes = "".join(f"{note}\n\n" for note in report.notes.values())
     return f"""# germinate run `{report.run_id}`
 
 {report.rows} rows in `{report.dataset}` · {report.llm_calls}/{report.budget.max_llm_calls} LLM calls ·
-{report.wall_seconds:.0f}s wall{published}
+{report.wall_seconds:.0f}s wall{pairs}{published}
 
 ## Stages
 
-{stage_table(report)}
+{notes}{stage_table(report)}
 ## Strategies
 
 {strategy_table(report)}

@@ -15,14 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-import pyarrow as pa
 import yaml
 from pydantic import TypeAdapter
 
 from germinate.budget import EXPAND_STAGE
 from germinate.config import RENAMED_STAGES, RunConfig, data_settings, dump_config, with_new_names
 from germinate.errors import UserError
-from germinate.export import preference_pairs
+from germinate.export import preference_table
 from germinate.io import load_seeds, read_records, write_atomic, write_records, write_table
 from germinate.llm import check_llm
 from germinate.records import Record, to_dataset_table
@@ -223,7 +222,8 @@ class Run:
         self, records: list[Record], files: dict[str, bytes], shard_bytes: int = DATASET_SHARD_BYTES
     ) -> list[Path]:
         """Hugging Face layout: data/train-XXXXX-of-YYYYY.parquet, cut by size, beside the card's
-        files (README.md, images/) and the preference pairs (preference/). Built beside the old folder and swapped in: never a mix of two."""
+        files (README.md, images/) and the preference pairs (preference/). Built beside the old folder
+        and swapped in: never a mix of two."""
         table = to_dataset_table(records)
         rows_per_file = max(1, len(records) * shard_bytes // max(table.nbytes, 1))
         count = max(1, -(-len(records) // rows_per_file))
@@ -232,10 +232,10 @@ class Run:
         for i in range(count):
             paths.append(self.dataset_dir / "data" / f"train-{i:05d}-of-{count:05d}.parquet")
             write_table(staging / "data" / paths[-1].name, table.slice(i * rows_per_file, rows_per_file))
-        pairs = preference_pairs(records)
-        if pairs:  # the card's `preference` config, in a folder of its own: data/ holds the rows alone
+        pairs = preference_table(records)
+        if pairs.num_rows:  # the card's `preference` config, in a folder of its own: data/ holds the rows alone
             paths.append(self.dataset_dir / "preference" / "train-00000-of-00001.parquet")
-            write_table(staging / "preference" / paths[-1].name, pa.Table.from_pylist(pairs))
+            write_table(staging / "preference" / paths[-1].name, pairs)
         for name, data in files.items():
             write_atomic(staging / name, data)
         replaced = self.root / f".dataset.old-{os.getpid()}"

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import GATE_OFF, germinate, tiny_config
-from germinate.driver import run_here
+from germinate.driver import check_run, run_here
+from germinate.errors import UserError
 from germinate.filters.decontaminate import Decontaminate, DecontaminateConfig, Index
 from germinate.records import Record
 from germinate.stage import Context
@@ -105,13 +106,27 @@ def test_a_seed_is_kept_unless_the_config_drops_it(tmp_path, seeds_file, caplog)
     assert "seed s1 instruction shares" in caplog.text and "kept: quality.decontaminate.drop_seeds is off" in caplog.text
 
 
+def test_benchmarks_named_for_a_stage_the_stages_leave_out_are_an_error(tmp_path, seeds_file):
+    """A config of its own `stages` that names benchmarks but not the stage would check nothing."""
+    bench = tmp_path / "b.jsonl"
+    bench.write_text(json.dumps({"question": SEEDS[0]["instruction"]}) + "\n")
+    config = tiny_config(seeds_file, tmp_path, stages=["respond", "judge"],
+                         quality={"decontaminate": {"benchmarks": [str(bench)]}})
+    with pytest.raises(UserError, match="quality.decontaminate: switches 'decontaminate' on, but stages does not"):
+        check_run(config)
+
+
 @pytest.mark.parametrize("benchmark, message", [
     ("missing.jsonl", "missing.jsonl: no such benchmark file"),
     ("cols.jsonl", "quality.decontaminate.benchmarks: cols.jsonl has none of the columns question, prompt"),
     ("no-such/benchmark", "quality.decontaminate.benchmarks: cannot load the Hugging Face dataset 'no-such/benchmark'"),
+    ("short.csv", "quality.decontaminate.benchmarks: short.csv has no text of 13 words or more"),
+    ("bench.tsv", "bench.tsv: unknown benchmark format '.tsv'"),
 ])
 def test_a_bad_benchmark_is_one_clear_error_before_anything_is_written(tmp_path, benchmark, message):
     (tmp_path / "cols.jsonl").write_text(json.dumps({"id": 1, "label": "x"}) + "\n")
+    (tmp_path / "short.csv").write_text("question,answer\nWhat is two and two?,four\n")
+    (tmp_path / "bench.tsv").write_text("question\tanswer\n")
     (tmp_path / "run.yaml").write_text(json.dumps({"quality": {"decontaminate": {"benchmarks": [benchmark]}},
                                                    "output_dir": str(tmp_path / "runs")}))
     result = germinate("run", "--config", "run.yaml", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
