@@ -1,6 +1,7 @@
 """The LLM layer against a real HTTP server on loopback that misbehaves on purpose."""
 
 import logging
+import multiprocessing
 import time
 
 import pytest
@@ -79,6 +80,35 @@ def test_cache_answers_a_rerun_without_a_request(tmp_path):
     # Closed, the cache is all in its main file: a copied run directory carries it whole.
     wal = tmp_path / "cache.sqlite-wal"
     assert not wal.exists() or wal.stat().st_size == 0
+
+
+def _open_and_answer(path, barrier, key, answers):
+    barrier.wait()
+    try:
+        cache = ResponseCache(path)
+        cache.put(key, {"text": key})
+        cache.close()
+        answers.put(key)
+    except Exception as error:  # the parent names what went wrong
+        answers.put(repr(error))
+
+
+def test_workers_opening_one_new_cache_at_once_all_keep_their_answers(tmp_path):
+    """Ray's shard workers open the run's cache together; one once died of "database is locked"."""
+    context = multiprocessing.get_context("fork")
+    for trial in range(15):
+        path = tmp_path / f"cache-{trial}.sqlite"
+        barrier, answers = context.Barrier(6), context.Queue()
+        workers = [context.Process(target=_open_and_answer, args=(path, barrier, f"k{n}", answers))
+                   for n in range(6)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(30)
+        assert sorted(answers.get(timeout=5) for _ in workers) == [f"k{n}" for n in range(6)]
+        cache = ResponseCache(path)
+        assert [cache.get(f"k{n}") for n in range(6)] == [{"text": f"k{n}"} for n in range(6)]
+        cache.close()
 
 
 def test_invalid_json_is_retried_with_a_new_seed():

@@ -17,6 +17,21 @@ def cache_key(model: str, messages: list[dict], params: dict[str, Any], schema: 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def _switch_to_wal(db: sqlite3.Connection, wait_seconds: float = 10.0) -> None:
+    """SQLite answers "database is locked" at once, without its busy timeout, to a process that
+    switches a new file to WAL while another (a Ray shard's worker opening the same cache) does
+    the same. The mode is stored in the file, so waiting until the first switch lands is enough."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class ResponseCache:
     """SQLite, written in batches: one transaction per FLUSH_EVERY answers or FLUSH_SECONDS
     (and at the end of every generate call) instead of one per answer, which cost a tenth
@@ -29,7 +44,7 @@ class ResponseCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         # WAL without a sync per commit: a crash may lose the last answers, never corrupt the file.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(self._db)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         self._lock = threading.Lock()
