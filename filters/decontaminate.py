@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import threading
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -23,7 +21,7 @@ from pydantic import Field, field_validator
 
 from germinate.errors import UserError
 from germinate.io import TABLE_SUFFIXES, table_rows
-from germinate.records import Record
+from germinate.records import Record, words
 from germinate.settings import Section, StageSettings
 from germinate.stage import Context, Filter
 
@@ -71,15 +69,6 @@ class DecontaminateConfig(StageSettings):
     def _absolute(cls, benchmarks: list[Benchmark]) -> list[Benchmark]:
         """A file is found where the config was read (a Ray worker, or a resume, may run elsewhere)."""
         return [b.model_copy(update={"path": str(Path(b.path).resolve())}) if b.is_file else b for b in benchmarks]
-
-
-def words(text: str, case: bool, punctuation: bool) -> list[str]:
-    text = unicodedata.normalize("NFKC", text)
-    if not case:
-        text = text.casefold()
-    if not punctuation:
-        text = re.sub(r"[^\w\s]", " ", text)
-    return text.split()
 
 
 def _word_hash(word: str) -> int:

@@ -142,6 +142,8 @@ def table_rows(path: Path, kind: str) -> Iterator[tuple[str, Any]]:
     if not path.is_file():
         raise UserError(f"{path}: not a regular file; name a {kind} file")
     suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise UserError(f"{path}: unknown {kind} format '{suffix}' (use .jsonl, .json, .csv or .parquet)")
     if suffix == ".parquet":
         return _parquet_rows(path)
     text = _decode(path, path.read_bytes())
@@ -149,9 +151,7 @@ def table_rows(path: Path, kind: str) -> Iterator[tuple[str, Any]]:
         return _jsonl_rows(path, text)
     if suffix == ".json":
         return _json_rows(path, text, kind)
-    if suffix == ".csv":
-        return _csv_rows(path, text)
-    raise UserError(f"{path}: unknown {kind} format '{suffix}' (use .jsonl, .json, .csv or .parquet)")
+    return _csv_rows(path, text)
 
 
 def load_seeds(path: Path) -> list[Record]:

@@ -72,10 +72,19 @@ class Record:
         return dataclasses.replace(self, drop_stage=stage, drop_reason=reason, drop_detail=detail)
 
 
+def words(text: str, case: bool = False, punctuation: bool = False) -> list[str]:
+    """The words of `text` (NFKC), by default without case or punctuation."""
+    text = unicodedata.normalize("NFKC", text)
+    if not case:
+        text = text.casefold()
+    if not punctuation:
+        text = re.sub(r"[^\w\s]", " ", text)
+    return text.split()
+
+
 def normalize(text: str) -> str:
     """Case, whitespace and punctuation do not make a task new."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(re.sub(r"[^\w\s]", " ", text).split())
+    return " ".join(words(text))
 
 
 def show(record: Record) -> str:

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from germinate.config import RunConfig, known_stages
+from germinate.export import preference_pair
 from germinate.io import write_atomic
 from germinate.metrics import Metrics
 from germinate.records import Record, to_dataset_table
@@ -128,7 +129,7 @@ def build_report(
     Requests that went unanswered make the data partial even below budget.max_failed_share: the
     same command again asks them again, and may change the dataset."""
     unanswered = sum(s.unanswered_calls for s in stages)
-    pairs = [r for r in records if r.draft_output is not None]  # as export.preference_pair takes them
+    pairs = [r for r in records if preference_pair(r)]
     gains = [r.quality_score - r.draft_score for r in pairs if r.quality_score is not None and r.draft_score is not None]
     if problem is None and unanswered:
         problem = (f"{unanswered} LLM requests went unanswered after their retries; run the same command again "
