@@ -5,7 +5,7 @@ the threshold are revised with the critique, with the calls the shard has left."
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,9 @@ from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, show
 from germinate.settings import StageSettings
 from germinate.stage import Context, Outcome, Stage
+
+if TYPE_CHECKING:
+    from germinate.config import RunConfig
 
 RESPONSE = Rubric(
     "response",
@@ -41,6 +44,10 @@ class JudgeConfig(StageSettings):
     on_fail: Literal["drop", "keep"] = Field(
         "keep", description="what happens to an answer still below the threshold: drop it (trust the judge) or keep it"
     )
+    margin: float = Field(
+        1.0, ge=0, le=9, description="with generation.samples above 1: how much lower than the best the judge must "
+        "score the worst answer of an instruction for the two to make a preference pair",
+    )
 
 
 class Judge(Stage):
@@ -64,13 +71,30 @@ class Judge(Stage):
         self.heuristics = Heuristics(context) if Heuristics.enabled(context.config) else None
 
     @classmethod
-    def calls_for(cls, answered: bool) -> int:
-        return 1  # the first look
+    def calls_for(cls, config: RunConfig, answered: bool) -> int:
+        return 1 if answered else config.generation.samples  # the first look at each answer
 
     async def run(self, records: list[Record]) -> Outcome:
-        """The first look, as answers arrive (paid for when each record was made)."""
-        states = await self._reflect(records, tries=0, budget=Allowance(0, 0))
-        return [self._scored(state) for state in states], []
+        """The first look, as answers arrive (paid for when each record was made), at every answer
+        sampled for an instruction: the best is its answer."""
+        answers = [dataclasses.replace(record, output=output, other_outputs=None)
+                   for record in records for output in [record.output, *(record.other_outputs or [])]]
+        states = iter(await self._reflect(answers, tries=0, budget=Allowance(0, 0)))
+        return [self._chosen(record, [next(states) for _ in range(1 + len(record.other_outputs or []))])
+                for record in records], []
+
+    def _chosen(self, record: Record, states: list[Reflection[Record]]) -> Record:
+        """The answer the judge scores best among those sampled (the first on a tie, and the first
+        alone when none was judged), with the worst as its pair when it scores `margin` lower. A
+        sampled answer must pass the heuristic filters to replace the first, which did."""
+        judged = [s for s in states if s.verdict is not None]
+        if not judged:
+            return self._scored(states[0])
+        eligible = [s for s in judged if s is states[0] or self.heuristics is None or self.heuristics.check(s.item) is None]
+        best = max(eligible or judged, key=lambda s: s.verdict.score)
+        worst = min(judged, key=lambda s: s.verdict.score)
+        chosen, gap = self._scored(best), best.verdict.score - worst.verdict.score
+        return self._with_draft(chosen, self._scored(worst)) if gap > 0 and gap >= self.settings.margin else chosen
 
     async def finish(self, records: list[Record], calls: int) -> Outcome:
         """What the shard has left (`calls`) pays for revisions, two calls each (revise, judge again),
@@ -94,8 +118,9 @@ class Judge(Stage):
 
     @staticmethod
     def _with_draft(record: Record, draft: Record) -> Record:
-        """A revision the judge scored higher keeps the answer it replaced: a preference pair."""
-        if record.output == draft.output:
+        """A revision the judge scored higher keeps the answer it replaced: a preference pair (unless
+        the record has one already, with the worst answer sampled, which scored lower still)."""
+        if record.output == draft.output or record.draft_output is not None:
             return record
         return dataclasses.replace(record, draft_output=draft.output, draft_score=draft.quality_score,
                                    draft_critique=draft.quality_critique)

@@ -32,7 +32,7 @@ from germinate.report import (
     Report, StrategyReport, build_report, not_written, run_line, short_of_rows, shortfall, stage_line,
 )
 from germinate.runs import Run, prepare_run
-from germinate.stage import Context, Stage, reserved_calls
+from germinate.stage import Context, Stage
 from germinate.stall import Watch
 from germinate.stats import StageStats
 
@@ -109,14 +109,14 @@ def calls_after(config: RunConfig) -> Callable[[bool], int]:
     """The LLM calls the run's per-record stages make for a record (by whether it came with its
     answer): its maker reserves them."""
     per_record = stage_classes(config)[0]
-    return lambda answered: reserved_calls(per_record, answered)
+    return lambda answered: sum(stage.calls_for(config, answered) for stage in per_record)
 
 
 def record_cost(config: RunConfig) -> int:
-    """What a strategy reserves for each record it makes without an answer: the answer (the respond
-    stage's, or the strategy's own, as Evol-Instruct answers while it expands), then what the
-    per-record stages do with an answered record."""
-    return 1 + calls_after(config)(True)
+    """What a strategy reserves for each record it makes without an answer: the answers the respond
+    stage samples and what the per-record stages do with them, or the strategy's own answer (as
+    Evol-Instruct answers while it expands) and what they do with an answered record."""
+    return max(calls_after(config)(False), 1 + calls_after(config)(True))
 
 
 def embed_ahead(embedder: Embedder, records: list[Record], size: int, every: bool) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 from germinate.budget import EXPAND_STAGE, Allowance, Meter, Overspent
 from germinate.llm.base import counted, paid_by
 from germinate.records import Record
-from germinate.stage import Outcome, Stage, reserved_calls
+from germinate.stage import Outcome, Stage
 from germinate.stats import StageStats, Usage
 
 Emit = Callable[[list[Record], list[Record]], None]
@@ -216,7 +216,7 @@ async def stream_shard(
             if len(kept) > allowances[unit].records:
                 raise Overspent(f"{meters[unit].owner} kept {len(kept)} rows, past the "
                                 f"{allowances[unit].records} left of its allowance")
-            meters[unit].pay(sum(reserved_calls(stages, bool(record.output)) for record in kept))
+            meters[unit].pay(sum(stage.calls_for(stage.config, bool(record.output)) for stage in stages for record in kept))
             on_made(kept + rejected)
             on_record(name, len(kept))
             made_rejected.extend(rejected)

@@ -57,7 +57,11 @@ class Record:
     quality_score: float | None = None  # judge's mean of correctness, helpfulness, instruction following
     quality_critique: str | None = None
     quality_revisions: int = 0  # revisions of the response tried with the critique
-    # The answer the judge revised, when a revision scored higher: a preference pair with `output`
+    # The other answers sampled for the instruction (generation.samples), for the judge to choose among;
+    # the judge empties it (a run without the judge keeps them in its rows)
+    other_outputs: list[str] | None = None
+    # The answer the judge revised when a revision scored higher, or the worst of the answers sampled:
+    # a preference pair with `output`
     draft_output: str | None = None
     draft_score: float | None = None
     draft_critique: str | None = None

@@ -116,6 +116,10 @@ class GenerationConfig(Section):
     top_p: float = Field(0.95, gt=0, le=1)
     max_tokens: int = Field(160, ge=16, description="for instructions, judgements and other JSON outputs")
     response_max_tokens: int = Field(256, ge=16, description="for answers in the respond stage")
+    samples: int = Field(
+        1, ge=1, le=16, description="answers the respond stage samples per instruction: the judge keeps the one it "
+        "scores best, and the worst, when it scores quality.judge.margin lower, makes a preference pair with it",
+    )
 
 
 class BudgetConfig(Section):

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ClassVar, TypeVar
 
 from germinate.records import Record
 from germinate.settings import Section, StageSettings
@@ -154,7 +154,7 @@ class Stage(ABC):
     async def run(self, records: list[Record]) -> Outcome: ...
 
     @classmethod
-    def calls_for(cls, answered: bool) -> int:
+    def calls_for(cls, config: RunConfig, answered: bool) -> int:
         """LLM calls it makes for one record as the record arrives (`answered`: it came with its answer);
         the record's maker reserves them, and a stage that calls the LLM must say how many here (its
         last look spends what the shard has left). Default: none."""
@@ -169,11 +169,6 @@ class Stage(ABC):
         """At the end of a shard, with the records this stage kept there and the LLM calls the shard
         has left: a last look (the judge revises the weakest answers with them). Default: keep all."""
         return records, []
-
-
-def reserved_calls(stages: Sequence[Stage | type[Stage]], answered: bool) -> int:
-    """The LLM calls `stages` make for a record as it arrives: what its maker reserves."""
-    return sum(stage.calls_for(answered) for stage in stages)
 
 
 class Filter(Stage):

@@ -176,7 +176,7 @@ class Answers(Stage):
     name = "answers"
 
     @classmethod
-    def calls_for(cls, answered):
+    def calls_for(cls, config, answered):
         return 0 if answered else 1
 
     async def run(self, records):
