@@ -207,6 +207,10 @@ def run(
     as_json: bool = typer.Option(
         False, "--json", help="For scripts: no progress bars, and the run report (report.json) as JSON on stdout."
     ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Say what the run would ask of the model (LLM calls by stage and strategy, tokens, "
+        "time at the server's measured rate, cost at budget.price) without generating anything.",
+    ),
     **strategy_settings: Any,  # the strategies' own flags (`with_strategy_flags`)
 ) -> None:
     """Run the pipeline: seeds -> expand -> respond -> quality gate -> dataset/ (Parquet + dataset card)."""
@@ -237,6 +241,12 @@ def run(
 
         resolved = build_config(config, values, RUN_FLAGS)
         warm(resolved.embedding)  # the model loads (seconds) while Prefect and the stages are imported
+        if dry_run:
+            from germinate.forecast import forecast
+
+            planned = forecast(resolved)
+            print(planned.model_dump_json(indent=2) if as_json else "\n".join(planned.lines()))
+            return
         resolved = resolved.model_copy(update={"run_id": resolved.run_id or new_run_id()})  # named if interrupted
         ray = ray_for(resolved)
         if ray:

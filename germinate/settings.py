@@ -52,10 +52,11 @@ class Endpoint(Section):
 
 
 class LLMConfig(Section):
-    backend: Literal["transformers", "openai", "vllm"] = Field(
+    backend: Literal["transformers", "openai", "vllm", "stand_in"] = Field(
         "transformers",
         description="transformers: a GGUF model in this process on torch, the requests in flight decoded together; "
-        "openai: any OpenAI-compatible server; vllm: vllm.LLM on a GPU",
+        "openai: any OpenAI-compatible server; vllm: vllm.LLM on a GPU; stand_in: answers at once without a model, "
+        "sending nothing (what germinate run --dry-run counts with)",
     )
     model: str | None = Field(
         None,
@@ -131,6 +132,10 @@ class BudgetConfig(Section):
     )
     allow_partial: bool = Field(
         False, description="write the dataset even when more requests failed than max_failed_share allows"
+    )
+    price: tuple[float, float] | None = Field(
+        None, description="the server's price in dollars per million prompt and completion tokens, e.g. [0.15, 0.6]: "
+        "the dry run's forecast says what the run will cost",
     )
 
 

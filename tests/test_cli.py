@@ -34,7 +34,7 @@ CASES = {
     "not utf-8": (["--seeds", "{tmp}/latin1.jsonl"], "latin1.jsonl:1: not UTF-8"),
     "unknown config key": (["--config", "{tmp}/typo.yaml"], "unknown key 'aide.hopz'"),
     "unreachable server": (["--backend", "openai", "--base-url", "http://127.0.0.1:{port}/v1"], "llm.base_url: cannot reach"),
-    "bad backend": (["--backend", "gpt"], "--backend gpt: Input should be 'transformers', 'openai' or 'vllm'"),
+    "bad backend": (["--backend", "gpt"], "--backend gpt: Input should be 'transformers', 'openai', 'vllm' or 'stand_in'"),
     # A bad flag is blamed on the flag, not on the config file that says otherwise.
     "bad flag beside a good file": (["--config", "{tmp}/ok.yaml", "--concurrency", "0"],
                                     "--concurrency 0: Input should be greater than or equal to 1"),

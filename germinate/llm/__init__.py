@@ -32,6 +32,8 @@ def check_llm(config: LLMConfig) -> LLMConfig:
         if not config.model:
             raise UserError("llm.model: the vllm backend needs a model name or path")
         return config
+    if config.backend == "stand_in":
+        return config.model_copy(update={"model": config.model or "stand-in"})
     from germinate.llm.openai_compat import ping_server, probe_server
 
     if not config.servers:
@@ -75,6 +77,10 @@ def make_llm(config: LLMConfig, cache_path: Path | None, limit: Callable[[str], 
         from germinate.llm.transformers_backend import TransformersBackend
 
         backend = TransformersBackend(resolve_model_path(config.model), n_ctx=config.n_ctx, rows=config.concurrency)
+    elif config.backend == "stand_in":
+        from germinate.llm.stand_in import StandInBackend
+
+        backend = StandInBackend(config.model)
     elif config.backend == "vllm":
         from germinate.llm.vllm_offline import VLLMBackend
 

@@ -1,0 +1,112 @@
+"""`germinate run --dry-run`: what a run will ask of its model, said before it asks.
+
+The run itself is the forecast: the pipeline runs, in a scratch directory, on a stand-in model that
+answers every request at once as a capable model would (germinate/llm/stand_in.py), so every
+strategy, stage and budget rule counts its calls as it will in the real run. What the stand-in
+cannot know is how fast the server answers: a few real requests (the probe) measure it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from germinate.config import RunConfig
+from germinate.io import load_seeds
+from germinate.llm import Request, make_llm
+from germinate.records import show
+
+PROBE_REQUESTS = 8
+PROBE_TOKENS = 64
+
+
+class Forecast(BaseModel):
+    """Calls and tokens if every answer passes the checks (a judge's revisions spend the rest of
+    budget.max_llm_calls on top); the wall time at the probe's rate, the cost at budget.price."""
+
+    llm_calls: int
+    max_llm_calls: int
+    calls_by_stage: dict[str, int]
+    calls_by_strategy: dict[str, int]  # their expansion's calls
+    prompt_tokens: int
+    completion_tokens: int
+    rows: int
+    tokens_per_second: float | None  # completion tokens, measured by the probe
+    probe_requests: int
+    cost: float | None  # dollars, at budget.price
+
+    @property
+    def seconds(self) -> float | None:
+        return self.completion_tokens / self.tokens_per_second if self.tokens_per_second else None
+
+    def lines(self) -> list[str]:
+        stages = ", ".join(f"{stage} {calls}" for stage, calls in self.calls_by_stage.items() if calls)
+        strategies = ", ".join(f"{name} {calls}" for name, calls in self.calls_by_strategy.items())
+        lines = [
+            "Dry run: nothing was generated. If every answer passes the checks, the run makes",
+            f"  {self.llm_calls} LLM calls (budget.max_llm_calls {self.max_llm_calls}; the judge's revisions may "
+            "spend the rest)",
+            f"  by stage: {stages}",
+            f"  to expand, by strategy: {strategies}",
+            f"  {self.prompt_tokens:,} prompt and at most {self.completion_tokens:,} completion tokens",
+            f"  {self.rows} rows",
+        ]
+        if self.seconds is not None:
+            lines.append(f"  in at most about {_duration(self.seconds)} at the model's {self.tokens_per_second:,.0f} "
+                         f"completion tokens/s (measured with {self.probe_requests} requests in flight)")
+        if self.cost is not None:
+            lines.append(f"  for about ${self.cost:,.2f} at budget.price")
+        return lines
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours else f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
+
+
+def measure_rate(config: RunConfig) -> tuple[float, int]:
+    """Completion tokens/s of the run's model with as many requests in flight as it will have (up to
+    PROBE_REQUESTS), each a seed's task, short. Not cached: it measures the server."""
+    seeds = load_seeds(config.seeds)
+    count = min(PROBE_REQUESTS, config.llm.concurrency)
+    requests = [Request([{"role": "user", "content": show(seeds[i % len(seeds)])}], max_tokens=PROBE_TOKENS,
+                        temperature=config.generation.temperature, seed=i) for i in range(count)]
+    llm = make_llm(config.llm, None)
+    try:
+        start = time.perf_counter()
+        results = llm.run(llm.generate(requests))
+        seconds = time.perf_counter() - start
+    finally:
+        llm.close()
+    made = sum(r.completion_tokens for r in results if r.ok)
+    return (made / seconds if made else 0.0), count
+
+
+def forecast(config: RunConfig) -> Forecast:
+    """The run on the stand-in, in a scratch directory that goes with it; the probe first, so an
+    unreachable server is said before anything runs."""
+    rate, probes = measure_rate(config) if config.llm.backend != "stand_in" else (0.0, 0)
+    with tempfile.TemporaryDirectory(prefix="germinate-dry-run-") as scratch:
+        from germinate.driver import run_here
+
+        report = run_here(config.model_copy(update={
+            "llm": config.llm.model_copy(update={"backend": "stand_in", "cache": False}),
+            "output_dir": Path(scratch), "run_id": "dry-run",
+            "hub": config.hub.model_copy(update={"repo_id": None}),
+            "orchestration": config.orchestration.model_copy(update={"task_runner": "threads"}),
+        }))
+    calls = {stage.stage: stage.llm_calls for stage in report.stages}
+    prompt, completion = (sum(getattr(s, f"{kind}_tokens") for s in report.stages) for kind in ("prompt", "completion"))
+    price = config.budget.price
+    return Forecast(
+        llm_calls=report.llm_calls, max_llm_calls=config.budget.max_llm_calls, calls_by_stage=calls,
+        calls_by_strategy={name: s.expand_calls for name, s in report.strategies.items()},
+        prompt_tokens=prompt, completion_tokens=completion, rows=report.rows,
+        tokens_per_second=rate or None, probe_requests=probes,
+        cost=(prompt * price[0] + completion * price[1]) / 1e6 if price else None,
+    )
+
