@@ -189,7 +189,8 @@ RunConfig = _with_strategies()
 # them (a run directory moved to another disk, another set of servers after one died, another repo).
 NOT_DATA = (
     "output_dir", "run_id", "hub", "orchestration", "llm.base_url", "llm.endpoints", "llm.concurrency", "llm.timeout_s",
-    "llm.outage_timeout_s", "budget.max_failed_share", "budget.allow_partial",
+    "llm.outage_timeout_s", "budget.max_failed_share", "budget.allow_partial", "budget.price", "budget.max_tokens",
+    "budget.max_cost",
 )
 
 

@@ -25,6 +25,7 @@ from germinate.errors import RunFailed, UserError
 from germinate.executor import Seeds, run_whole_set, stream_shard
 from germinate.hub import check_token, publish
 from germinate.llm import LLM, make_llm
+from germinate.llm.cap import TokenCap
 from germinate.llm.limit import Limit
 from germinate.metrics import run_metrics, wanted_ahead
 from germinate.records import Record
@@ -148,11 +149,14 @@ def run_shard(config: RunConfig, work: ShardWork, host: Host | None = None) -> l
     # whole-set stages and the metrics) when on a host, which then loads no model unless a strategy
     # asks it for vectors.
     made = host.made if host else functools.partial(embed_ahead, embedder)
+    # The shard's part of the run's token and dollar caps: its part of the run's LLM calls.
+    cap = TokenCap(config.budget, sum(a.calls for a in work.allowances) / config.budget.max_llm_calls) \
+        if config.budget.capped else None
     output = llm.run(stream_shard(
         source, work.units, allowances, stages, prime=work.prime, on_call=lambda stage: progress.advance(CALLS),
         on_record=progress.advance,
         on_made=functools.partial(made, size=config.budget.max_records, every=compares_vectors(config)),
-    ))
+    ), cap=cap)
     sealed = not any(s.unanswered_calls for s in output.stats)
     if host:
         host.settle()

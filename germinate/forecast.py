@@ -101,12 +101,11 @@ def forecast(config: RunConfig) -> Forecast:
         }))
     calls = {stage.stage: stage.llm_calls for stage in report.stages}
     prompt, completion = (sum(getattr(s, f"{kind}_tokens") for s in report.stages) for kind in ("prompt", "completion"))
-    price = config.budget.price
     return Forecast(
         llm_calls=report.llm_calls, max_llm_calls=config.budget.max_llm_calls, calls_by_stage=calls,
         calls_by_strategy={name: s.expand_calls for name, s in report.strategies.items()},
         prompt_tokens=prompt, completion_tokens=completion, rows=report.rows,
         tokens_per_second=rate or None, probe_requests=probes,
-        cost=(prompt * price[0] + completion * price[1]) / 1e6 if price else None,
+        cost=config.budget.cost(prompt, completion),
     )
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from germinate.config import RunConfig, known_stages
 from germinate.export import preference_pair
 from germinate.io import write_atomic
+from germinate.llm.cap import OVER_BUDGET
 from germinate.metrics import Metrics
 from germinate.records import Record, to_dataset_table
 from germinate.settings import BudgetConfig
@@ -44,8 +45,11 @@ class Report(BaseModel):
     rows_by_strategy: dict[str, int]  # "seed": the seed tasks kept as they were given
     dataset_bytes: int
     wall_seconds: float
-    llm_calls: int
+    llm_calls: int  # sent (or answered from the cache), not those a cap kept back
     failed_calls: int
+    prompt_tokens: int = 0  # as the servers reported them, this invocation's (the cache's answers are free)
+    completion_tokens: int = 0
+    cost: float | None = None  # dollars, at budget.price
     budget: BudgetConfig
     stages: list[StageStats]
     metrics: Metrics | None
@@ -70,9 +74,10 @@ def shortfall(config: RunConfig, stages: list[StageStats], rows: list[Record]) -
     """Why the run did not make the data asked for, or None: more requests failed after their
     retries than budget.max_failed_share allows, or it made no rows at all."""
     calls = sum(s.llm_calls for s in stages)
-    failed = sum(s.failed_calls for s in stages)
+    errors = sum((s.errors for s in stages), Counter())
+    failed = sum(s.failed_calls for s in stages) - errors[OVER_BUDGET]  # not sent: the cap's doing, no failure
     if failed > config.budget.max_failed_share * calls:
-        errors = sum((s.errors for s in stages), Counter())
+        del errors[OVER_BUDGET]
         kinds = ", ".join(f"{kind} {n}" for kind, n in errors.most_common())
         return (
             f"{failed} of {calls} LLM requests failed after their retries ({kinds}), more than "
@@ -128,7 +133,14 @@ def build_report(
     """`dataset_dir` and `metrics` are None when the run failed for its data (`problem`) and wrote none.
     Requests that went unanswered make the data partial even below budget.max_failed_share: the
     same command again asks them again, and may change the dataset."""
-    unanswered = sum(s.unanswered_calls for s in stages)
+    capped = sum(s.errors[OVER_BUDGET] for s in stages)
+    unanswered = sum(s.unanswered_calls for s in stages) - capped
+    prompt_tokens, completion_tokens = sum(s.prompt_tokens for s in stages), sum(s.completion_tokens for s in stages)
+    if problem is None and capped:
+        caps = ", ".join(f"budget.{key} {value:g}" for key in ("max_tokens", "max_cost")
+                         if (value := getattr(config.budget, key)) is not None)
+        problem = (f"the run ended at its cap ({caps}): {capped} LLM requests that could have passed it were not sent; "
+                   "raise it and run the same command to go on")
     pairs = [r for r in records if preference_pair(r)]
     gains = [r.quality_score - r.draft_score for r in pairs if r.quality_score is not None and r.draft_score is not None]
     if problem is None and unanswered:
@@ -147,8 +159,11 @@ def build_report(
         rows_by_strategy=dict(Counter(r.strategy for r in records).most_common()),
         dataset_bytes=to_dataset_table(records).nbytes,
         wall_seconds=round(wall_seconds, 2),
-        llm_calls=sum(s.llm_calls for s in stages),
-        failed_calls=sum(s.failed_calls for s in stages),
+        llm_calls=sum(s.llm_calls for s in stages) - capped,
+        failed_calls=sum(s.failed_calls for s in stages) - capped,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost=config.budget.cost(prompt_tokens, completion_tokens),
         budget=config.budget,
         stages=stages,
         metrics=metrics,
@@ -186,7 +201,8 @@ def run_line(report: Report) -> str:
     made = f"{generated} generated" + (f" of {asked} asked" if generated < asked else "")
     return (f"{report.rows} rows ({made}" + (f" + {report.seed_rows} seeds" if report.seed_rows else "") +
             f") in {report.dataset} "
-            f"({report.llm_calls}/{report.budget.max_llm_calls} LLM calls, {report.wall_seconds:.0f}s wall)")
+            f"({report.llm_calls}/{report.budget.max_llm_calls} LLM calls, "
+            + (f"${report.cost:,.2f}, " if report.cost is not None else "") + f"{report.wall_seconds:.0f}s wall)")
 
 
 def stage_table(report: Report) -> str:

@@ -135,8 +135,27 @@ class BudgetConfig(Section):
     )
     price: tuple[float, float] | None = Field(
         None, description="the server's price in dollars per million prompt and completion tokens, e.g. [0.15, 0.6]: "
-        "the dry run's forecast says what the run will cost",
+        "the dry run's forecast and the report say what the run costs",
     )
+    max_tokens: int | None = Field(
+        None, ge=1, description="prompt and completion tokens the run never passes (as the server reports them): "
+        "a request that could pass it is not sent, and the run ends with what it made",
+    )
+    max_cost: float | None = Field(None, gt=0, description="dollars the run never passes, at price (as max_tokens)")
+
+    @model_validator(mode="after")
+    def _cost_needs_a_price(self) -> BudgetConfig:
+        if self.max_cost is not None and self.price is None:
+            raise ValueError("budget.max_cost needs budget.price (dollars per million prompt and completion tokens)")
+        return self
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Dollars for the tokens at `price` (None without one)."""
+        return (prompt_tokens * self.price[0] + completion_tokens * self.price[1]) / 1e6 if self.price else None
+
+    @property
+    def capped(self) -> bool:
+        return self.max_tokens is not None or self.max_cost is not None
 
 
 class EmbeddingConfig(Section):

@@ -208,9 +208,12 @@ class FaultyServer(LoopbackServer):
                 "choices": [
                     {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
                 ],
-                "usage": {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16},
+                "usage": self._usage(body, content),
             }
         ).encode()
+
+    def _usage(self, body: dict[str, Any], content: str) -> dict[str, int]:
+        return {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
 
     def _content(self, body: dict[str, Any], schema: dict[str, Any] | None) -> str:
         pick = 0 if self.low_when and self.low_when in json.dumps(body["messages"]) else -1

@@ -33,6 +33,7 @@ CASES = {
     "no instruction": (["--seeds", "{tmp}/noinstr.jsonl"], "noinstr.jsonl:1: seed has no 'instruction'"),
     "not utf-8": (["--seeds", "{tmp}/latin1.jsonl"], "latin1.jsonl:1: not UTF-8"),
     "unknown config key": (["--config", "{tmp}/typo.yaml"], "unknown key 'aide.hopz'"),
+    "cost cap without a price": (["--config", "{tmp}/cost.yaml"], "budget.max_cost needs budget.price"),
     "unreachable server": (["--backend", "openai", "--base-url", "http://127.0.0.1:{port}/v1"], "llm.base_url: cannot reach"),
     "bad backend": (["--backend", "gpt"], "--backend gpt: Input should be 'transformers', 'openai', 'vllm' or 'stand_in'"),
     # A bad flag is blamed on the flag, not on the config file that says otherwise.
@@ -55,6 +56,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, case):
     (tmp_path / "latin1.jsonl").write_bytes(b'{"instruction": "caf\xe9"}\n')
     (tmp_path / "typo.yaml").write_text("aide:\n  hopz: 2\n")
     (tmp_path / "ok.yaml").write_text("llm:\n  concurrency: 8\n")
+    (tmp_path / "cost.yaml").write_text("budget:\n  max_cost: 5\n")
     os.symlink(tmp_path / "loop", tmp_path / "loop2")
     os.symlink(tmp_path / "loop2", tmp_path / "loop")
     args, message = CASES[case]

@@ -4,10 +4,12 @@ import json
 import re
 
 import yaml
+from datasets import load_dataset
 
 from conftest import germinate, tiny_config
 from germinate.driver import run_here
 from germinate.forecast import PROBE_REQUESTS
+from germinate.runs import Run
 from servers import WritingServer
 from test_pipeline import write_seeds
 
@@ -35,3 +37,38 @@ def test_the_dry_run_forecasts_the_llm_calls_the_run_then_makes(tmp_path):
 def test_the_dry_run_of_an_unreachable_server_says_so(tmp_path):
     dry = germinate("run", "--dry-run", "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", cwd=tmp_path)
     assert dry.returncode == 2 and "127.0.0.1:9" in dry.stderr and "Traceback" not in dry.stderr
+
+
+class CountingServer(WritingServer):
+    """Reports the tokens it read and wrote (4 characters a token), as a real server does."""
+
+    def _usage(self, body, content):
+        prompt = sum(len(m["content"]) for m in body["messages"]) // 4
+        return {"prompt_tokens": prompt, "completion_tokens": len(content) // 4, "total_tokens": prompt + len(content) // 4}
+
+
+def test_a_run_ends_at_its_token_cap_with_its_dataset_written(tmp_path):
+    """budget.max_tokens: the run never passes it (as the server counts), writes what it made, and its
+    report says the cap ended it; what it did not send is kept as dropped, with the cap named."""
+    seeds = write_seeds(tmp_path)
+    with CountingServer() as server:
+        def config(run_id, **budget):
+            return tiny_config(seeds, tmp_path / "runs", llm={"backend": "openai", "base_url": server.base_url},
+                               run_id=run_id, budget={"max_llm_calls": 80, "max_records": 8, **budget})
+
+        free = run_here(config("free", price=[1.0, 2.0]))
+        spent = free.prompt_tokens + free.completion_tokens
+        capped = run_here(config("capped", max_tokens=spent // 2))
+        held_back = [r for stage in [s.stage for s in capped.stages] for r in Run(tmp_path / "runs" / "capped").rejected(stage)
+                     if "over_budget: sending it would pass budget.max_tokens" in (r.drop_detail or "")]
+        went_on = run_here(config("capped", max_tokens=spent * 2))  # the same run, with room to finish
+    assert free.status == "complete" and free.cost == (free.prompt_tokens + 2 * free.completion_tokens) / 1e6
+    assert 0 < capped.prompt_tokens + capped.completion_tokens <= spent // 2
+    assert capped.status == "partial" and "budget.max_tokens" in capped.problem and "raise it" in capped.problem
+    assert capped.rows > 0 and capped.llm_calls < free.llm_calls
+    assert len(load_dataset(capped.dataset, split="train")) == capped.rows
+    assert held_back
+    assert went_on.status == "complete" and went_on.prompt_tokens + went_on.completion_tokens < spent  # the cache's are free
+    rows = {name: sorted(load_dataset(str(tmp_path / "runs" / name / "dataset"), split="train")["output"])
+            for name in ("free", "capped")}
+    assert rows["capped"] == rows["free"]

@@ -20,7 +20,7 @@ import random
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Coroutine, Iterator, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Coroutine, Iterator, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -29,6 +29,9 @@ from germinate.llm.cache import ResponseCache, cache_key
 from germinate.llm.errors import PermanentError, TransientError
 from germinate.llm.outage import Outage
 from germinate.stats import Usage
+
+if TYPE_CHECKING:
+    from germinate.llm.cap import TokenCap
 
 T = TypeVar("T")
 
@@ -63,6 +66,10 @@ class Payer(Protocol):
 def paid_by(payer: Payer | None) -> contextlib.AbstractContextManager[None]:
     """Requests made inside (and in tasks started inside) are paid by `payer` (None: by nothing)."""
     return _bound(_payer, payer)
+
+
+# The tokens and dollars the requests made inside may spend (germinate/llm/cap.py).
+_cap: contextvars.ContextVar[TokenCap | None] = contextvars.ContextVar("germinate_cap", default=None)
 
 
 @dataclass(frozen=True)
@@ -170,11 +177,12 @@ class LLM:
     def describe(self) -> str:
         return f"{self.in_flight} requests sent to {self.backend.describe()}"
 
-    def run(self, coro: Coroutine[Any, Any, T], usage: Usage | None = None) -> T:
-        """Run a coroutine on the LLM's loop from any thread; its requests count into `usage`."""
+    def run(self, coro: Coroutine[Any, Any, T], usage: Usage | None = None, cap: TokenCap | None = None) -> T:
+        """Run a coroutine on the LLM's loop from any thread; its requests count into `usage` and
+        spend within `cap`."""
 
         async def with_usage() -> T:
-            with counted(usage):
+            with counted(usage), _bound(_cap, cap):
                 return await coro
 
         return asyncio.run_coroutine_threadsafe(with_usage(), self._loop).result()
@@ -202,12 +210,23 @@ class LLM:
         }
         key = cache_key(self.model, request.messages, params, schema)
         hit = self.cache.get(key) if self.cache else None
+        cap, held = _cap.get(), False
         if hit is not None:
             result = self._result(request, Completion(**hit), cached=True)
+        elif cap and (passed := cap.hold(request)):
+            result = cap.refusal(request, passed)
         else:
-            result = await self._call_with_retries(request, schema)
+            held = cap is not None
+            try:
+                result = await self._call_with_retries(request, schema)
+            except BaseException:
+                if held:
+                    cap.settle(request, Result(request), held=True)
+                raise
             if result.ok and self.cache:
                 self.cache.put(key, self._completion_fields(result))
+        if cap:
+            cap.settle(request, result, held)
         usage = _usage.get()
         if usage is not None:
             usage.add(
