@@ -25,7 +25,7 @@ from germinate.config import build_config
 from germinate.errors import UserError
 from germinate.flows import ray_for
 from germinate.generators import strategies
-from germinate.report import Report, describe_metrics, drop_reasons, run_line
+from germinate.report import Report, describe_metrics, drop_reasons, forecast_line, run_line
 
 app = typer.Typer(
     add_completion=False,
@@ -129,6 +129,8 @@ def _summary(report: Report) -> None:
     console.print(f"  diversity: {describe_metrics(report.metrics)}")
     if report.problem:
         console.print(f"[yellow]partial:[/] {escape(report.problem)}", highlight=False)
+    if line := forecast_line(report):
+        console.print(f"  {escape(line)}", highlight=False)
     console.print(
         f"{escape(run_line(report))}; rejected records with reasons: {Path(report.dataset).parent / 'stages'}",
         highlight=False,

@@ -25,6 +25,7 @@ from germinate.errors import RunFailed, UserError
 from germinate.executor import Seeds, run_whole_set, stream_shard
 from germinate.hub import check_token, publish
 from germinate.llm import LLM, make_llm
+from germinate.forecast import kept_forecast
 from germinate.llm.cap import TokenCap
 from germinate.llm.limit import Limit
 from germinate.metrics import run_metrics, wanted_ahead
@@ -289,15 +290,16 @@ def make_dataset(config: RunConfig, run: Run, runner: Runner, start: float) -> t
     problem = shortfall(config, stages, final)
     notes = {cls.name: note for cls in per_record + whole_set
              if (note := cls.note(cls.settings_in(config), functools.partial(run.rejected, cls.name)))}
+    forecast = kept_forecast(config)
     if problem and not config.budget.allow_partial:
         report = build_report(config, stages, strategies, len(seeds), final, None, None,
-                              time.perf_counter() - start, problem, notes)
+                              time.perf_counter() - start, problem, notes, forecast)
         run.drop_dataset()
         report.write(run.report_path)
         raise RunFailed(not_written(problem, stages))
     metrics = run_metrics(run, final, embedder.vectors_sync)
     report = build_report(config, stages, strategies, len(seeds), final, metrics, str(run.dataset_dir),
-                          time.perf_counter() - start, problem, notes)
+                          time.perf_counter() - start, problem, notes, forecast)
     images = plots(final)
     run.write_dataset(final, {"README.md": dataset_card(config, report, list(images)).encode(), **images})
     report.write(run.report_path)

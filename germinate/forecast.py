@@ -4,19 +4,24 @@ The run itself is the forecast: the pipeline runs, in a scratch directory, on a 
 answers every request at once as a capable model would (germinate/llm/stand_in.py), so every
 strategy, stage and budget rule counts its calls as it will in the real run. What the stand-in
 cannot know is how fast the server answers: a few real requests (the probe) measure it.
+
+The forecast is kept in the output directory under the run's data settings and seeds, so the run
+of the same config, when it comes, sets it beside what it spent (its report's `forecast`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from germinate.config import RunConfig
-from germinate.io import load_seeds
-from germinate.llm import Request, make_llm
+from germinate.config import RunConfig, data_settings
+from germinate.io import load_seeds, write_atomic
+from germinate.llm import Request, checked, make_llm
 from germinate.records import show
 
 PROBE_REQUESTS = 8
@@ -68,6 +73,21 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes} min" if hours else f"{minutes} min {seconds} s" if minutes else f"{seconds} s"
 
 
+def kept_at(config: RunConfig) -> Path:
+    """Where the forecast of `config` is kept: by its data settings and its seeds' bytes (a dot folder of
+    the output directory: no run id starts with a dot)."""
+    settings = data_settings(config.model_dump(mode="json"))
+    seeds = hashlib.sha256(Path(settings.pop("seeds")).read_bytes()).hexdigest()
+    key = hashlib.sha256(json.dumps([settings, seeds], sort_keys=True).encode()).hexdigest()[:16]
+    return config.output_dir / ".forecasts" / f"{key}.json"
+
+
+def kept_forecast(config: RunConfig) -> Forecast | None:
+    """The forecast a dry run of this config made, if one did."""
+    path = kept_at(config)
+    return Forecast.model_validate_json(path.read_bytes()) if path.is_file() else None
+
+
 def measure_rate(config: RunConfig) -> tuple[float, int]:
     """Completion tokens/s of the run's model with as many requests in flight as it will have (up to
     PROBE_REQUESTS), each a seed's task, short. Not cached: it measures the server."""
@@ -88,7 +108,8 @@ def measure_rate(config: RunConfig) -> tuple[float, int]:
 
 def forecast(config: RunConfig) -> Forecast:
     """The run on the stand-in, in a scratch directory that goes with it; the probe first, so an
-    unreachable server is said before anything runs."""
+    unreachable server is said before anything runs. Kept for the run of the same config."""
+    config = config.model_copy(update={"llm": checked(config.llm)})  # the model named as the run will name it
     rate, probes = measure_rate(config) if config.llm.backend != "stand_in" else (0.0, 0)
     with tempfile.TemporaryDirectory(prefix="germinate-dry-run-") as scratch:
         from germinate.driver import run_here
@@ -101,11 +122,13 @@ def forecast(config: RunConfig) -> Forecast:
         }))
     calls = {stage.stage: stage.llm_calls for stage in report.stages}
     prompt, completion = (sum(getattr(s, f"{kind}_tokens") for s in report.stages) for kind in ("prompt", "completion"))
-    return Forecast(
+    made = Forecast(
         llm_calls=report.llm_calls, max_llm_calls=config.budget.max_llm_calls, calls_by_stage=calls,
         calls_by_strategy={name: s.expand_calls for name, s in report.strategies.items()},
         prompt_tokens=prompt, completion_tokens=completion, rows=report.rows,
         tokens_per_second=rate or None, probe_requests=probes,
         cost=config.budget.cost(prompt, completion),
     )
+    write_atomic(kept_at(config), made.model_dump_json(indent=2).encode())
+    return made
 

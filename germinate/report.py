@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from germinate.config import RunConfig, known_stages
 from germinate.export import preference_pair
+from germinate.forecast import Forecast
 from germinate.io import write_atomic
 from germinate.llm.cap import OVER_BUDGET
 from germinate.metrics import Metrics
@@ -57,6 +58,7 @@ class Report(BaseModel):
     preference_pairs: int = 0  # rows whose answer the judge revised and scored higher
     preference_gain: float | None = None  # their mean score gain
     published: str | None = None  # the Hub URL
+    forecast: Forecast | None = None  # what `germinate run --dry-run` of the same config said it would spend
 
     @property
     def seed_rows(self) -> int:
@@ -129,6 +131,7 @@ def build_report(
     wall_seconds: float,
     problem: str | None = None,
     notes: dict[str, str] | None = None,
+    forecast: Forecast | None = None,
 ) -> Report:
     """`dataset_dir` and `metrics` are None when the run failed for its data (`problem`) and wrote none.
     Requests that went unanswered make the data partial even below budget.max_failed_share: the
@@ -170,6 +173,7 @@ def build_report(
         notes=notes or {},
         preference_pairs=len(pairs),
         preference_gain=round(mean(gains), 2) if gains else None,
+        forecast=forecast,
     )
 
 
@@ -203,6 +207,19 @@ def run_line(report: Report) -> str:
             f") in {report.dataset} "
             f"({report.llm_calls}/{report.budget.max_llm_calls} LLM calls, "
             + (f"${report.cost:,.2f}, " if report.cost is not None else "") + f"{report.wall_seconds:.0f}s wall)")
+
+
+def forecast_line(report: Report) -> str | None:
+    """The dry run's forecast beside what the run spent, when the config had one."""
+    if report.forecast is None:
+        return None
+
+    def spend(calls: int, tokens: int, cost: float | None) -> str:
+        return f"{calls} LLM calls, {tokens:,} tokens" + (f", ${cost:,.2f}" if cost is not None else "")
+
+    planned = report.forecast
+    return (f"spent {spend(report.llm_calls, report.prompt_tokens + report.completion_tokens, report.cost)}; "
+            f"the dry run forecast {spend(planned.llm_calls, planned.prompt_tokens + planned.completion_tokens, planned.cost)}")
 
 
 def stage_table(report: Report) -> str:

@@ -25,13 +25,14 @@ def test_the_dry_run_forecasts_the_llm_calls_the_run_then_makes(tmp_path):
         dry = germinate("run", "--dry-run", "--config", str(tmp_path / "run.yaml"), cwd=tmp_path)
         assert dry.returncode == 0, dry.stderr
         assert server.requests <= PROBE_REQUESTS + 1  # the probe and the ping before it
-        assert not (tmp_path / "runs").exists()
+        assert [path.name for path in (tmp_path / "runs").iterdir()] == [".forecasts"]  # no run
         forecast = int(re.search(r"(\d+) LLM calls", dry.stdout).group(1))
         assert re.search(r"by stage: expand \d+, respond \d+, judge \d+", dry.stdout)
         assert re.search(r"completion tokens/s \(measured with \d+ requests in flight\)", dry.stdout)
         assert re.search(r"for about \$\d+\.\d\d at budget.price", dry.stdout)
         report = run_here(config)
     assert abs(forecast - report.llm_calls) <= 0.1 * report.llm_calls
+    assert report.forecast.llm_calls == forecast and report.cost is not None  # the report sets them side by side
 
 
 def test_the_dry_run_of_an_unreachable_server_says_so(tmp_path):
