@@ -88,10 +88,10 @@ class Judge(Stage):
         alone when none was judged), with the worst as its pair when it scores `margin` lower. A
         sampled answer must pass the heuristic filters to replace the first, which did."""
         judged = [s for s in states if s.verdict is not None]
-        if not judged:
-            return self._scored(states[0])
         eligible = [s for s in judged if s is states[0] or self.heuristics is None or self.heuristics.check(s.item) is None]
-        best = max(eligible or judged, key=lambda s: s.verdict.score)
+        if not eligible:
+            return self._scored(states[0])
+        best = max(eligible, key=lambda s: s.verdict.score)
         worst = min(judged, key=lambda s: s.verdict.score)
         chosen, gap = self._scored(best), best.verdict.score - worst.verdict.score
         return self._with_draft(chosen, self._scored(worst)) if gap > 0 and gap >= self.settings.margin else chosen

@@ -34,8 +34,8 @@ def answer_request(record: Record, generation: GenerationConfig, random_seed: in
 
 def answered(record: Record, result: Result, model: str, others: Sequence[Result] = ()) -> Record:
     """The record with its answer (None when the request failed), the other answers sampled that came
-    (`others`), and the answers' provenance."""
-    texts = [(r.text or "").strip() for r in others if r.ok]
+    whole (`others`: one cut off at max_tokens is no candidate), and the answers' provenance."""
+    texts = [(r.text or "").strip() for r in others if r.ok and r.finish_reason != "length"]
     return dataclasses.replace(
         record,
         output=(result.text or "").strip() if result.ok else None,

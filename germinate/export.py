@@ -29,7 +29,7 @@ PREFERENCE_SCHEMA = pa.schema(
 def preference_pair(record: Record) -> dict[str, Any] | None:
     """TRL's preference columns (prompt, chosen, rejected), the judge's scores of both (as
     UltraFeedback names them) and its critique of the rejected answer, then the row's provenance;
-    None for a row the judge did not revise."""
+    None for a row with no rejected answer (neither revised nor sampled with a worse one)."""
     if record.draft_output is None:
         return None
     return {"prompt": show(record), "chosen": record.output, "rejected": record.draft_output,

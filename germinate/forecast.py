@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from germinate.config import RunConfig, data_settings
 from germinate.io import load_seeds, write_atomic
 from germinate.llm import Request, checked, make_llm
+from germinate.llm.cap import OVER_BUDGET
 from germinate.records import show
 
 PROBE_REQUESTS = 8
@@ -29,11 +30,14 @@ PROBE_TOKENS = 64
 
 
 class Forecast(BaseModel):
-    """Calls and tokens if every answer passes the checks (a judge's revisions spend the rest of
-    budget.max_llm_calls on top); the wall time at the probe's rate, the cost at budget.price."""
+    """Calls and tokens if every answer passes the checks (a stage's last look, such as the judge's
+    revisions, may spend the rest of budget.max_llm_calls); the wall time at the probe's rate (None
+    when the probe got no answer), the cost at budget.price."""
 
     llm_calls: int
     max_llm_calls: int
+    last_looks: list[str]  # the stages whose last look may spend what the shards have left
+    problem: str | None  # what the run would say of its data (a cap that ends it)
     calls_by_stage: dict[str, int]
     calls_by_strategy: dict[str, int]  # their expansion's calls
     prompt_tokens: int
@@ -50,10 +54,10 @@ class Forecast(BaseModel):
     def lines(self) -> list[str]:
         stages = ", ".join(f"{stage} {calls}" for stage, calls in self.calls_by_stage.items() if calls)
         strategies = ", ".join(f"{name} {calls}" for name, calls in self.calls_by_strategy.items())
+        rest = f"; {' and '.join(self.last_looks)} may spend the rest" if self.last_looks else ""
         lines = [
             "Dry run: nothing was generated. If every answer passes the checks, the run makes",
-            f"  {self.llm_calls} LLM calls (budget.max_llm_calls {self.max_llm_calls}; the judge's revisions may "
-            "spend the rest)",
+            f"  {self.llm_calls} LLM calls (budget.max_llm_calls {self.max_llm_calls}{rest})",
             f"  by stage: {stages}",
             f"  to expand, by strategy: {strategies}",
             f"  {self.prompt_tokens:,} prompt and at most {self.completion_tokens:,} completion tokens",
@@ -62,8 +66,13 @@ class Forecast(BaseModel):
         if self.seconds is not None:
             lines.append(f"  in at most about {_duration(self.seconds)} at the model's {self.tokens_per_second:,.0f} "
                          f"completion tokens/s (measured with {self.probe_requests} requests in flight)")
+        elif self.probe_requests:
+            lines.append(f"  in a time unknown: none of the {self.probe_requests} requests that measure the model's "
+                         "rate was answered")
         if self.cost is not None:
             lines.append(f"  for about ${self.cost:,.2f} at budget.price")
+        if self.problem:
+            lines.append(f"  and then: {self.problem}")
         return lines
 
 
@@ -111,23 +120,23 @@ def forecast(config: RunConfig) -> Forecast:
     unreachable server is said before anything runs. Kept for the run of the same config."""
     config = config.model_copy(update={"llm": checked(config.llm)})  # the model named as the run will name it
     rate, probes = measure_rate(config) if config.llm.backend != "stand_in" else (0.0, 0)
-    with tempfile.TemporaryDirectory(prefix="germinate-dry-run-") as scratch:
-        from germinate.driver import run_here
+    from germinate.driver import run_here, stage_classes
 
+    with tempfile.TemporaryDirectory(prefix="germinate-dry-run-") as scratch:
         report = run_here(config.model_copy(update={
             "llm": config.llm.model_copy(update={"backend": "stand_in", "cache": False}),
             "output_dir": Path(scratch), "run_id": "dry-run",
+            "budget": config.budget.model_copy(update={"allow_partial": True}),  # what it would make, whatever it is
             "hub": config.hub.model_copy(update={"repo_id": None}),
             "orchestration": config.orchestration.model_copy(update={"task_runner": "threads"}),
         }))
-    calls = {stage.stage: stage.llm_calls for stage in report.stages}
-    prompt, completion = (sum(getattr(s, f"{kind}_tokens") for s in report.stages) for kind in ("prompt", "completion"))
     made = Forecast(
-        llm_calls=report.llm_calls, max_llm_calls=config.budget.max_llm_calls, calls_by_stage=calls,
+        llm_calls=report.llm_calls, max_llm_calls=config.budget.max_llm_calls,
+        last_looks=[stage.name for stage in stage_classes(config)[0] if stage.has_last_look()], problem=report.problem,
+        calls_by_stage={stage.stage: stage.llm_calls - stage.errors[OVER_BUDGET] for stage in report.stages},
         calls_by_strategy={name: s.expand_calls for name, s in report.strategies.items()},
-        prompt_tokens=prompt, completion_tokens=completion, rows=report.rows,
-        tokens_per_second=rate or None, probe_requests=probes,
-        cost=config.budget.cost(prompt, completion),
+        prompt_tokens=report.prompt_tokens, completion_tokens=report.completion_tokens, rows=report.rows,
+        tokens_per_second=rate or None, probe_requests=probes, cost=report.cost,
     )
     write_atomic(kept_at(config), made.model_dump_json(indent=2).encode())
     return made

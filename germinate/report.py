@@ -48,7 +48,7 @@ class Report(BaseModel):
     wall_seconds: float
     llm_calls: int  # sent (or answered from the cache), not those a cap kept back
     failed_calls: int
-    prompt_tokens: int = 0  # as the servers reported them, this invocation's (the cache's answers are free)
+    prompt_tokens: int = 0  # as the servers reported them, every try's (the run's, its cache's answers included)
     completion_tokens: int = 0
     cost: float | None = None  # dollars, at budget.price
     budget: BudgetConfig
@@ -72,21 +72,33 @@ class Report(BaseModel):
         return cls.model_validate_json(path.read_bytes())
 
 
+def held_back(stages: list[StageStats]) -> int:
+    """Requests a cap kept back: never sent, so neither calls nor failures."""
+    return sum(s.errors[OVER_BUDGET] for s in stages)
+
+
+def cap_problem(config: RunConfig, stages: list[StageStats]) -> str:
+    caps = ", ".join(f"budget.{key} {value:,}" for key in ("max_tokens", "max_cost")
+                     if (value := getattr(config.budget, key)) is not None)
+    return (f"the run ended at its cap ({caps}): {held_back(stages)} LLM requests that could have passed it were "
+            "not sent; raise it and run the same command to go on")
+
+
 def shortfall(config: RunConfig, stages: list[StageStats], rows: list[Record]) -> str | None:
     """Why the run did not make the data asked for, or None: more requests failed after their
     retries than budget.max_failed_share allows, or it made no rows at all."""
-    calls = sum(s.llm_calls for s in stages)
+    calls = sum(s.llm_calls for s in stages) - held_back(stages)
     errors = sum((s.errors for s in stages), Counter())
-    failed = sum(s.failed_calls for s in stages) - errors[OVER_BUDGET]  # not sent: the cap's doing, no failure
+    del errors[OVER_BUDGET]
+    failed = sum(errors.values())
     if failed > config.budget.max_failed_share * calls:
-        del errors[OVER_BUDGET]
         kinds = ", ".join(f"{kind} {n}" for kind, n in errors.most_common())
         return (
             f"{failed} of {calls} LLM requests failed after their retries ({kinds}), more than "
             f"budget.max_failed_share allows ({config.budget.max_failed_share:g})"
         )
     if not rows:
-        return "the run made no rows"
+        return f"the run made no rows: {cap_problem(config, stages)}" if held_back(stages) else "the run made no rows"
     return None
 
 
@@ -94,7 +106,7 @@ def short_of_rows(config: RunConfig, report: Report) -> str | None:
     """Why the dataset has fewer generated rows than budget.max_records, and the setting to raise; None
     when it has them all."""
     generated, asked = report.rows - report.seed_rows, config.budget.max_records
-    if generated >= asked:
+    if generated >= asked or held_back(report.stages):  # a cap ended it: its problem says so
         return None
     calls = config.budget.max_llm_calls
     if report.llm_calls >= 0.9 * calls:
@@ -114,9 +126,8 @@ def short_of_rows(config: RunConfig, report: Report) -> str | None:
 
 def not_written(problem: str, stages: list[StageStats]) -> str:
     """The one line a user reads when a run fails for its data, with what to do next."""
-    again = "run the same command again to retry the unanswered requests, or " if any(
-        s.unanswered_calls for s in stages
-    ) else ""
+    unanswered = sum(s.unanswered_calls for s in stages) - held_back(stages)
+    again = "run the same command again to retry the unanswered requests, or " if unanswered else ""
     return f"{problem}; no dataset written: {again}add --allow-partial to write what was made"
 
 
@@ -136,14 +147,11 @@ def build_report(
     """`dataset_dir` and `metrics` are None when the run failed for its data (`problem`) and wrote none.
     Requests that went unanswered make the data partial even below budget.max_failed_share: the
     same command again asks them again, and may change the dataset."""
-    capped = sum(s.errors[OVER_BUDGET] for s in stages)
+    capped = held_back(stages)
     unanswered = sum(s.unanswered_calls for s in stages) - capped
     prompt_tokens, completion_tokens = sum(s.prompt_tokens for s in stages), sum(s.completion_tokens for s in stages)
     if problem is None and capped:
-        caps = ", ".join(f"budget.{key} {value:g}" for key in ("max_tokens", "max_cost")
-                         if (value := getattr(config.budget, key)) is not None)
-        problem = (f"the run ended at its cap ({caps}): {capped} LLM requests that could have passed it were not sent; "
-                   "raise it and run the same command to go on")
+        problem = cap_problem(config, stages)
     pairs = [r for r in records if preference_pair(r)]
     gains = [r.quality_score - r.draft_score for r in pairs if r.quality_score is not None and r.draft_score is not None]
     if problem is None and unanswered:

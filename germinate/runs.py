@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import yaml
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from germinate.budget import EXPAND_STAGE
 from germinate.config import RENAMED_STAGES, RunConfig, data_settings, dump_config, with_new_names
@@ -266,10 +266,19 @@ def _new_names(run: Run, stored: dict) -> dict:
     return renamed
 
 
+def _as_now(stored: dict) -> dict:
+    """A stored config as this version reads it: a setting added since takes its default, which does
+    what the version that wrote it did. One this version refuses is compared as it is."""
+    try:
+        return RunConfig.model_validate(stored).model_dump(mode="json")
+    except ValidationError:
+        return stored
+
+
 def _reopen(config: RunConfig) -> tuple[RunConfig, Run]:
     """An existing run, resumed with the settings it was started with (where they shape the data)."""
     run = Run(config.output_dir / config.run_id)
-    stored = _new_names(run, yaml.safe_load(run.config_path.read_text()))
+    stored = _as_now(_new_names(run, yaml.safe_load(run.config_path.read_text())))
     changed = _differences(data_settings(stored), data_settings(config.model_dump(mode="json")))
     if changed:
         raise UserError(

@@ -10,8 +10,10 @@ from pydantic import BaseModel, ValidationError
 from germinate.llm import LLM, Request
 from germinate.llm.base import parse_json
 from germinate.llm.cache import ResponseCache
+from germinate.llm.cap import TokenCap
 from germinate.llm.errors import ServerLost, ServerRefused
 from germinate.llm.openai_compat import OpenAIBackend
+from germinate.settings import BudgetConfig
 from germinate.stats import Usage
 from servers import FaultyServer
 
@@ -51,7 +53,8 @@ def test_retries_turn_transient_faults_into_answers_and_report_the_rest():
             assert isinstance(result.parsed, Answer)
     assert usage.calls == 80 and usage.failed == usage.unanswered == len(failed)
     assert usage.errors == {"http_500": len(failed)}
-    assert usage.prompt_tokens == 11 * (80 - len(failed))
+    # every answer that came back is billed, the invalid ones asked again too
+    assert usage.prompt_tokens == 11 * (80 - len(failed) + server.faults["broken_json"])
 
 
 def test_concurrency_is_bounded():
@@ -200,3 +203,32 @@ def test_parse_json_takes_a_raw_newline_in_a_string_and_names_real_faults():
     for broken, fault in (('{"critique": "a", "score": ', "Invalid JSON"), ('{"critique": "a"}', "Field required")):
         with pytest.raises(ValidationError, match=fault):
             parse_json(Judgement, broken)
+
+
+def test_a_token_cap_holds_only_what_is_in_flight_and_counts_every_answer_billed():
+    """A cap keeps back the requests that could pass it, not those merely queued for a slot; the tokens
+    of an answer that came back invalid (and was asked again) are billed, counted and reported."""
+    worst = sum(TokenCap.worst(requests(1)[0]))
+    with FaultyServer(fail_share=1.0, kinds=("broken_json",)) as server:  # every request's first answer
+        llm = layer(server, concurrency=2)
+        # 20 requests of two tries cost 640 tokens, with 2 tries in flight holding their worst case;
+        # all 20 held at once, as they wait for a slot, would not fit
+        cap = TokenCap(BudgetConfig(max_tokens=640 + 2 * worst), part=1.0)
+        assert 20 * worst > 640 + 2 * worst
+        try:
+            results = llm.run(llm.generate(requests(20)), cap=cap)
+        finally:
+            llm.close()
+    assert all(r.ok for r in results)  # 20 requests queued behind 2 slots: none held before it is sent
+    assert {(r.prompt_tokens, r.completion_tokens) for r in results} == {(22, 10)}  # two tries, both billed
+    assert (cap.prompt_tokens, cap.completion_tokens, cap.held_prompt) == (440, 200, 0)
+    with FaultyServer() as server:
+        llm = layer(server, concurrency=2)
+        cap = TokenCap(BudgetConfig(max_tokens=worst + 32), part=1.0)  # room for one try in flight, then its cost
+        try:
+            results = llm.run(llm.generate(requests(20)), cap=cap)
+        finally:
+            llm.close()
+    kept_back = [r for r in results if r.error and r.error.startswith("over_budget: sending it would pass budget.max_tokens")]
+    assert kept_back and all(r.unanswered for r in kept_back)
+    assert cap.prompt_tokens + cap.completion_tokens <= worst + 32

@@ -108,6 +108,7 @@ def test_a_run_started_before_the_judge_was_renamed_resumes(tmp_path, caplog):
         settings = yaml.safe_load((old / "config.yaml").read_text())
         settings["stages"] = ["reflect" if name == "judge" else name for name in settings["stages"]]
         settings["quality"]["reflect"] = settings["quality"].pop("judge")
+        del settings["quality"]["reflect"]["margin"], settings["generation"]["samples"]  # settings added since
         (old / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
 
         resumed = run_here(config.model_copy(update={"run_id": "old"}))

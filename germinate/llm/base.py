@@ -210,36 +210,28 @@ class LLM:
         }
         key = cache_key(self.model, request.messages, params, schema)
         hit = self.cache.get(key) if self.cache else None
-        cap, held = _cap.get(), False
+        cap = _cap.get()
         if hit is not None:
             result = self._result(request, Completion(**hit), cached=True)
-        elif cap and (passed := cap.hold(request)):
-            result = cap.refusal(request, passed)
+            if cap:
+                cap.count(result.prompt_tokens, result.completion_tokens)
         else:
-            held = cap is not None
-            try:
-                result = await self._call_with_retries(request, schema)
-            except BaseException:
-                if held:
-                    cap.settle(request, Result(request), held=True)
-                raise
+            result = await self._call_with_retries(request, schema, cap)
             if result.ok and self.cache:
                 self.cache.put(key, self._completion_fields(result))
-        if cap:
-            cap.settle(request, result, held)
         usage = _usage.get()
         if usage is not None:
-            usage.add(
-                cached=result.cached,
-                error=result.error,
-                unanswered=result.unanswered,
-                prompt_tokens=0 if result.cached else result.prompt_tokens,
-                completion_tokens=0 if result.cached else result.completion_tokens,
-            )
+            # An answer from the run's cache counts its tokens too: the run paid them once, in this
+            # invocation or an earlier one, and a resumed run reports what an uninterrupted one does.
+            usage.add(cached=result.cached, error=result.error, unanswered=result.unanswered,
+                      prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
         return result
 
-    async def _call_with_retries(self, request: Request, schema: dict[str, Any] | None) -> Result:
+    async def _call_with_retries(self, request: Request, schema: dict[str, Any] | None, cap: TokenCap | None) -> Result:
+        """The request's answer after up to max_retries more tries, with the tokens of every try the
+        server answered (an invalid answer is billed too). Each try is sent only within `cap`."""
         error, tries, redraws, unanswered = "unknown", 0, 0, False
+        billed = Completion("")  # the tokens of answers that came back and were not kept
         while True:
             # Only an answer that came back invalid draws a new seed (a deterministic sampler would repeat it);
             # a try the server never answered keeps it, so faults on the way do not change the data.
@@ -247,30 +239,37 @@ class LLM:
             try:
                 async with self._slots:
                     await self._outage.ready()  # waits out an outage; raises ServerLost past the patience
+                    if cap and (passed := cap.hold(sent)):  # held once in flight: a queued request holds nothing
+                        return cap.refusal(request, passed, billed)
                     self.in_flight += 1
+                    completion = None
                     try:
                         completion = await self.backend.complete(sent, schema)
                     finally:
                         self.in_flight -= 1
+                        if cap:
+                            cap.settle(sent, completion)
             except TransientError as exc:
                 error, unanswered = str(exc), True
                 if not await self._outage.counts():
                     continue  # the server is away: this try does not count
             except PermanentError as exc:
-                return Result(request, error=str(exc))
+                return self._with_billed(Result(request, error=str(exc)), billed)
             except UserError:
                 raise  # the server refuses every request (a key, a model to fix): the run stops
             except Exception as exc:  # an unforeseen backend failure: one request's problem, not the run's
                 error, unanswered = f"backend_error: {type(exc).__name__}: {exc}", True
             else:
                 self._outage.answered()
-                result = self._result(request, completion, cached=False)
+                result = self._with_billed(self._result(request, completion, cached=False), billed)
                 if result.ok:
                     return result
+                billed = Completion("", prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens)
                 error, unanswered, redraws = result.error, False, redraws + 1
             tries += 1
             if tries > self.max_retries:
-                return Result(request, error=f"{error} (after {tries} tries)", unanswered=unanswered)
+                return self._with_billed(Result(request, error=f"{error} (after {tries} tries)", unanswered=unanswered),
+                                         billed)
             # Exponential backoff with full jitter, taken outside the concurrency limit.
             await asyncio.sleep(random.uniform(0, self.backoff_s * 2 ** (tries - 1)))
 
@@ -290,6 +289,12 @@ class LLM:
             except ValidationError as exc:
                 first = exc.errors()[0]
                 result.error = f"invalid_json: {first['msg']} at {'.'.join(map(str, first['loc'])) or 'top'}"
+        return result
+
+    @staticmethod
+    def _with_billed(result: Result, billed: Completion) -> Result:
+        result.prompt_tokens += billed.prompt_tokens
+        result.completion_tokens += billed.completion_tokens
         return result
 
     @staticmethod

@@ -2,21 +2,21 @@
 
 Each shard gets its part of the run's caps, as it gets its part of the LLM calls, and keeps it where
 its requests are sent (a thread of the driver, a Ray worker): the run's spend is the sum of its
-shards', so no shard passing its part means the run never passes the cap. A request goes out only if
-its worst case (a third of its prompt's bytes, a token being three bytes at most in the tokenizers
-of today's chat models, and its max_tokens) fits beside what was spent and what is in flight; an
-answer then counts as the server reports it. A request that does not fit is not sent: it fails as
-`over_budget`, unanswered, so the same command with a larger cap goes on from there."""
+shards', so no shard passing its part means the run never passes the cap. A try of a request goes
+out only if its worst case (a token for each byte of its prompt, as no tokenizer's token is shorter,
+a few for the chat template, and its max_tokens) fits beside what was spent and what is in flight;
+its answer then counts as the server reports it, valid or not. Answers from the run's cache count
+too: the run paid them once. A request that does not fit is not sent: it fails as `over_budget`,
+unanswered, so the same command with a larger cap goes on from there."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from germinate.llm.base import Request, Result
+from germinate.llm.base import Completion, Request, Result
 from germinate.settings import BudgetConfig
 
 OVER_BUDGET = "over_budget"
-BYTES_PER_TOKEN = 3
 TOKENS_PER_MESSAGE = 8  # a chat template's own tokens around each message
 
 
@@ -31,8 +31,7 @@ class TokenCap:
 
     @staticmethod
     def worst(request: Request) -> tuple[int, int]:
-        prompt = sum(len(m["content"].encode()) // BYTES_PER_TOKEN + TOKENS_PER_MESSAGE for m in request.messages)
-        return prompt, request.max_tokens
+        return sum(len(m["content"].encode()) + TOKENS_PER_MESSAGE for m in request.messages), request.max_tokens
 
     def passed(self, prompt: int, completion: int) -> str | None:
         """The setting that `prompt` and `completion` tokens in all would pass, or None."""
@@ -53,14 +52,19 @@ class TokenCap:
             self.held_completion += completion
         return passed
 
-    def settle(self, request: Request, result: Result, held: bool) -> None:
-        if held:
-            prompt, completion = self.worst(request)
-            self.held_prompt -= prompt
-            self.held_completion -= completion
-        self.prompt_tokens += result.prompt_tokens
-        self.completion_tokens += result.completion_tokens
+    def settle(self, request: Request, completion: Completion | None) -> None:
+        """A held try is over: what it held is released, what its answer (if any) spent is counted."""
+        prompt, most = self.worst(request)
+        self.held_prompt -= prompt
+        self.held_completion -= most
+        if completion is not None:
+            self.count(completion.prompt_tokens, completion.completion_tokens)
+
+    def count(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
 
     @staticmethod
-    def refusal(request: Request, cap: str) -> Result:
-        return Result(request, error=f"{OVER_BUDGET}: sending it would pass {cap}", unanswered=True)
+    def refusal(request: Request, cap: str, billed: Completion) -> Result:
+        return Result(request, error=f"{OVER_BUDGET}: sending it would pass {cap}", unanswered=True,
+                      prompt_tokens=billed.prompt_tokens, completion_tokens=billed.completion_tokens)

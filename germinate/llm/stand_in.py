@@ -33,7 +33,8 @@ def _instance(schema: dict[str, Any], defs: dict[str, Any], rng: random.Random) 
     if "anyOf" in schema:
         return _instance(schema["anyOf"][0], defs, rng)
     if "enum" in schema:  # a check passes, a score is the best
-        return "yes" if "yes" in schema["enum"] else max(schema["enum"], key=str)
+        numbers = all(isinstance(value, (int, float)) for value in schema["enum"])
+        return "yes" if "yes" in schema["enum"] else max(schema["enum"]) if numbers else schema["enum"][-1]
     kind = schema.get("type")
     if kind == "object":
         return {key: _instance(sub, defs, rng) for key, sub in schema.get("properties", {}).items()}
