@@ -165,7 +165,8 @@ def test_serve_runs_the_flow_on_its_schedule(prefect_server, tmp_path):
                 assert schedule.schedule.cron == "0 3 * * *" and schedule.active
                 assert deployment.parameters["config"]["budget"] == {"max_llm_calls": 30, "max_records": 5,
                                                                          "max_failed_share": 0.02,
-                                                                         "allow_partial": False}
+                                                                         "allow_partial": False, "price": None,
+                                                                         "max_tokens": None, "max_cost": None}
                 flow_run = run_deployment(deployment.id, timeout=0)
                 done = wait_until(
                     lambda: (r := client.read_flow_run(flow_run.id)).state.is_final() and r, 400, "the served run"
