@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from germinate.config import RunConfig, data_settings
 from germinate.io import load_seeds, write_atomic
@@ -92,9 +92,12 @@ def kept_at(config: RunConfig) -> Path:
 
 
 def kept_forecast(config: RunConfig) -> Forecast | None:
-    """The forecast a dry run of this config made, if one did."""
-    path = kept_at(config)
-    return Forecast.model_validate_json(path.read_bytes()) if path.is_file() else None
+    """The forecast a dry run of this config made, if one did and this version reads it (the run's end
+    must not fail for a note beside it)."""
+    try:
+        return Forecast.model_validate_json(kept_at(config).read_bytes())
+    except (OSError, ValidationError):
+        return None
 
 
 def measure_rate(config: RunConfig) -> tuple[float, int]:

@@ -8,7 +8,7 @@ from datasets import load_dataset
 
 from conftest import germinate, tiny_config
 from germinate.driver import run_here
-from germinate.forecast import PROBE_REQUESTS
+from germinate.forecast import PROBE_REQUESTS, kept_at, kept_forecast
 from germinate.runs import Run
 from servers import WritingServer
 from test_pipeline import write_seeds
@@ -76,3 +76,11 @@ def test_a_run_ends_at_its_token_cap_with_its_dataset_written(tmp_path):
     rows = {name: sorted(load_dataset(str(tmp_path / "runs" / name / "dataset"), split="train")["output"])
             for name in ("free", "capped")}
     assert rows["capped"] == rows["free"]
+
+
+def test_a_kept_forecast_this_version_cannot_read_is_left_out(tmp_path):
+    """A forecast written by another version, or cut short, is no reason for a run to fail at its end."""
+    config = tiny_config(write_seeds(tmp_path), tmp_path / "runs")
+    kept_at(config).parent.mkdir(parents=True)
+    kept_at(config).write_text('{"llm_calls": 3}')
+    assert kept_forecast(config) is None
