@@ -171,60 +171,86 @@ def _start_ray(settings: OrchestrationConfig) -> bool:
     return True
 
 
+class Crew:
+    """The run's state and its shard workers, one per CPU of the cluster; asked for at once, each
+    answers `ready` once its process has started."""
+
+    def __init__(self, config: RunConfig):
+        self.name = f"germinate-{config.run_id}-{os.urandom(4).hex()}"
+        self.state = RunState.options(name=self.name).remote(config.llm.server_limits)
+        count = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.actors = [ShardWorker.options(max_concurrency=config.orchestration.workers).remote(self.name)
+                       for _ in range(count)]
+        self.started = [actor.ready.remote() for actor in self.actors]
+        self.asked = time.monotonic()
+
+    def stop(self) -> None:
+        """The workers and state go: calls still waiting on them raise."""
+        for actor in [*self.actors, self.state]:
+            ray.kill(actor)
+
+
 class RayStart:
-    """Ray, started in a thread of its own (3 to 6 s on a laptop's two cores) while the run is checked
-    and its servers asked. The thread lives until Ray stops: Ray's processes die with the thread that
-    started them (Linux's parent-death signal), and so with this process however it ends."""
+    """Ray, then the run's crew, started in a thread of its own (3 to 6 s on a laptop's two cores, and
+    2 more for the crew's processes) while the run is checked and its servers asked. The thread lives
+    until Ray stops: Ray's processes die with the thread that started them (Linux's parent-death
+    signal), and so with this process however it ends."""
 
-    def __init__(self, settings: OrchestrationConfig):
-        self.owned: Future = Future()  # whether the run started Ray (and stops it), once Ray is up
+    def __init__(self, config: RunConfig):
+        self.owned = False  # whether the run started Ray (and stops it)
+        self.crew: Future = Future()  # the run's Crew, once Ray is up
         self.stopped = threading.Event()
-        threading.Thread(target=self._run, args=(settings,), name="ray-start", daemon=True).start()
+        threading.Thread(target=self._run, args=(config,), name="ray-start", daemon=True).start()
 
-    def _run(self, settings: OrchestrationConfig) -> None:
+    def _run(self, config: RunConfig) -> None:
         try:
-            self.owned.set_result(_start_ray(settings))
+            self.owned = _start_ray(config.orchestration)
+            self.crew.set_result(Crew(config))
         except BaseException as exc:
-            self.owned.set_exception(exc)
-            return
+            self.crew.set_exception(exc)
         self.stopped.wait()
 
-    def stop(self, owned: bool) -> None:
-        """Ray stops, if the run started it (`owned`), and so does this thread."""
+    def stop(self) -> None:
+        """The crew goes, and Ray if the run started it; so does this thread. Once the start is over."""
         try:
-            if owned:
-                ray.shutdown()
+            if self.crew.exception() is None:
+                self.crew.result().stop()
         finally:
-            self.stopped.set()
+            try:
+                if self.owned:
+                    ray.shutdown()
+            finally:
+                self.stopped.set()
 
 
 _starting: RayStart | None = None  # begun by `start`, taken by the run's `Workers`
 _starting_lock = threading.Lock()
 
 
-def start(settings: OrchestrationConfig) -> RayStart:
-    """Ray starts now, in the background, unless it is starting already; the next run's `Workers` take it."""
+def start(config: RunConfig) -> RayStart:
+    """Ray and the crew of the run of `config` start now, in the background, unless they are starting
+    already; the run's `Workers` take them."""
     global _starting
     with _starting_lock:
         if _starting is None:
-            _starting = RayStart(settings)
+            _starting = RayStart(config)
         return _starting
 
 
 def stop_untaken() -> None:
-    """A start no run took (the run failed its checks first): Ray stops once it has started, if it
-    was started for the run. Nothing waits for that: a command that exits takes Ray with it."""
+    """A start no run took (the run failed its checks first): its crew stops once it has started, and
+    Ray if it was started for the run. Nothing waits for that: a command that exits takes Ray with it."""
     global _starting
     with _starting_lock:
         untaken, _starting = _starting, None
     if untaken is not None:
-        untaken.owned.add_done_callback(lambda owned: untaken.stop(owned.exception() is None and owned.result()))
+        untaken.crew.add_done_callback(lambda _: untaken.stop())
 
 
-def _take_start(settings: OrchestrationConfig) -> RayStart:
+def _take_start(config: RunConfig) -> RayStart:
     global _starting
     with _starting_lock:
-        taken, _starting = _starting or RayStart(settings), None
+        taken, _starting = _starting or RayStart(config), None
     return taken
 
 
@@ -232,38 +258,28 @@ class Workers:
     """In the driver: Ray, the run's state and its shard workers, for the length of a run."""
 
     def __init__(self, config: RunConfig):
-        settings = config.orchestration
-        self.ray, self.owns_ray, self.actors, self.state = _take_start(settings), False, [], None
+        self.ray = _take_start(config)
         try:
-            self.owns_ray = self.ray.owned.result()
+            self.crew = self.ray.crew.result()
             self.embedder = Embedder(config.embedding, Run(config.output_dir / config.run_id).embeddings_path)
-            self.name = f"germinate-{config.run_id}-{os.urandom(4).hex()}"
-            self.state = RunState.options(name=self.name).remote(config.llm.server_limits)
-            count = max(1, int(ray.cluster_resources().get("CPU", 1)))
-            self.actors = [ShardWorker.options(max_concurrency=settings.workers).remote(self.name)
-                           for _ in range(count)]
-            self.busy = [0] * count
+            self.busy = [0] * len(self.crew.actors)
             self.lock = threading.Lock()
-            self._wait_started(settings)
+            self._wait_started(config.orchestration)
         except BaseException:
-            try:
-                self.stop()
-            finally:
-                self.shutdown()
+            self.shutdown()
             raise
 
     def _wait_started(self, settings: OrchestrationConfig) -> None:
         """Until every worker has started (a cluster may have no free CPU for them), saying so if it
         takes long: a run's stall clock starts after its workers do."""
-        started, waiting = time.monotonic(), [actor.ready.remote() for actor in self.actors]
-        watch = Watch(settings, lambda: f"{len(self.actors) - len(waiting)} of {len(self.actors)} Ray shard "
+        waiting, count = self.crew.started, len(self.crew.actors)
+        watch = Watch(settings, lambda: f"{count - len(waiting)} of {count} Ray shard "
                                         "workers started (does the cluster have a free CPU for each?)")
         while waiting:
             _, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=WAIT_S)
             watch.check()
         nodes = len([node for node in ray.nodes() if node["Alive"]])
-        log.info("Ray: %d shard workers on %d nodes, started in %.1fs", len(self.actors), nodes,
-                 time.monotonic() - started)
+        log.info("Ray: %d shard workers on %d nodes, started in %.1fs", count, nodes, time.monotonic() - self.crew.asked)
 
     def call(self, function: Callable[..., Any], parameters: bytes) -> Any:
         """A task on the least busy worker; returns its result."""
@@ -271,7 +287,7 @@ class Workers:
             chosen = self.busy.index(min(self.busy))
             self.busy[chosen] += 1
         try:
-            return ray.get(self.actors[chosen].run.remote(function.__name__, parameters))
+            return ray.get(self.crew.actors[chosen].run.remote(function.__name__, parameters))
         finally:
             with self.lock:
                 self.busy[chosen] -= 1
@@ -279,7 +295,7 @@ class Workers:
     def collect(self) -> None:
         """What the workers did, into this process's progress; what they made, to this process's
         embedding worker."""
-        counts, lost, made = ray.get(self.state.take.remote())
+        counts, lost, made = ray.get(self.crew.state.take.remote())
         for stage, amount in counts.items():
             progress.advance(stage, amount)
         for rank, text in made:
@@ -289,16 +305,15 @@ class Workers:
                         worker, LEASE_S)
 
     def describe(self) -> str:
-        return ray.get(self.state.describe.remote(), timeout=REPORT_TIMEOUT_S)
+        return ray.get(self.crew.state.describe.remote(), timeout=REPORT_TIMEOUT_S)
 
     def stop(self) -> None:
         """The run's workers and state go: calls still waiting on them raise."""
-        for actor in [*self.actors, self.state]:
-            if actor is not None:
-                ray.kill(actor)
+        self.crew.stop()
 
     def shutdown(self) -> None:
-        self.ray.stop(self.owns_ray)
+        """The crew, if still there, and Ray if the run started it."""
+        self.ray.stop()
 
 
 class RayTasks(Threads):

@@ -252,7 +252,7 @@ def run(
         resolved = resolved.model_copy(update={"run_id": resolved.run_id or new_run_id()})  # named if interrupted
         ray = ray_for(resolved)
         if ray:
-            ray.start(resolved.orchestration)  # Ray's start (seconds) too
+            ray.start(resolved)  # Ray and its workers start (seconds) meanwhile
         if _prefect_server():
             from germinate.flows.build import build_dataset
         else:
