@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from germinate.budget import Allowance
 from germinate.filters.heuristics import Heuristics
 from germinate.judge import JUDGE, Reflection, Rubric, Verdict, reflect
 from germinate.llm import Request, Result
@@ -79,7 +78,7 @@ class Judge(Stage):
         sampled for an instruction: the best is its answer."""
         answers = [dataclasses.replace(record, output=output, other_outputs=None)
                    for record in records for output in [record.output, *(record.other_outputs or [])]]
-        states = iter(await self._reflect(answers, tries=0, budget=Allowance(0, 0)))
+        states = iter(await self._reflect(answers, tries=0, calls=0))
         return [self._chosen(record, [next(states) for _ in range(1 + len(record.other_outputs or []))])
                 for record in records], []
 
@@ -101,7 +100,7 @@ class Judge(Stage):
         in the shard's order; then what still fails goes, under `on_fail: drop`."""
         revisable = [r for r in records if r.model is not None and r.quality_score is not None]
         verdicts = [Verdict({"score": r.quality_score}, r.quality_critique or "") for r in revisable]
-        states = await self._reflect(revisable, self.settings.tries, Allowance(calls, 0), verdicts)
+        states = await self._reflect(revisable, self.settings.tries, calls, verdicts)
         revised = {state.item.id: self._with_draft(self._scored(state, first=False), draft)
                    for state, draft in zip(states, revisable)}
         kept, rejected = [], []
@@ -138,8 +137,19 @@ class Judge(Stage):
         )
 
     async def _reflect(
-        self, records: list[Record], tries: int, budget: Allowance, verdicts: list[Verdict] | None = None
+        self, records: list[Record], tries: int, calls: int, verdicts: list[Verdict] | None = None
     ) -> list[Reflection[Record]]:
+        """The records judged (unless `verdicts` has their first judgements) and revised while they
+        fall short, `tries` times at most, each revision paid from `calls` (two: revise, judge again)."""
+        left = calls
+
+        def take(needed: int) -> bool:
+            nonlocal left
+            if needed > left:
+                return False
+            left -= needed
+            return True
+
         def context(record: Record) -> str:
             return f"Task:\n{show(record)}\n\nAnswer:\n{record.output}"
 
@@ -165,5 +175,5 @@ class Judge(Stage):
 
         return await reflect(
             self.llm, records, rubric=RESPONSE, show=context, rewrite=revise, apply=apply,
-            threshold=self.settings.threshold, tries=tries, take=budget.take, verdicts=verdicts,
+            threshold=self.settings.threshold, tries=tries, take=take, verdicts=verdicts,
         )

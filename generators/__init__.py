@@ -47,7 +47,7 @@ class Strategy(ABC):
 
     def __init__(self, context: Context, record_cost: int):
         """`context.llm` may be None to plan units only; `record_cost`: LLM calls a kept record without
-        an answer still needs after expansion (reserved when the record is made)."""
+        an answer still needs after expansion (paid from the unit's allowance when the record is kept)."""
         self.llm = context.llm
         self.vectors = context.vectors
         self.config = context.config

@@ -9,9 +9,10 @@ so deep hops stay on task. Each child is judged for relevance to the seed (and,
 for persona children, for difference from its parent) and rewritten with the
 critique when it falls short (filters/judge.py).
 
-The budget bounds LLM calls: every child is paid for up front (write + judge +
-what a record costs downstream: its answer, and the quality gate's judgement when
-that is on) and refunded when it is dropped early.
+The budget bounds LLM calls: each batch of children has its calls set aside up
+front (write + judge + what a record costs downstream: its answer, and the quality
+gate's judgement when that is on); what a child dropped early did not spend comes
+back when its batch is done, and the hop writes more children with it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from germinate.budget import Allowance
+from germinate.budget import Allowance, Reservation
 from germinate.executor import Emit
 from germinate.generators import STAGE, Strategy, fault, parse_instruction
 from germinate.judge import JUDGE, Rubric, Verdict, reflect
@@ -173,7 +174,6 @@ class AIDE(Strategy):
             if not frontier or hop_records == 0:
                 break
             later_hops = allowance.calls - hop_calls  # what this hop leaves to the next ones
-            allowance.take(len(frontier))
             # A token is at least one character: the schema's bounds make the JSON always fit.
             extraction_tokens = 24 + TOPIC_CHARS + self.settings.attributes * (ATTRIBUTE_CHARS + 8)
             extractions = await self.llm.generate(
@@ -192,8 +192,10 @@ class AIDE(Strategy):
                     later_hops = 0  # no child survived: there is no next hop to keep calls for
                     continue
                 batch, jobs = jobs[:count], jobs[count:]
-                allowance.take(self.child_cost * count)
-                frontier += await self._children(seed, hop, batch, allowance, emit)
+                # Set aside: the rewrites the judge asks for while the children are judged must not
+                # take what the children kept will cost the later stages.
+                with allowance.reserve(self.child_cost * count) as reserved:
+                    frontier += await self._children(seed, hop, batch, reserved, emit)
 
     def _plan(self, nodes: list[Record], extractions: list[Result], rng: random.Random) -> list[Job]:
         """Every (attribute x operation) and persona child of each node, interleaved across nodes
@@ -234,10 +236,10 @@ class AIDE(Strategy):
             job.persona = draws[job.parent.id][job.slot]
         return await self.llm.generate([self._synthesis_request(seed, hop, job) for job in jobs])
 
-    async def _children(self, seed: Record, hop: int, jobs: list[Job], allowance: Allowance, emit: Emit):
+    async def _children(self, seed: Record, hop: int, jobs: list[Job], reserved: Reservation, emit: Emit):
         """The attribute children, then the persona children (written meanwhile): each group judged,
         rewritten with the critique where it falls short, and handed on as soon as it is done. The
-        groups draw on one allowance one after the other, so a rerun spends it in the same order."""
+        groups draw on the calls set aside one after the other, so a rerun spends them in the same order."""
         parents = {job.parent.id: job.parent for job in jobs}
         plain = [job for job in jobs if job.operation != "persona"]
         chosen = [job for job in jobs if job.operation == "persona"]
@@ -249,7 +251,7 @@ class AIDE(Strategy):
                     written = await self.llm.generate([self._synthesis_request(seed, hop, job) for job in group])
                 else:
                     written = await persona_results
-                judged, dropped = await self._judged(seed, hop, group, written, rubric, parents, allowance)
+                judged, dropped = await self._judged(seed, hop, group, written, rubric, parents, reserved)
                 emit(judged, dropped)
                 kept += judged
             return kept
@@ -258,7 +260,7 @@ class AIDE(Strategy):
 
     async def _judged(
         self, seed: Record, hop: int, jobs: list[Job], written: list[Result], rubric: Rubric,
-        parents: dict[str, Record], allowance: Allowance,
+        parents: dict[str, Record], reserved: Reservation,
     ) -> tuple[list[Record], list[Record]]:
         """The group's children as written, judged and rewritten: (kept, dropped)."""
         candidates, dropped = [], []
@@ -279,9 +281,8 @@ class AIDE(Strategy):
                 candidates.append(child)
                 continue
             dropped.append(child.dropped(STAGE, *problem))
-            allowance.refund(self.child_cost - 1)  # no judgement, nothing downstream
         kept = []
-        for state in await self._reflect(seed, candidates, rubric, parents, allowance):
+        for state in await self._reflect(seed, candidates, rubric, parents, reserved):
             child, verdict = state.item, state.verdict
             if verdict is None:  # the judge failed, not the child: it stays, unjudged
                 kept.append(dataclasses.replace(child, reflection_critique=f"not judged: {state.error}"))
@@ -296,13 +297,12 @@ class AIDE(Strategy):
             if not state.passed and self.settings.on_reflection_fail == "drop":
                 detail = f"score {verdict.score:.1f} < {self.settings.reflection_threshold:g}: {verdict.critique}"
                 dropped.append(child.dropped(STAGE, "low_reflection_score", detail))
-                allowance.refund(self.record_cost)  # nothing downstream
             else:
                 kept.append(child)
         return kept, dropped
 
     async def _reflect(
-        self, seed: Record, children: list[Record], rubric: Rubric, parents: dict[str, Record], allowance: Allowance
+        self, seed: Record, children: list[Record], rubric: Rubric, parents: dict[str, Record], reserved: Reservation
     ):
         def context(child: Record) -> str:
             text = f"Seed task:\n{show(seed)}\n\n"
@@ -325,5 +325,5 @@ class AIDE(Strategy):
             apply=apply,
             threshold=self.settings.reflection_threshold,
             tries=self.settings.reflection_tries,
-            take=allowance.take,
+            take=reserved.extend,
         )

@@ -103,7 +103,7 @@ class EvolInstruct(Strategy):
         rng = random.Random(f"{self.random_seed}:{seed.id}")
         parent = seed
         for generation in range(1, self.settings.generations + 1):
-            if allowance.records < 1 or not allowance.take(self.step_cost):
+            if allowance.records < 1 or allowance.calls < self.step_cost:
                 break
             operation = rng.choice(self.settings.operations)
             if operation == "breadth":
@@ -128,9 +128,6 @@ class EvolInstruct(Strategy):
                     verdict = ("llm_error", answer.error)
                 else:
                     verdict = answer_elimination(child.output or "")
-                allowance.refund(self.record_cost - 1 if verdict else 0)  # the answer was paid; nothing after
-            else:
-                allowance.refund(self.record_cost)  # neither answered nor judged
             if verdict is not None:
                 emit([], [child.dropped(STAGE, *verdict)])
                 continue

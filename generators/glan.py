@@ -143,9 +143,9 @@ class GLAN(Strategy):
     async def grow(self, discipline: Discipline, allowance: Allowance, emit: Emit) -> None:
         """Subjects, then each subject's syllabus and questions; a subject's questions are handed on
         in subject order once they are written."""
-        if allowance.records < 1 or not allowance.take(1):
+        if allowance.records < 1 or allowance.calls < 1:
             return
-        wanted = min(self.settings.subjects, allowance.calls // self.subject_cost, allowance.records)
+        wanted = min(self.settings.subjects, (allowance.calls - 1) // self.subject_cost, allowance.records)
         schema = subjects_schema(self.settings.subjects)
         tokens = 32 + self.settings.subjects * (NAME_CHARS + 40 + MAX_SUBTOPICS * (CONCEPT_CHARS + 8))
         [listed] = await self.llm.generate([self.request(
@@ -157,9 +157,11 @@ class GLAN(Strategy):
         subjects = list({s.name.strip(): s for s in listed.parsed.subjects if s.name.strip()}.values())[:wanted]
         if not subjects:
             return
+        # The subjects are written at once, each within its share of what is left; their records, and
+        # what the later stages take for them, are paid from the discipline's allowance.
         shares = zip(allocate(allowance.calls, len(subjects)), allocate(allowance.records, len(subjects)))
-        written = [asyncio.ensure_future(self._subject(discipline, subject, Allowance(c, r)))
-                   for subject, (c, r) in zip(subjects, shares)]
+        written = [asyncio.ensure_future(self._subject(discipline, subject, calls, records))
+                   for subject, (calls, records) in zip(subjects, shares)]
         try:
             for subject in written:
                 emit(*await subject)
@@ -167,8 +169,9 @@ class GLAN(Strategy):
             for subject in written:
                 subject.cancel()
 
-    async def _subject(self, discipline: Discipline, subject, allowance: Allowance):
-        if allowance.records < 1 or not allowance.take(1):
+    async def _subject(self, discipline: Discipline, subject, calls: int, records: int):
+        """The subject's syllabus and its questions, within `calls` and `records`: (kept, rejected)."""
+        if records < 1 or calls < 1:
             return [], []
         tokens = 32 + self.settings.sessions * (NAME_CHARS + 24 + MAX_CONCEPTS * (CONCEPT_CHARS + 8))
         [syllabus] = await self.llm.generate([self.request(
@@ -181,9 +184,8 @@ class GLAN(Strategy):
         sessions = syllabus.parsed.sessions
         concepts = [[c.strip() for c in s.key_concepts if c.strip()] for s in sessions]
         rng = random.Random(f"{self.random_seed}:{discipline.name}:{subject.name}")
-        count = min(self.settings.questions, allowance.calls // self.question_cost, allowance.records)
+        count = min(self.settings.questions, (calls - 1) // self.question_cost, records)
         draws = sample_concepts(concepts, count, rng)
-        allowance.take(self.question_cost * len(draws))
         outline = [f"{i + 1}. {s.title}: {', '.join(concepts[i])}" for i, s in enumerate(sessions)]
         requests = [
             self.request(
@@ -209,5 +211,4 @@ class GLAN(Strategy):
                 kept.append(record)
                 continue
             rejected.append(record.dropped(STAGE, *problem))
-            allowance.refund(self.record_cost)
         return kept, rejected

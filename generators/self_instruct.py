@@ -87,7 +87,6 @@ class SelfInstruct(Strategy):
         while allowance.records >= 1 and allowance.calls >= self.task_cost:
             round_ += 1
             batch = min(self.settings.batch, allowance.calls // self.task_cost, allowance.records)
-            allowance.take(self.task_cost * batch)
             prompts = [self._prompt(seeds, kept, rng) for _ in range(batch)]
             written = await self.llm.generate(
                 [self.request(GENERATE, self.random_seed + round_, examples=examples, number=number)
@@ -104,7 +103,6 @@ class SelfInstruct(Strategy):
                     pool.append((record, tokens(record.instruction)))
                     continue
                 rejected.append(dataclasses.replace(record.dropped(STAGE, reason, detail), duplicate_of=duplicate))
-                allowance.refund(self.record_cost)
             kept += grown
             emit(grown, rejected)
 

@@ -11,6 +11,7 @@ checked constraint by constraint and refined with what it missed.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import random
@@ -23,11 +24,12 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, Field, create_model
 
-from germinate.budget import Allowance
+from germinate.budget import Allowance, Reservation
 from germinate.errors import UserError
 from germinate.executor import Emit
 from germinate.generators import STAGE, Strategy, fault, parse_instruction
 from germinate.llm import Result
+from germinate.llm.base import paid_by
 from germinate.prompts import Prompt, combine_hashes
 from germinate.records import Record, record_id, show
 from germinate.settings import DATA_DIR, Section
@@ -230,15 +232,17 @@ class TCIA(Strategy):
             emit(*await self._expand_seed(seed, allowance, self.decompositions[seed.id]))
 
     async def _decompose(self, seeds: list[Record], allowances: list[Allowance]) -> dict[str, Decomposition]:
-        todo = [
-            (s, a) for s, a in zip(seeds, allowances)
-            if a.records >= 1 and a.calls >= 1 + self.state_cost and a.take(1)
-        ]
-        tokens = 48 + QUERY_CHARS + MAX_SEED_CONSTRAINTS * (CONSTRAINT_CHARS + 32)
-        results = await self.llm.generate(
-            [self.request(DECOMPOSE, self.random_seed, Decomposition, tokens, task=show(s)) for s, _ in todo]
-        )
+        todo = [(s, a) for s, a in zip(seeds, allowances) if a.records >= 1 and a.calls >= 1 + self.state_cost]
+        results = await asyncio.gather(*(self._decomposition(seed, allowance) for seed, allowance in todo))
         return {seed.id: result.parsed for (seed, _), result in zip(todo, results) if result.ok}
+
+    async def _decomposition(self, seed: Record, allowance: Allowance) -> Result:
+        """The seed's decomposition, paid by the seed's allowance (the shard's seeds are decomposed at once)."""
+        tokens = 48 + QUERY_CHARS + MAX_SEED_CONSTRAINTS * (CONSTRAINT_CHARS + 32)
+        with paid_by(allowance):
+            [result] = await self.llm.generate(
+                [self.request(DECOMPOSE, self.random_seed, Decomposition, tokens, task=show(seed))])
+        return result
 
     @staticmethod
     def _own(parsed: Decomposition) -> list[Constraint]:
@@ -258,7 +262,6 @@ class TCIA(Strategy):
                        self.settings.max_constraints, rng)
         affordable = min(self.settings.samples, len(found), allowance.calls // self.state_cost, allowance.records)
         chosen = sorted(rng.sample(found, affordable), key=lambda s: (s.depth, sorted(s.constraints)))
-        allowance.take(self.state_cost * len(chosen))
         states = {}
         for state in chosen:
             constraints = [pool.constraints[i] for i in sorted(state.constraints)]
@@ -278,12 +281,14 @@ class TCIA(Strategy):
                 prompt_hash=self.prompts_hash,
             )
             states[record.id] = (record, constraints)
-        return await self._write(states, allowance)
+        # Set aside: the refinements asked for while the states are checked must not take what the
+        # states kept will cost the later stages (paid when the seed hands them on).
+        with allowance.reserve(self.state_cost * len(chosen)) as reserved:
+            return await self._write(states, reserved)
 
-    async def _write(self, states: dict[str, tuple[Record, list[Constraint]]], allowance: Allowance):
+    async def _write(self, states: dict[str, tuple[Record, list[Constraint]]], reserved: Reservation):
         """Compose each state as an instruction, check every constraint, refine with the missing ones."""
         bare = [record for record, constraints in states.values() if not constraints]
-        allowance.refund(2 * len(bare))  # the basic query alone: nothing to write or check
         todo = [record for record, constraints in states.values() if constraints]
         written = await self.llm.generate(
             [self.request(COMPOSE, self.random_seed + r.hop, query=r.basic_query, given=given(r),
@@ -294,13 +299,12 @@ class TCIA(Strategy):
             record = self._written(record, result)
             if record.drop_reason:
                 rejected.append(record)
-                allowance.refund(1)  # no check
             else:
                 pending.append(record)
         missing: dict[str, list[str]] = {}
         for round_ in range(self.settings.refine_tries + 1):
             if round_:
-                affordable = [r for r in pending if allowance.take(2)]  # refine + check again
+                affordable = [r for r in pending if reserved.extend(2)]  # refine + check again
                 rejected += [self._missing(r, missing) for r in pending[len(affordable):]]
                 refined = await self.llm.generate(
                     [self.request(REFINE, self.random_seed + round_, instruction=show(r),
@@ -322,7 +326,6 @@ class TCIA(Strategy):
                 (failing if missing[record.id] else kept).append(record)
             pending = failing
         rejected += [self._missing(r, missing) for r in pending]  # still failing after R refinements
-        allowance.refund(self.record_cost * (len(states) - len(kept)))  # nothing downstream for them
         position = {key: i for i, key in enumerate(states)}
         return sorted(kept, key=lambda r: position[r.id]), rejected
 

@@ -3,10 +3,12 @@ all or nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
+from germinate.llm.base import paid_by
 from germinate.records import Record
 
 if TYPE_CHECKING:
@@ -32,47 +34,77 @@ def apportion(total: int, shares: dict[str, float]) -> dict[str, int]:
     return parts
 
 
-@dataclass
-class Allowance:
-    """What one unit of expansion (a seed, a discipline) may still spend: LLM calls and dataset rows."""
-
-    calls: int  # a strategy takes them before it asks, and gives back what it did not use
-    records: int  # counted down by the executor as the unit's records are kept
-
-    def take(self, calls: int) -> bool:
-        """All or nothing: spend `calls` if that many are left."""
-        if calls > self.calls:
-            return False
-        self.calls -= calls
-        return True
-
-    def refund(self, calls: int) -> None:
-        self.calls += calls
-
-
 class Overspent(RuntimeError):
     """A strategy spent past an allowance: a fault of the strategy, which stops the run before its
     budget is passed."""
 
 
 @dataclass
-class Meter:
-    """The LLM calls a unit (or a shard) really spends, counted as it goes whatever its strategy
-    counts: each request sent, and for each record kept, the calls the later stages will make for it.
-    It refuses what would pass the allowance as planned, and so does its `shard`'s."""
+class Allowance:
+    """What one unit of expansion (a seed, a discipline) may still spend: LLM calls and dataset rows.
 
-    calls: int
-    owner: str  # who spends: named when it spends too much
-    shard: Meter | None = None
+    The executor keeps it, whatever the strategy does: each request sent while the unit grows pays a
+    call, and each record kept pays the calls the later stages will make for it; what would pass it
+    is refused (`Overspent`), naming the unit. A strategy only reads what is left to plan its next
+    step, and sets calls aside (`reserve`) for a step whose records pay later while others may
+    spend meanwhile."""
+
+    calls: int  # neither spent nor set aside
+    records: int  # counted down by the executor as the unit's records are kept
+    owner: str = "a unit"  # who spends: named when it spends too much
     spent: int = 0
+    held: int = 0  # set aside by reservations still open
 
     def pay(self, calls: int) -> None:
-        if self.spent + calls > self.calls:
-            raise Overspent(f"{self.owner} spent more than its allowance of {self.calls} LLM calls "
-                            f"(it had spent {self.spent})")
-        if self.shard:
-            self.shard.pay(calls)
+        if calls > self.calls:
+            raise Overspent(f"{self.owner} spent more than its allowance of {self.spent + self.held + self.calls} "
+                            f"LLM calls (it had spent {self.spent})")
+        self.calls -= calls
         self.spent += calls
+
+    @contextlib.contextmanager
+    def reserve(self, calls: int) -> Iterator[Reservation | None]:
+        """`calls` set aside for what is done inside (None if fewer are left): its requests, and the
+        records it keeps, are paid from them first, and what they did not use comes back at the end.
+        A record dropped inside so gives back, once the step is over, what it did not spend."""
+        if calls > self.calls:
+            yield None
+            return
+        reservation = Reservation(self, calls)
+        self.calls -= calls
+        self.held += calls
+        try:
+            with paid_by(reservation):
+                yield reservation
+        finally:
+            self.held -= reservation.left
+            self.calls += reservation.left
+
+
+@dataclass
+class Reservation:
+    """Calls of an allowance set aside for one step (`Allowance.reserve`)."""
+
+    allowance: Allowance
+    left: int
+
+    def pay(self, calls: int) -> None:
+        here = min(calls, self.left)
+        self.left -= here
+        self.allowance.held -= here
+        self.allowance.spent += here
+        if calls > here:  # past what was set aside: from what the unit has left, if it has
+            self.allowance.pay(calls - here)
+
+    def extend(self, calls: int) -> bool:
+        """All or nothing: `calls` more set aside, if the unit has that many left (a rewrite that a
+        judgement asks for)."""
+        if calls > self.allowance.calls:
+            return False
+        self.allowance.calls -= calls
+        self.allowance.held += calls
+        self.left += calls
+        return True
 
 
 class Planner(Protocol):
@@ -105,12 +137,16 @@ class Plan:
         return sum(allowance.records for shard in self.shards for allowance in shard.allowances)
 
 
-def seed_allowances(seeds: list[Record], budget: Allowance, cost: Callable[[bool], int]) -> list[Allowance]:
+def seed_allowances(seeds: list[Record], calls: int, cost: Callable[[bool], int]) -> list[Allowance]:
     """Seeds that are rows come on top of the generated rows; their calls (`cost(answered)`: a seed may
-    come with its answer) are paid first. A seed past the call budget gets nothing, and is kept as
+    come with its answer) are paid first, from `calls`. A seed past them gets nothing, and is kept as
     rejected `over_budget`."""
-    return [Allowance(cost(bool(seed.output)), 1) if budget.take(cost(bool(seed.output))) else Allowance(0, 0)
-            for seed in seeds]
+    allowances = []
+    for seed in seeds:
+        needed = cost(bool(seed.output))
+        allowances.append(Allowance(needed, 1) if needed <= calls else Allowance(0, 0))
+        calls -= allowances[-1].calls
+    return allowances
 
 
 def plan(config: RunConfig, seeds: list[Record], strategies: dict[str, Planner], cost: Callable[[bool], int]) -> Plan:
@@ -118,10 +154,11 @@ def plan(config: RunConfig, seeds: list[Record], strategies: dict[str, Planner],
     strategies' shares, then over each strategy's units (seeds, disciplines), so a unit's share does
     not depend on the sharding. `cost(answered)`: the LLM calls the later stages make for a record."""
     # A stage that chooses among records (selection) has expansion grow a pool larger than the dataset.
-    budget = Allowance(config.budget.max_llm_calls, math.ceil(config.budget.max_records * config.grown_per_row))
+    records = math.ceil(config.budget.max_records * config.grown_per_row)
     shown = seeds if config.include_seeds else []
-    shards = [ShardWork(0, SEEDS, shown, seed_allowances(shown, budget, cost))]
-    calls, rows = apportion(budget.calls, config.shares), apportion(budget.records, config.shares)
+    shards = [ShardWork(0, SEEDS, shown, seed_allowances(shown, config.budget.max_llm_calls, cost))]
+    left = config.budget.max_llm_calls - sum(a.calls for a in shards[0].allowances)
+    calls, rows = apportion(left, config.shares), apportion(records, config.shares)
     summary = {}
     for name, strategy in strategies.items():
         summary[name] = {"share": round(config.shares[name], 4), "max_llm_calls": calls[name],

@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
-from germinate.budget import EXPAND_STAGE, Allowance, Meter, Overspent
-from germinate.llm.base import counted, paid_by
+from germinate.budget import EXPAND_STAGE, Allowance, Overspent
+from germinate.llm.base import counted, paid_by, pay
 from germinate.records import Record
 from germinate.stage import Outcome, Stage
 from germinate.stats import StageStats, Usage
@@ -180,12 +180,11 @@ async def stream_shard(
     counts = [0] * len(units)  # records each unit has made
     closed = [False] * len(units)
     planned = sum(a.calls for a in allowances)
-    # The budget as planned, kept here whatever the source counts: what the source sends, and what a
-    # unit keeps (with the calls the stages will make for it), is paid from the shard's allowance and
-    # the unit's (as `prepare` left it).
+    # The budget as planned, kept here whatever the source counts: what a unit sends, and each record
+    # it keeps (with the calls the stages will make for it), is paid from its allowance.
     owner = getattr(source, "name", name)
-    shard_meter = Meter(planned, f"{owner}'s shard")
-    meters: list[Meter] = []
+    for i, (unit, allowance) in enumerate(zip(units, allowances)):
+        allowance.owner = f"{owner} on {_unit_name(unit, i)}"
     broken = asyncio.get_running_loop().create_future()  # the first failure of a record's walk or a queue
 
     def watch(task: asyncio.Task) -> None:
@@ -214,9 +213,10 @@ async def stream_shard(
             if closed[unit]:
                 raise RuntimeError(f"{type(source).__name__} handed on records after its unit {unit} ended")
             if len(kept) > allowances[unit].records:
-                raise Overspent(f"{meters[unit].owner} kept {len(kept)} rows, past the "
+                raise Overspent(f"{allowances[unit].owner} kept {len(kept)} rows, past the "
                                 f"{allowances[unit].records} left of its allowance")
-            meters[unit].pay(sum(stage.calls_for(stage.config, bool(record.output)) for stage in stages for record in kept))
+            # From the unit's allowance, or the calls its strategy set aside for the step that kept them.
+            pay(sum(stage.calls_for(stage.config, bool(record.output)) for stage in stages for record in kept))
             on_made(kept + rejected)
             on_record(name, len(kept))
             made_rejected.extend(rejected)
@@ -235,7 +235,7 @@ async def stream_shard(
 
     async def grow(unit: int) -> None:
         try:
-            with paid_by(meters[unit]):
+            with paid_by(allowances[unit]):
                 await source.grow(units[unit], allowances[unit], emitter(unit))
         finally:
             closed[unit] = True
@@ -252,10 +252,8 @@ async def stream_shard(
 
     async def everything() -> None:
         with counted(made_usage):
-            with paid_by(shard_meter):
+            with paid_by(Unpaid(owner)):
                 await source.prepare(units, allowances)
-            meters.extend(Meter(a.calls, f"{owner} on {_unit_name(unit, i)}", shard_meter)
-                          for i, (unit, a) in enumerate(zip(units, allowances)))
             await asyncio.gather(*(grow(unit) for unit in range(len(units))))
         made_stats.seconds = time.perf_counter() - start
         await asyncio.gather(*servers)
@@ -295,6 +293,17 @@ async def stream_shard(
         rejected={name: made_rejected, **{step.stage.name: step.rejected for step in steps}},
         stats=stats,
     )
+
+
+@dataclass
+class Unpaid:
+    """What pays for a request that no unit's allowance pays for: nothing."""
+
+    owner: str
+
+    def pay(self, calls: int) -> None:
+        raise Overspent(f"{self.owner} asked the model in `prepare` outside its units' allowances "
+                        "(bind a request to its unit's with germinate.llm.base.paid_by)")
 
 
 def _unit_name(unit: Any, index: int) -> str:

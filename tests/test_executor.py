@@ -11,6 +11,7 @@ from germinate.budget import Allowance, Overspent
 from germinate.config import RunConfig
 from germinate.executor import Seeds, stream_shard
 from germinate.llm import Request, check_llm, make_llm
+from germinate.llm.base import paid_by, pay
 from germinate.records import Record
 from germinate.settings import LLMConfig
 from germinate.stage import Context, Filter, Stage
@@ -181,6 +182,28 @@ class Answers(Stage):
 
     async def run(self, records):
         return records, []
+
+
+def test_a_step_pays_from_what_it_set_aside_and_gives_back_what_it_did_not_use():
+    """What a strategy relies on when its step's records pay later while other requests go out: the
+    calls it sets aside are spent first, a rewrite extends them only from what is left, what the
+    step did not use (a record dropped inside) comes back when it ends, and the allowance as
+    planned still holds."""
+    allowance = Allowance(10, 3, owner="unit 0")
+    with paid_by(allowance):
+        with allowance.reserve(6) as reserved:
+            assert allowance.calls == 4
+            pay(2)  # the step's requests
+            assert allowance.calls == 4
+            assert reserved.extend(3) and allowance.calls == 1
+            assert not reserved.extend(2)
+            pay(1)
+        assert allowance.calls == 7  # 9 set aside, 3 spent
+        with allowance.reserve(8) as too_much:
+            assert too_much is None and allowance.calls == 7
+        pay(7)
+        with pytest.raises(Overspent, match="unit 0 spent more than its allowance of 10 LLM calls"):
+            pay(1)
 
 
 def test_a_source_cannot_spend_past_its_allowance():

@@ -256,14 +256,13 @@ class Restate(Strategy):
         self.unit_cost = 1 + record_cost
 
     async def grow(self, seed, allowance, emit):
-        if allowance.records < 1 or not allowance.take(self.unit_cost):
+        if allowance.records < 1 or allowance.calls < self.unit_cost:
             return
         request = self.request(PROMPT, self.random_seed, task=seed.instruction, tone=self.settings.tone)
         [result] = await self.llm.generate([request])
         record = self.written(result, id=record_id(seed.id, "restate"), seed_id=seed.id, parent_id=seed.id, hop=1)
         verdict = fault(record, result)
         if verdict:
-            allowance.refund(self.record_cost)
             emit([], [record.dropped(STAGE, *verdict)])
         else:
             emit([record], [])

@@ -68,6 +68,13 @@ def paid_by(payer: Payer | None) -> contextlib.AbstractContextManager[None]:
     return _bound(_payer, payer)
 
 
+def pay(calls: int) -> None:
+    """`calls` paid by what pays for the requests made here, if anything does."""
+    payer = _payer.get()
+    if payer is not None:
+        payer.pay(calls)
+
+
 # The tokens and dollars the requests made inside may spend (germinate/llm/cap.py).
 _cap: contextvars.ContextVar[TokenCap | None] = contextvars.ContextVar("germinate_cap", default=None)
 
@@ -198,9 +205,7 @@ class LLM:
             self.cache.flush()
 
     async def _generate_one(self, request: Request) -> Result:
-        payer = _payer.get()
-        if payer is not None:
-            payer.pay(1)
+        pay(1)
         schema = json_schema(request.schema) if request.schema else None
         params = {
             "max_tokens": request.max_tokens,
