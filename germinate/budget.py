@@ -52,15 +52,15 @@ class Allowance:
     calls: int  # neither spent nor set aside
     records: int  # counted down by the executor as the unit's records are kept
     owner: str = "a unit"  # who spends: named when it spends too much
-    spent: int = 0
-    held: int = 0  # set aside by reservations still open
+    planned: int = field(init=False)  # the calls it started with, for that message
+
+    def __post_init__(self) -> None:
+        self.planned = self.calls
 
     def pay(self, calls: int) -> None:
         if calls > self.calls:
-            raise Overspent(f"{self.owner} spent more than its allowance of {self.spent + self.held + self.calls} "
-                            f"LLM calls (it had spent {self.spent})")
+            raise Overspent(f"{self.owner} spent more than its allowance of {self.planned} LLM calls")
         self.calls -= calls
-        self.spent += calls
 
     @contextlib.contextmanager
     def reserve(self, calls: int) -> Iterator[Reservation | None]:
@@ -72,12 +72,10 @@ class Allowance:
             return
         reservation = Reservation(self, calls)
         self.calls -= calls
-        self.held += calls
         try:
             with paid_by(reservation):
                 yield reservation
         finally:
-            self.held -= reservation.left
             self.calls += reservation.left
 
 
@@ -91,8 +89,6 @@ class Reservation:
     def pay(self, calls: int) -> None:
         here = min(calls, self.left)
         self.left -= here
-        self.allowance.held -= here
-        self.allowance.spent += here
         if calls > here:  # past what was set aside: from what the unit has left, if it has
             self.allowance.pay(calls - here)
 
@@ -102,7 +98,6 @@ class Reservation:
         if calls > self.allowance.calls:
             return False
         self.allowance.calls -= calls
-        self.allowance.held += calls
         self.left += calls
         return True
 
