@@ -18,6 +18,7 @@ from germinate.stage import Outcome, Stage
 
 
 MIN_CLUSTER = 4  # points, on average, in a cluster of a k that choose_k tries
+K_STARTS = 3  # k-means runs per k that choose_k tries, the best kept
 
 
 def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
@@ -50,7 +51,9 @@ def choose_k(vectors: np.ndarray, budget: int, sample: int, seed: int = 0) -> in
         return 1
     scores = {}
     for k in grid:
-        labels = spherical_kmeans(points, k, seed=seed).assignments
+        # The best of a few starts: one k-means stuck in a poor optimum would rank its k too low.
+        tries = (spherical_kmeans(points, k, seed=seed + start) for start in range(K_STARTS))
+        labels = min(tries, key=lambda found: found.objective).assignments
         if len(set(labels.tolist())) > 1:
             scores[k] = silhouette(points, labels)
     return max(scores, key=scores.get) if scores else 1

@@ -69,7 +69,7 @@ def test_onnx_runtime_on_a_cpu_gives_the_vectors_torch_gives():
     texts = ["Plan a three-day trip to Kyoto on a small budget.", "", "Write a sonnet about a lost key.",
              "Summarise this report: " + "the committee met again and discussed the budget " * 80]
     config = EmbeddingConfig(precision="float32")
-    runtimes = [germinate.embed._Onnx(config), germinate.embed._Torch(config, "cpu", "float32")]
+    runtimes = [germinate.embed._Onnx(config, "float32"), germinate.embed._Torch(config, "cpu", "float32")]
     onnx, torch = ([v for together in runtime.encode(texts) for _, vs in together for v in vs] for runtime in runtimes)
     assert runtimes[0]._tokens(texts) == runtimes[1]._tokens(texts)
     assert np.abs(np.array(onnx) - np.array(torch)).max() < 1e-5
