@@ -51,6 +51,12 @@ def _png(draw) -> bytes:
     return buffer.getvalue()
 
 
+def warm_plots() -> None:
+    """Load matplotlib and its fonts (about a second), drawing a figure nobody sees: called while a run
+    waits on its shards, so that its end does not wait on them."""
+    _png(lambda ax: ax.bar([1], [1]) and ax.set(title="rows"))
+
+
 def plots(records: list[Record]) -> dict[str, bytes]:
     """Rows per k-means cluster (diversity selection) and the judge's scores, where the run made them."""
     found = {}

@@ -18,7 +18,7 @@ from typing import Any, Callable, ContextManager, Protocol
 
 from germinate import generators, progress
 from germinate.budget import EXPAND_STAGE, SEEDS, ShardWork, plan
-from germinate.card import dataset_card, plots
+from germinate.card import dataset_card, plots, warm_plots
 from germinate.config import RunConfig, known_stages
 from germinate.embed import Embedder, warm
 from germinate.errors import RunFailed, UserError
@@ -259,6 +259,8 @@ def make_dataset(config: RunConfig, run: Run, runner: Runner, start: float) -> t
     for w in work.shards:
         name = f"shard-{w.index}-{w.source}"
         tasks[name] = runner.submit(name, run_shard, config=config, work=w)
+    plotting = threading.Thread(target=warm_plots, daemon=True, name="germinate-warm-plots")
+    plotting.start()
     _wait_watched(runner, tasks, run, config)
     embedder.forget_background()
     by_shard = [future.result() for future in tasks.values()]
@@ -300,6 +302,7 @@ def make_dataset(config: RunConfig, run: Run, runner: Runner, start: float) -> t
     metrics = run_metrics(run, final, embedder.vectors_sync)
     report = build_report(config, stages, strategies, len(seeds), final, metrics, str(run.dataset_dir),
                           time.perf_counter() - start, problem, notes, forecast)
+    plotting.join()  # matplotlib draws in one thread at a time
     images = plots(final)
     run.write_dataset(final, {"README.md": dataset_card(config, report, list(images)).encode(), **images})
     report.write(run.report_path)
