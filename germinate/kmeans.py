@@ -17,6 +17,10 @@ MAX_POINTS_PER_CENTROID = 256
 # Seeds come from k-means++ on a sample: FAISS's random seeding left well-separated clusters
 # merged (100 planted clusters, k=100: objective 0.195 against 0.160 with k-means++).
 SEED_POINTS_PER_CENTROID, SEED_MAX_POINTS = 30, 20_000
+# Below this much work (points x centroids) FAISS runs on one thread: its other OpenMP threads
+# cost more than they share out, spinning against numpy's between the calls (selection's choice
+# of k on 2 cores: 2.5 s with them, 1.2 s without).
+ONE_THREAD_WORK = 1 << 20
 
 
 def gpus() -> int:
@@ -87,6 +91,12 @@ def spherical_kmeans(vectors: np.ndarray, k: int, seed: int = 0, niter: int = 20
         min_points_per_centroid=1,  # only sets when FAISS prints a "too few points" warning; small runs are fine
         verbose=False,
     )
-    kmeans.train(vectors, init_centroids=_kmeans_plus_plus(vectors, k, seed))
-    similarities, assignments = kmeans.index.search(vectors, 1)  # inner product index: cosine
+    threads = faiss.omp_get_max_threads()
+    if len(vectors) * k < ONE_THREAD_WORK:
+        faiss.omp_set_num_threads(1)
+    try:
+        kmeans.train(vectors, init_centroids=_kmeans_plus_plus(vectors, k, seed))
+        similarities, assignments = kmeans.index.search(vectors, 1)  # inner product index: cosine
+    finally:
+        faiss.omp_set_num_threads(threads)
     return Clusters(kmeans.centroids, assignments[:, 0].astype(np.int64), similarities[:, 0])
