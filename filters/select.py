@@ -18,7 +18,9 @@ from germinate.stage import Outcome, Stage
 
 
 MIN_CLUSTER = 4  # points, on average, in a cluster of a k that choose_k tries
-K_STARTS = 3  # k-means runs per k that choose_k tries, the best kept
+# k-means runs, the best kept, for each k up to FEW_CLUSTERS that choose_k tries: with few clusters,
+# one start stuck in a poor optimum ranks its k too low; with many, the silhouette averages it out.
+K_STARTS, FEW_CLUSTERS = 3, 16
 
 
 def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
@@ -51,8 +53,8 @@ def choose_k(vectors: np.ndarray, budget: int, sample: int, seed: int = 0) -> in
         return 1
     scores = {}
     for k in grid:
-        # The best of a few starts: one k-means stuck in a poor optimum would rank its k too low.
-        tries = (spherical_kmeans(points, k, seed=seed + start) for start in range(K_STARTS))
+        starts = K_STARTS if k <= FEW_CLUSTERS else 1
+        tries = (spherical_kmeans(points, k, seed=seed + start) for start in range(starts))
         labels = min(tries, key=lambda found: found.objective).assignments
         if len(set(labels.tolist())) > 1:
             scores[k] = silhouette(points, labels)
