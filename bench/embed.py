@@ -9,7 +9,8 @@ made like the bench server's (bench/pipeline.py), instruction and input. For eac
   before    in this process, as germinate did before: batches of 16 rows padded to the power of two
             above their length, float32, torch on all cores but one
   float32   the embedding worker (germinate.embed.Embedder), precision float32
-  default   the worker at the default settings (precision auto: bfloat16 where the hardware has it)
+  default   the worker at the default settings (precision auto: bfloat16 where the hardware has it,
+            else int8 on a CPU)
 
 and, against `before`'s vectors: the largest change of a cosine between two texts, the SemDeDup
 decisions at the default eps (the same items dropped?) and kMQ selection of a quarter of the texts
