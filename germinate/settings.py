@@ -173,7 +173,7 @@ class EmbeddingConfig(Section):
     precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
         "auto", description="the local model's number format; auto: bfloat16 where the hardware computes it "
         "natively (a CPU with AMX, a recent GPU: 2-3x as fast, cosines within about 0.01 of float32), else int8 on "
-        "a CPU with int8 dot products (VNNI; its matrix products, in ONNX Runtime, a text per pass: 1.8x as fast, a "
+        "a CPU with int8 dot products (VNNI; its matrix products, in ONNX Runtime, a text per pass: 1.7-2x as fast, a "
         "cosine of 0.98-0.995 to float32's vector; SemDeDup finds about 82% as many duplicates), else float32",
     )
     base_url: str | None = Field(
