@@ -108,11 +108,15 @@ class Heuristics(Filter):
     def card_metadata(cls, settings: HeuristicsConfig) -> dict[str, Any]:
         return {"language": settings.languages} if settings.languages else {}
 
+    @classmethod
+    def warm(cls, settings: HeuristicsConfig) -> None:
+        if settings.languages:
+            identifier()
+
     def __init__(self, context: Context):
         super().__init__(context)
         config = self.settings
-        if config.languages:
-            identifier()  # now, before the shard's first request: loading it later would hold the requests
+        self.warm(config)  # loaded while the run was checked; on a worker, here, before its first request
         self.unsupported = _phrases(config.unsupported)
         self.refusal = _phrases(config.refusals)
         self.leakage = _phrases(config.leakage)

@@ -57,11 +57,14 @@ class NearDedup(Stage):
     Settings = NearDedupConfig
     ordered = True
 
+    @classmethod
+    def warm(cls, settings: NearDedupConfig) -> None:
+        # Imported while a run is checked, not with the module: datasketch brings scipy (0.6 s), which
+        # every command (the config is made from the filters' modules) would pay.
+        import datasketch  # noqa: F401
+
     def __init__(self, context: Context):
         super().__init__(context)
-        # Imported by the first NearDedup made, before its shard's first request, not with the module:
-        # datasketch brings scipy (0.6 s), which every command (the config is made from the filters'
-        # modules) would pay.
         from datasketch import MinHashLSH
 
         self.index = MinHashLSH(threshold=self.settings.threshold, num_perm=self.settings.num_perm)

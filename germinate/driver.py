@@ -331,6 +331,12 @@ def check_run(config: RunConfig) -> None:
         check_token()
 
 
+def warm_stages(config: RunConfig) -> None:
+    """What the run's stages load once per process, loaded while its seeds and servers are checked."""
+    for cls in stage_classes(config)[0]:
+        cls.warm(cls.settings_in(config))
+
+
 def prepare(config: RunConfig) -> tuple[RunConfig, Run]:
     """A run's one check, then its directory (created, or reopened to resume). Its servers are asked
     once, here, before anything is written; what they said (the model, its JSON dialect) travels in
@@ -338,6 +344,7 @@ def prepare(config: RunConfig) -> tuple[RunConfig, Run]:
     processes (Ray): the run directory becomes an absolute path."""
     warm(config.embedding)  # torch takes seconds to load: meanwhile the run, its seeds and servers are checked
     check_run(config)
+    threading.Thread(target=warm_stages, args=(config,), daemon=True, name="germinate-warm-stages").start()
     return prepare_run(config.model_copy(update={"output_dir": config.output_dir.resolve()}))
 
 

@@ -111,6 +111,12 @@ class Stage(ABC):
     pool_setting: ClassVar[str | None] = None
 
     @classmethod
+    def warm(cls, settings: Section | None) -> None:
+        """Load now what the stage loads once per process (a model, a library that is slow to import):
+        called in a thread while a run is checked, so that its shards' first requests do not wait on
+        it. Default: nothing."""
+
+    @classmethod
     def card_metadata(cls, settings: Section) -> dict[str, Any]:
         """What it adds to the metadata of the dataset card of a run it is switched on in (the
         heuristics: the languages they keep). Default: nothing."""
